@@ -1,0 +1,82 @@
+"""Official checkpoint files: ``torch.save({"model": state_dict})``, loaded strictly with ``weights_only=True``.
+
+:func:`load_checkpoint` also accepts a Lightning training checkpoint (``{"state_dict": {"student.<key>": ...}}``) and
+a bare state_dict, so every tool takes "a training checkpoint or an official .pt".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+MAX_LISTED = 20
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys or shapes differ from the model's."""
+
+
+def read_state_dict(path: str | Path, prefix: str = "student.") -> dict[str, Tensor]:
+    """The model state_dict stored in ``path`` (official ``{"model": sd}``, Lightning ckpt, or bare sd).
+
+    From a Lightning checkpoint the keys under ``prefix`` are returned with the prefix removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict):
+        raise CheckpointMismatchError(f"{path}: expected a dict with key 'model' or 'state_dict', got {type(obj)}")
+    if "model" in obj and isinstance(obj["model"], dict):
+        return obj["model"]
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        sd = obj["state_dict"]
+        sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not sub:
+            raise CheckpointMismatchError(f"{path}: Lightning checkpoint has no keys under {prefix!r} "
+                                          f"(first keys: {list(sd)[:5]})")
+        return sub
+    if all(isinstance(v, Tensor) for v in obj.values()):
+        return obj
+    raise CheckpointMismatchError(f"{path}: expected key 'model' (official format) or 'state_dict' (Lightning), "
+                                  f"found keys {list(obj)[:10]}")
+
+
+def _listed(title: str, items: list[str]) -> str:
+    more = f" ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return f"\n  {title} ({len(items)}): " + ", ".join(items[:MAX_LISTED]) + more
+
+
+def check_state_dict(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
+    """Raise :class:`CheckpointMismatchError` listing missing/unexpected keys and shape mismatches (20 of each)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        msg = f"checkpoint {source} does not match {type(model).__name__} ({len(expected)} tensors expected)"
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                msg += _listed(title, items)
+        raise CheckpointMismatchError(msg)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load ``path`` into ``model`` strictly; errors name the file and every kind of mismatch."""
+    sd = read_state_dict(path)
+    check_state_dict(model, sd, str(path))
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
+    """Write ``{"model": state_dict}`` (official layout), via a temporary file renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, tmp)
+    tmp.replace(path)
+    return path

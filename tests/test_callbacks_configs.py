@@ -1,0 +1,232 @@
+"""Hydra config groups (trainer / callbacks / logger / paths / hydra / debug) compose and instantiate; a 2-step CPU fit
+of a toy module through them writes mask pictures, throughput metrics and checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.strategies import DDPStrategy
+from omegaconf import DictConfig
+from PIL import Image
+
+from callbacks.mask_pictures import IMAGENET_MEAN, IMAGENET_STD, MaskPicturesCallback, sample_picture
+from callbacks.throughput import ThroughputCallback, batch_sizes
+from edgetam_train.optim import build_optimizer, build_scheduler
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+PRIMARY = f"""
+defaults:
+  - paths: default
+  - trainer: cpu
+  - callbacks: default
+  - logger: csv
+  - hydra: default
+  - _self_
+hydra:
+  searchpath:
+    - file://{CONFIG_DIR}
+task_name: test
+run_name: default
+"""
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """compose(overrides) → the config of a minimal primary config using the project's groups, paths under tmp."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "primary.yaml").write_text(PRIMARY)
+
+    def _compose(*overrides: str, hydra_cfg: bool = False) -> DictConfig:
+        base = [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}"]
+        with initialize_config_dir(version_base="1.3", config_dir=str(tmp_path / "cfg")):
+            return compose("primary", overrides=base + list(overrides), return_hydra_config=hydra_cfg)
+
+    return _compose
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    return [instantiate(c) for c in (group or {}).values()]
+
+
+# ---------------------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("option", ["default", "cpu", "gpu", "ddp"])
+def test_trainer_options_instantiate(compose_cfg, option):
+    cfg = compose_cfg(f"trainer={option}")
+    assert cfg.trainer.gradient_clip_val == 0.1 and cfg.trainer.accumulate_grad_batches == 1
+    expected_precision = {"default": "32-true", "cpu": "32-true", "gpu": "bf16-mixed", "ddp": "bf16-mixed"}[option]
+    assert cfg.trainer.precision == expected_precision
+    if option == "ddp":
+        assert cfg.trainer.sync_batchnorm is True and cfg.trainer.num_nodes == 1 and cfg.trainer.devices == "auto"
+    # this machine has no GPU: build the same trainer on the CPU
+    cfg = compose_cfg(f"trainer={option}", "trainer.accelerator=cpu", "trainer.devices=1")
+    trainer = instantiate(cfg.trainer, logger=False)
+    assert isinstance(trainer, pl.Trainer)
+    assert trainer.max_steps == cfg.trainer.max_steps and trainer.gradient_clip_val == 0.1
+    if option == "ddp":
+        assert isinstance(trainer.strategy, DDPStrategy)
+
+
+def test_callbacks_default_and_none(compose_cfg, tmp_path):
+    cfg = compose_cfg("callbacks=default")
+    assert list(cfg.callbacks) == ["model_checkpoint", "lr_monitor", "progress_bar", "throughput", "mask_pictures"]
+    cbs = _instantiate_all(cfg.callbacks)
+    types = [type(c) for c in cbs]
+    assert types == [ModelCheckpoint, LearningRateMonitor, TQDMProgressBar, ThroughputCallback, MaskPicturesCallback]
+    ckpt = cbs[0]
+    assert Path(ckpt.dirpath) == tmp_path / "out" / "checkpoints" and ckpt.save_last is True
+    assert _instantiate_all(compose_cfg("callbacks=none").callbacks) == []
+
+
+def test_loggers_csv_wandb_offline_none(compose_cfg, tmp_path, monkeypatch):
+    csv_logger = _instantiate_all(compose_cfg("logger=csv").logger)
+    assert len(csv_logger) == 1 and isinstance(csv_logger[0], CSVLogger)
+    assert Path(csv_logger[0].save_dir) == tmp_path / "out"
+    assert _instantiate_all(compose_cfg("logger=none").logger) == []
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = compose_cfg("logger=wandb", "logger.wandb.offline=true", "run_name=cfgtest")
+    assert "key" not in cfg.logger.wandb and cfg.logger.wandb.project == "edgetam-train"
+    (wb,) = _instantiate_all(cfg.logger)
+    assert isinstance(wb, WandbLogger)
+    try:
+        assert wb.experiment.id == "cfgtest" and wb.experiment.settings.mode in ("offline", "dryrun")
+        wb.log_metrics({"x": 1.0}, step=0)
+    finally:
+        wb.experiment.finish()
+
+
+def test_stable_run_dir_and_paths(compose_cfg, tmp_path):
+    cfg = compose_cfg("run_name=myrun", hydra_cfg=True)
+    assert cfg.hydra.run.dir == f"{tmp_path}/logs/test/runs/myrun"          # no timestamp: re-launch continues it
+    assert cfg.hydra.sweep.dir == f"{tmp_path}/logs/test/multiruns/myrun"
+    assert cfg.hydra.job.chdir is False
+    assert cfg.paths.data_dir == f"{tmp_path}/data" and cfg.paths.ckpt_dir == f"{tmp_path / 'out'}/checkpoints"
+    assert cfg.paths.weights_dir == f"{tmp_path}/weights"
+
+
+@pytest.mark.parametrize("option", ["default", "fdr", "overfit"])
+def test_debug_configs(compose_cfg, option):
+    cfg = compose_cfg(f"+debug={option}", "trainer=gpu")
+    assert cfg.task_name == "debug" and cfg.trainer.accelerator == "cpu" and cfg.trainer.precision == "32-true"
+    if option == "fdr":
+        assert cfg.trainer.fast_dev_run is True
+    if option == "overfit":
+        assert cfg.trainer.overfit_batches == 2
+    assert isinstance(instantiate(cfg.trainer, logger=False), pl.Trainer)
+
+
+# ---------------------------------------------------------------------------------------------- callbacks
+def test_batch_sizes_layouts():
+    assert batch_sizes({"images": torch.zeros(4, 3, 8, 8)}) == (4, 4)
+    assert batch_sizes({"images": torch.zeros(2, 8, 3, 8, 8)}) == (2, 16)       # clips: B·T frames
+    assert batch_sizes({"batch_size": 3, "images": torch.zeros(3, 3, 8, 8)}) == (3, 3)
+    assert batch_sizes([torch.zeros(5, 3, 8, 8), torch.zeros(5)]) == (5, 5)
+    assert batch_sizes({"other": 1}) == (0, 0)
+
+
+def test_sample_picture_layout():
+    black = -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
+    img = black.view(3, 1, 1).expand(3, 32, 32)
+    gt = torch.zeros(32, 32, dtype=torch.bool)
+    gt[:16] = True
+    pic = sample_picture(img, gt, gt.float() * 2 - 1, None, panel_size=64)
+    assert pic.size == (256, 64) and pic.mode == "RGB"
+    arr = np.asarray(pic).astype(int)
+    assert arr[24, 64 + 32, 1] > 50 and arr[48, 64 + 32, 1] == 0  # GT panel: green on the top half only
+    assert arr[24, 3 * 64 + 32].sum() == 0                         # no teacher: black panel
+
+
+def test_mask_pictures_go_to_wandb_logger_when_present(tmp_path):
+    class FakeWandb(WandbLogger):
+        def __init__(self) -> None:
+            super().__init__(offline=True, save_dir=str(tmp_path))
+            self.calls = []
+
+        def log_image(self, key, images, step=None, **kwargs):
+            self.calls.append((key, images, step, kwargs))
+
+    fake = FakeWandb()
+    cb = MaskPicturesCallback(every_n_steps=1, max_images=2, panel_size=32)
+    outputs = {"vis_images": torch.zeros(3, 3, 16, 16), "vis_gt": torch.ones(3, 16, 16, dtype=torch.bool),
+               "vis_student": torch.ones(3, 16, 16), "vis_teacher": None}
+    trainer = SimpleNamespace(loggers=[fake], log_dir=str(tmp_path), default_root_dir=str(tmp_path),
+                              is_global_zero=True, global_step=0)
+    cb.on_train_batch_start(trainer, None, None, 0)
+    cb.on_train_batch_end(trainer, None, outputs, None, 0)
+    (key, images, step, kwargs), = fake.calls
+    assert key == "train/mask_pictures" and step == 0 and len(images) == 2 and isinstance(images[0], Image.Image)
+    assert not (tmp_path / "mask_pictures").exists()
+
+
+class ToyData(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(i)
+        return {"images": torch.randn(3, 16, 16, generator=g), "masks": torch.rand(16, 16, generator=g) > 0.5}
+
+
+class ToyModule(pl.LightningModule):
+    """A 1×1 conv "segmenter" whose training step returns the vis_* keys MaskPicturesCallback reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Conv2d(3, 1, 1)
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        logits = self.head(batch["images"])[:, 0]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["masks"].float())
+        self.log("train/loss", loss, batch_size=batch["images"].shape[0])
+        return {"loss": loss, "vis_images": batch["images"], "vis_gt": batch["masks"],
+                "vis_student": logits.detach(), "vis_teacher": -logits.detach()}
+
+    def configure_optimizers(self):
+        opt = build_optimizer(self, lr=1e-3, weight_decay=0.1)
+        sched = build_scheduler(opt, "inverse_sqrt", total_steps=2, warmup_steps=1, cooldown_steps=1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_two_step_fit_through_configs_writes_pictures_metrics_and_checkpoints(compose_cfg, tmp_path):
+    cfg = compose_cfg("trainer.max_steps=2", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+                      "trainer.enable_model_summary=false", "callbacks.mask_pictures.every_n_steps=1",
+                      "callbacks.mask_pictures.max_images=2", "callbacks.mask_pictures.panel_size=32",
+                      "callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.throughput.window=2",
+                      "~callbacks.progress_bar")
+    trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.callbacks), logger=_instantiate_all(cfg.logger))
+    loader = torch.utils.data.DataLoader(ToyData(), batch_size=4)
+    trainer.fit(ToyModule(), train_dataloaders=loader)
+    assert trainer.global_step == 2
+
+    log_dir = Path(trainer.log_dir)
+    assert log_dir.is_relative_to(tmp_path / "out" / "csv")
+    pictures = sorted(p.name for p in (log_dir / "mask_pictures").iterdir())
+    assert pictures == ["step_0000000_0.png", "step_0000000_1.png", "step_0000001_0.png", "step_0000001_1.png"]
+    assert Image.open(log_dir / "mask_pictures" / pictures[0]).size == (4 * 32, 32)
+
+    with open(log_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    columns = set(rows[0])
+    for name in ("perf/samples_per_s", "perf/images_per_s", "perf/data_wait_s", "perf/compute_s",
+                 "perf/data_wait_frac", "train/loss", "lr-AdamW/decay", "lr-AdamW/no_decay"):
+        assert name in columns, f"{name} missing from metrics.csv columns {sorted(columns)}"
+    rates = [float(r["perf/samples_per_s"]) for r in rows if r.get("perf/samples_per_s")]
+    assert len(rates) == 2 and all(r > 0 for r in rates)
+
+    ckpts = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and "step_0000002.ckpt" in ckpts, ckpts

@@ -1,0 +1,18 @@
+"""Train EdgeTAM: ``python train.py experiment=edgetam_distill`` (see README.md and configs/)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.training import train
+
+register_resolvers()
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
