@@ -104,8 +104,8 @@ class DistillationModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         losses, aux = self.image_step(batch)
         bs = batch["images"].shape[0]
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=bs, prog_bar=False)
         self.log("train/loss", losses["loss"].detach(), batch_size=bs, prog_bar=True)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, batch_size=bs)
         self.log("train/num_objects", float(aux["gt"].shape[0]), batch_size=bs)
         out: dict[str, Any] = {"loss": losses["loss"]}
         if self.vis_every_n_steps and self.global_step % self.vis_every_n_steps == 0:

@@ -128,28 +128,14 @@ from torch import Tensor
 
 from edgetam_train.export.hf_mapping import build_hf_model, hf_to_official
 
-_REFERENCE_DIRS = (Path(__file__).resolve().parents[1] / "shared" / "reference", Path("/work/shared/reference"))
+from reference import read_layout
 
 
 # ----------------------------------------------------------------------------------------------- weights
 
 def official_layout(model: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Official ``{key: (shape, dtype)}`` of ``model``: from ``shared/reference/<model>_state_dict.tsv`` when present
-    (header and ``#`` lines skipped), else derived from the transformers video model (meta device) via
-    :func:`hf_to_official` (the two are equal, see ``tests/test_hf_mapping.py``)."""
-    for directory in _REFERENCE_DIRS:
-        path = directory / f"{model}_state_dict.tsv"
-        if path.is_file():
-            layout = {}
-            for line in path.read_text().splitlines()[1:]:
-                if not line or line.startswith("#"):
-                    continue
-                key, shape, _ = line.split("\t")
-                dims = () if shape == "()" else tuple(int(s) for s in shape.split("x"))
-                layout[key] = (dims, torch.int64 if key.endswith("num_batches_tracked") else torch.float32)
-            return layout
-    net = build_hf_model(model, target="video", device="meta")
-    return {k: (tuple(v.shape), v.dtype) for k, v in hf_to_official(net.state_dict(), model).items()}
+    """Official ``{key: (shape, dtype)}`` of ``model`` from ``shared/reference`` (see tests/reference.py)."""
+    return read_layout(model)
 
 
 _EMBEDDINGS = re.compile(r"(point_embeddings\.\d+|not_a_point_embed|no_mask_embed|iou_token|mask_tokens|"

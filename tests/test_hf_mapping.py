@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from reference import read_layout
 import torch
 
 pytest.importorskip("transformers")
@@ -34,24 +35,13 @@ from edgetam_train.export.hf_mapping import (  # noqa: E402
     official_to_hf,
 )
 
-REFERENCE = Path(__file__).resolve().parents[1] / "shared" / "reference"
-if not REFERENCE.is_dir():
-    REFERENCE = Path("/work/shared/reference")
 MAIN = ("edgetam", "sam2.1_hiera_tiny")
 OTHERS = tuple(m for m in MODELS if m not in MAIN)
 
 
 def tsv_layout(model: str) -> dict[str, tuple[int, ...]]:
-    """{key: shape} of shared/reference/<model>_state_dict.tsv (skips the test when absent)."""
-    path = REFERENCE / f"{model}_state_dict.tsv"
-    if not path.is_file():
-        pytest.skip(f"reference layout {path} not available")
-    rows = {}
-    for line in path.read_text().splitlines()[1:]:
-        if line and not line.startswith("#"):
-            key, shape, _ = line.split("\t")
-            rows[key] = () if shape == "()" else tuple(int(s) for s in shape.split("x"))
-    return rows
+    """{key: shape} of shared/reference/<model>_state_dict.tsv."""
+    return {k: shape for k, (shape, _) in read_layout(model).items()}
 
 
 def meta_official(model: str) -> dict[str, torch.Tensor]:

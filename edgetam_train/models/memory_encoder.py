@@ -1,7 +1,8 @@
 """Memory encoder: fuses a frame's stride-16 features with its predicted mask into a memory feature map (SAM 2).
 
-mask (B, 1, 16H, 16W) --MaskDownSampler--> (B, 256, H, W) ─┐
-pix_feat (B, 256, H, W) --pix_feat_proj (1×1)--------------+--> Fuser (ConvNeXt blocks) --out_proj (1×1)--> (B, 64, H, W)
+mask (B, 1, 16H, 16W) -> MaskDownSampler -> (B, 256, H, W) --+
+pix_feat (B, 256, H, W) -> pix_feat_proj (1×1) ---------------+-> Fuser (ConvNeXt blocks) -> out_proj (1×1)
+                                                                -> memory (B, 64, H, W) + its sine position encoding
 
 Key names follow the official checkpoint (``memory_encoder.*``).
 """

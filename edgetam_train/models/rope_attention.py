@@ -33,11 +33,12 @@ def axial_rope_table(head_dim: int, height: int, width: int, theta: float = 1000
     t_y = torch.div(t, width, rounding_mode="floor")
     angles = torch.cat((torch.outer(t_x, freqs), torch.outer(t_y, freqs)), dim=-1)  # (N, head_dim/2)
     # torch.polar (not angles.cos()/.sin()) so the table is bit-identical to the official complex one.
-    return torch.view_as_real(torch.polar(torch.ones_like(angles), angles))
+    return torch.view_as_real(torch.polar(torch.ones_like(angles), angles)).clone()
 
 
 @lru_cache(maxsize=64)
 def _cached_table(head_dim: int, height: int, width: int, theta: float, device: torch.device) -> Tensor:
+    """:func:`axial_rope_table` moved to ``device``, memoised per (head_dim, grid, theta, device)."""
     # Built outside inference mode / autograd so a table first made under torch.inference_mode() can later be used
     # in training (an inference tensor cannot be saved for backward).
     with torch.inference_mode(False), torch.no_grad():
