@@ -1,7 +1,10 @@
-"""Distillation LightningModule: L = L_task + λ_F·MSE(F16_teacher, F16_student) [+ λ_M·MSE(F_M) on video].
+"""Distillation LightningModule: L = L_task + λ_F·MSE(F16_teacher, F16_student) + λ_M·MSE(F_M_teacher, F_M_student).
 
-Stage 1 (images): the student segments every sampled mask of each image through 1 + 7 prompted decoder passes
-(``prompting.image_prompt_steps``); the frozen teacher only supplies F16 (and, for the mask pictures, its own masks).
+Stage 1 (images, λ_M = 0): the student segments every sampled mask of each image through 1 + 7 prompted decoder
+passes; the frozen teacher only supplies F16 (and, for the mask pictures, its own masks).
+Stage 2 (clips, λ_M = 1): conditioning frames are prompted, correction clicks land on 1–2 frames, every other frame
+is segmented from memory; the teacher replays the student's prompts with its own memory bank and supplies F16 and F_M
+(``prompting.plan_clip`` / ``run_clip``). Images are clips of one frame, so both stages run the same step.
 
 The teacher is kept outside the registered module tree (see :meth:`DistillationModule.__init__`), so it is never in
 the optimizer, never wrapped by DDP and never in a saved checkpoint: a checkpoint holds ``student.<official key>``
@@ -16,13 +19,14 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor
 
-from .losses import DistillationLoss
+from .losses import DistillationLoss, sum_loss_dicts
 from .models.checkpoint import check_state_dict, read_state_dict
 from .models.sam2_model import SAM2Model
 from .optim import build_optimizer, build_scheduler
-from .prompting import PromptConfig, image_prompt_steps
+from .prompting import PromptConfig, plan_clip, run_clip
 from .teacher import FrozenTeacher
 
 log = logging.getLogger(__name__)
@@ -89,52 +93,94 @@ class DistillationModule(pl.LightningModule):
         return max(float(t), 1.0)
 
     # ------------------------------------------------------------------ the step
-    def image_step(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """Stage-1 loss on a batch of images: returns (loss terms, tensors for the mask pictures)."""
-        images: Tensor = batch["images"]
-        gt: Tensor = batch["masks"].unsqueeze(1)  # (N, 1, S, S) bool, one row per object
-        obj_to_img: Tensor = batch["obj_to_img"]
-        feats = self.student.encode_image(images)
-        f16_teacher = self.teacher.encode_image(images).f16 if self.teacher is not None else None
-        steps = image_prompt_steps(self.student, feats.select(obj_to_img), gt, self.prompts)
-        losses = self.loss(steps=steps, targets=gt, num_objects=self._global_num_objects(gt.shape[0]),
-                           f16_student=feats.f16, f16_teacher=f16_teacher)
-        return losses, {"steps": steps, "gt": gt, "obj_to_img": obj_to_img}
+    @staticmethod
+    def as_clip(batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """A batch as clips: images (B, T, 3, S, S), masks (T, N, 1, S, S) bool, obj_to_img (N,).
+
+        Image batches (images (B, 3, S, S), masks (N, S, S)) are clips of one frame.
+        """
+        images, masks = batch["images"], batch["masks"]
+        if images.ndim == 4:
+            images, masks = images[:, None], masks[None]
+        return images, masks.unsqueeze(2), batch["obj_to_img"]
+
+    def clip_step(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Loss on a batch of clips (images are 1-frame clips): returns (loss terms, tensors for the pictures).
+
+        L = Σ_frames L_task + λ_F·MSE(F16_t, F16_s) over all frames + λ_M·MSE(F_M_t, F_M_s) over frames that read
+        memory. The teacher replays the student's prompts with its own memory bank, encoding the student's masks so
+        that both memories hold the same masks; it only runs the clip when λ_M > 0 (stage 1 needs F16 alone).
+        """
+        images, gt, obj_to_img = self.as_clip(batch)
+        b, t = images.shape[:2]
+        frames = images.transpose(0, 1).reshape(t * b, *images.shape[2:])  # frame-major: row = frame * B + image
+        feats = self.student.encode_image(frames)
+        rows = [i * b + obj_to_img for i in range(t)]
+        plan = plan_clip(t, self.prompts)
+        records = run_clip(self.student, [feats.select(r) for r in rows], gt, plan, self.prompts)
+        f16_teacher = fm_student = fm_teacher = None
+        teacher_records = None
+        if self.teacher is not None:
+            t_feats = self.teacher.encode_image(frames)
+            f16_teacher = t_feats.f16
+            if self.loss.lambda_fm > 0 and t > 1:
+                with torch.no_grad():
+                    teacher_records = run_clip(self.teacher.net, [t_feats.select(r) for r in rows], gt, plan,
+                                               self.prompts, replay=records,
+                                               memory_masks={r.frame_idx: r.memory_mask.detach() for r in records})
+                pairs = [(s.pix_feat, q.pix_feat) for s, q in zip(records, teacher_records) if s.read_memory]
+                if pairs:
+                    fm_student = torch.stack([s for s, _ in pairs])
+                    fm_teacher = torch.stack([q for _, q in pairs])
+        num_objects = self._global_num_objects(gt.shape[1])
+        task = sum_loss_dicts(self.loss.task_loss(r.steps, gt[r.frame_idx], num_objects) for r in records)
+        losses = self.loss(task_losses=task, f16_student=feats.f16, f16_teacher=f16_teacher,
+                           fm_student=fm_student, fm_teacher=fm_teacher)
+        first = records[0]  # frame plan.order[0] = 0, an initial conditioning frame
+        return losses, {"images": images[:, 0], "gt": gt[0], "obj_to_img": obj_to_img, "steps": first.steps,
+                        "teacher_steps": None if teacher_records is None else teacher_records[0].steps}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        losses, aux = self.image_step(batch)
+        losses, aux = self.clip_step(batch)
         bs = batch["images"].shape[0]
         self.log("train/loss", losses["loss"].detach(), batch_size=bs, prog_bar=True)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, batch_size=bs)
         self.log("train/num_objects", float(aux["gt"].shape[0]), batch_size=bs)
         out: dict[str, Any] = {"loss": losses["loss"]}
         if self.vis_every_n_steps and self.global_step % self.vis_every_n_steps == 0:
-            out.update(self._pictures(batch, aux))
+            out.update(self._pictures(aux))
         return out
 
     @torch.no_grad()
-    def _pictures(self, batch: dict[str, Any], aux: dict[str, Any]) -> dict[str, Tensor | None]:
-        """First object of each image: image, ground truth, student mask after the first prompt, teacher mask."""
+    def _pictures(self, aux: dict[str, Any]) -> dict[str, Tensor | None]:
+        """First object of each image on frame 0: image, ground truth, student and teacher masks after the first
+        prompt (the teacher decodes the same prompt on its own features when it did not run the clip)."""
         obj_to_img = aux["obj_to_img"]
         first = torch.stack([torch.nonzero(obj_to_img == i)[0, 0] for i in obj_to_img.unique()])
+        images = aux["images"][obj_to_img[first]]
+        size = images.shape[-1]
+
+        def best_mask(step) -> Tensor:
+            best = step.ious[first].argmax(dim=1)
+            low = step.multimasks[first, best][:, None].float()
+            return F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
         step0 = aux["steps"][0]
-        best = step0.ious[first].argmax(dim=1)
-        student_low = step0.multimasks[first, best][:, None]
-        size = batch["images"].shape[-1]
-        up = lambda x: torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear")[:, 0]
         teacher = None
-        if self.teacher is not None:
+        if aux["teacher_steps"] is not None:
+            teacher = best_mask(aux["teacher_steps"][0])
+        elif self.teacher is not None:
             net = self.teacher.net
-            images = batch["images"][obj_to_img[first]]
             tf = net.encode_image(images)
             coords = None if step0.point_coords is None else step0.point_coords[first]
             labels = None if step0.point_labels is None else step0.point_labels[first]
             num = 0 if labels is None else labels.shape[1]
             t_out = net.decode(net.condition(tf, None), tf.high_res, coords, labels,
                                multimask_output=net.use_multimask(True, num))
-            teacher = up(t_out.low_res_masks)
-        return {"vis_images": batch["images"][obj_to_img[first]], "vis_gt": aux["gt"][first, 0],
-                "vis_student": up(student_low), "vis_teacher": teacher}
+            teacher = F.interpolate(t_out.low_res_masks.float(), size=(size, size), mode="bilinear",
+                                    align_corners=False)[:, 0]
+        return {"vis_images": images, "vis_gt": aux["gt"][first, 0], "vis_student": best_mask(step0),
+                "vis_teacher": teacher}
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
