@@ -117,6 +117,9 @@ class MaskDecoder(nn.Module):
         src = src.transpose(1, 2).reshape(b, c, h, w)
         up1, norm1, act1, up2, act2 = self.output_upscaling
         if self.use_high_res_features:
+            if high_res_features is None or len(high_res_features) != 2:
+                raise ValueError("use_high_res_features=True needs high_res_features=[conv_s0(stride-4 map), "
+                                 "conv_s1(stride-8 map)]")
             feat_s0, feat_s1 = high_res_features
             upscaled = act2(up2(act1(norm1(up1(src) + feat_s1))) + feat_s0)
         else:

@@ -52,7 +52,7 @@ class Attention(nn.Module):
         return x.transpose(1, 2).reshape(b, n, h * c)
 
     def project(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Input projections, split into heads."""
+        """Input projections split into heads: (B, N, C·) each -> (B, heads, N, internal_dim / heads) each."""
         return (self._separate_heads(self.q_proj(q)), self._separate_heads(self.k_proj(k)),
                 self._separate_heads(self.v_proj(v)))
 
@@ -62,6 +62,7 @@ class Attention(nn.Module):
         return self.out_proj(self._recombine_heads(out))
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q (B, Nq, C), k / v (B, Nk, Ckv) -> (B, Nq, C)."""
         return self.attend(*self.project(q, k, v))
 
 
@@ -122,6 +123,8 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
+        """image_embedding / image_pe (B, C, h, w), point_embedding (B, Nt, C) (also the tokens' position encoding)
+        -> (tokens (B, Nt, C), image tokens (B, h·w, C))."""
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
