@@ -6,16 +6,25 @@ Every format has one writer function ``write_<format>(out_root, args) -> list[Pa
 
 - ``sa1b``: ``sa_XXXXXX.jpg`` + ``sa_XXXXXX.json`` in the SA-1B layout
   (``{"image": {...}, "annotations": [{"segmentation": {"size": [h, w], "counts": str}, ...}]}``, pycocotools RLE).
+- ``sav``: SA-V videos ``sav_000/sav_XXXXXX.mp4`` (H.264, 24 fps) + ``sav_XXXXXX_manual.json`` / ``_auto.json``
+  (official SA-V schema: ``masklet`` = per annotated frame, every 4th, the per-object RLEs) and the annotated frames
+  extracted to ``JPEGImages_24fps/<video>/<frame:05d>.jpg``.
+- ``davis``: ``JPEGImages/<video>/<frame:05d>.jpg`` + ``Annotations/<video>/<frame:05d>.png`` (palette PNG, index =
+  object id, 255 = a void band around object 1).
 
-The output is deterministic: image ``i`` of format ``f`` depends only on (``--seed``, ``f``, ``i``), so asking for
-more images keeps the first ones unchanged. Scenes are textured backgrounds (gradient + low-frequency noise + pixel
+The output is deterministic: item ``i`` of format ``f`` depends only on (``--seed``, ``f``, ``i``), so asking for
+more items keeps the first ones unchanged. Scenes are textured backgrounds (gradient + low-frequency noise + pixel
 noise) with coloured, textured ellipses, polygons and rectangles, some overlapping; each annotation is the *visible*
-part of one shape (later shapes occlude earlier ones), as SA-1B masks describe what is seen.
+part of one shape (later shapes occlude earlier ones), as SA-1B masks describe what is seen. In the videos the
+shapes move and occlude each other; object 0 leaves the frame and re-enters, and SA-V's object 3 appears late
+(empty masks until then).
 
 Usage::
 
-    python scripts/make_sample_data.py --out data/sample                       # 8 SA-1B images, about 320x240
-    python scripts/make_sample_data.py --out /tmp/big --size 2250x1500 --num-images 16 --min-masks 90 --max-masks 110
+    python scripts/make_sample_data.py --out data/sample            # 8 SA-1B images, 3 SA-V videos, 2 DAVIS videos
+    python scripts/make_sample_data.py --out data/sample --formats sa1b,sav
+    python scripts/make_sample_data.py --out /tmp/big --formats sa1b --size 2250x1500 --num-images 16 \\
+        --min-masks 90 --max-masks 110
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import sys
 import time
 import zlib
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -285,11 +295,325 @@ def write_sa1b(out_root: Path, args: argparse.Namespace) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Videos: moving, occluding textured shapes (shared by SA-V and DAVIS)
+# --------------------------------------------------------------------------------------------------------------------
+
+VIDEO_FPS = 24
+SAV_ANN_EVERY = 4  # SA-V annotates every 4th frame of its 24 fps videos
+
+
+@dataclass
+class Sprite:
+    """A textured shape that moves: ``crop`` bool (ch, cw) its pixels, ``fill`` float32 (ch, cw, 3) its colours."""
+
+    crop: np.ndarray
+    fill: np.ndarray
+
+
+@dataclass
+class VideoScene:
+    """A rendered video: uint8 (N, h, w, 3) RGB ``frames`` and bool (N, K, h, w) ``visible`` masks of its K objects
+    (later objects are drawn on top, so a mask is the part of its object that no later object covers)."""
+
+    frames: np.ndarray
+    visible: np.ndarray
+
+
+def make_sprite(rng: np.random.Generator, side: float) -> Sprite:
+    """A random ellipse / polygon / rectangle 0.15-0.45 x ``side`` across, with a striped colour-gradient texture."""
+    canvas = int(4 * side)  # large enough that random_shape never clips the shape
+    while True:
+        shape = random_shape(rng, canvas, canvas, scale=0.25, anchor=(canvas / 2, canvas / 2))
+        ys, xs = np.nonzero(shape.crop)
+        if len(ys) and min(np.ptp(ys), np.ptp(xs)) >= 0.15 * side:
+            break
+    crop = shape.crop[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    ch, cw = crop.shape
+    colour = rng.uniform(0, 255, size=3).astype(np.float32)
+    yy, xx = np.mgrid[0:ch, 0:cw].astype(np.float32)
+    stripes = 25.0 * np.sin(xx * rng.uniform(0.1, 0.6) + yy * rng.uniform(0.1, 0.6))
+    fill = colour + stripes[..., None] + rng.uniform(-40, 40, size=3).astype(np.float32) * (yy / max(ch, 1))[..., None]
+    return Sprite(crop=crop, fill=fill)
+
+
+def paste_box(cx: float, cy: float, ch: int, cw: int, h: int, w: int) -> tuple[slice, slice, slice, slice] | None:
+    """(image rows, image cols, sprite rows, sprite cols) slices of a (ch, cw) sprite centred at (cx, cy), clipped to
+    the (h, w) image; None when it is entirely outside."""
+    x0, y0 = int(round(cx - cw / 2)), int(round(cy - ch / 2))
+    ix0, iy0, ix1, iy1 = max(0, x0), max(0, y0), min(w, x0 + cw), min(h, y0 + ch)
+    if ix1 <= ix0 or iy1 <= iy0:
+        return None
+    return slice(iy0, iy1), slice(ix0, ix1), slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0)
+
+
+def object_paths(rng: np.random.Generator, sprites: list[Sprite], h: int, w: int, num_frames: int,
+                 late_object: bool) -> np.ndarray:
+    """float (N, K, 2) centre (x, y) of every object on every frame.
+
+    Object 0 swings left-right far enough to leave the frame on both sides and come back (period ~2 s); the others
+    drift on slow Lissajous paths that cross each other (occlusions); with ``late_object`` the last object enters
+    from the left after about a third of the video (its masks are empty before).
+    """
+    t = np.arange(num_frames, dtype=np.float64)
+    paths = np.zeros((num_frames, len(sprites), 2))
+    for k, sprite in enumerate(sprites):
+        ch, cw = sprite.crop.shape
+        if k == 0:  # fully outside while |sin| > 0.8
+            amp = (w / 2 + cw / 2 + 1) / 0.8 * rng.choice([-1.0, 1.0])
+            period = rng.uniform(1.6, 2.4) * VIDEO_FPS
+            paths[:, k, 0] = w / 2 + amp * np.sin(2 * np.pi * t / period)
+            paths[:, k, 1] = rng.uniform(0.3, 0.7) * h
+        elif late_object and k == len(sprites) - 1:
+            enter = num_frames / 3
+            speed = (w / 2 + cw) / max(num_frames - enter, 1)
+            paths[:, k, 0] = -cw + speed * (t - enter) + cw / 2
+            paths[:, k, 1] = rng.uniform(0.3, 0.7) * h
+        else:
+            cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
+            ax, ay = rng.uniform(0.15, 0.3) * w, rng.uniform(0.1, 0.25) * h
+            px, py = rng.uniform(1.5, 3.0, size=2) * VIDEO_FPS
+            phx, phy = rng.uniform(0, 2 * np.pi, size=2)
+            paths[:, k, 0] = cx + ax * np.sin(2 * np.pi * t / px + phx)
+            paths[:, k, 1] = cy + ay * np.sin(2 * np.pi * t / py + phy)
+    return paths
+
+
+def render_video(rng: np.random.Generator, h: int, w: int, num_frames: int, num_objects: int,
+                 late_object: bool = True, noise_std: float = 3.0) -> VideoScene:
+    """Render ``num_frames`` frames of ``num_objects`` moving textured shapes over a static textured background."""
+    background = textured_background(rng, h, w)
+    side = min(h, w)
+    sprites = [make_sprite(rng, side * rng.uniform(0.7, 1.1)) for _ in range(num_objects)]
+    paths = object_paths(rng, sprites, h, w, num_frames, late_object)
+    frames = np.empty((num_frames, h, w, 3), dtype=np.uint8)
+    visible = np.zeros((num_frames, num_objects, h, w), dtype=bool)
+    for n in range(num_frames):
+        img = background.copy()
+        owner = np.full((h, w), -1, dtype=np.int64)
+        for k, sprite in enumerate(sprites):
+            box = paste_box(*paths[n, k], *sprite.crop.shape, h, w)
+            if box is None:
+                continue
+            iy, ix, sy, sx = box
+            crop = sprite.crop[sy, sx]
+            img[iy, ix][crop] = sprite.fill[sy, sx][crop]
+            owner[iy, ix][crop] = k
+        for k in range(num_objects):
+            visible[n, k] = owner == k
+        img += rng.normal(0, noise_std, size=img.shape).astype(np.float32)
+        frames[n] = np.clip(img, 0, 255).astype(np.uint8)
+    return VideoScene(frames=frames, visible=visible)
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """COCO compressed RLE of a bool (h, w) mask with str counts (an empty mask gives the one-run empty RLE)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int = VIDEO_FPS, qp: int = 20, gop: int = VIDEO_FPS) -> None:
+    """H.264 (libx264, yuv420p) mp4 of uint8 (N, h, w, 3) RGB frames, as SA-V ships; a key frame every ``gop``
+    frames (so readers must seek). Constant quantiser ``qp`` and one thread: x264's CRF rate control with its SIMD
+    code was measured to give different bytes from run to run on the same frames, this setting never did."""
+    import av  # the video decoder dependency; only the video writers need it
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.time_base = Fraction(1, fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"qp": str(qp), "g": str(gop), "preset": "veryfast"}
+        stream.thread_count = 1
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i  # explicit timestamps (in 1 / fps): nothing is left for the encoder to guess
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# SA-V
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def sav_num_frames(index: int, annotated: int) -> int:
+    """24 fps frame count of SA-V video ``index`` with ``annotated`` annotated frames (every 4th, from frame 0)."""
+    return SAV_ANN_EVERY * (annotated - 1) + 1 + index % SAV_ANN_EVERY
+
+
+def sav_record(video_id: str, scene: VideoScene, num_frames: int, objects: Sequence[int], kind: str,
+               rng: np.random.Generator) -> dict:
+    """SA-V json record (official schema) for ``objects`` of ``scene``, annotated on frames 0, 4, 8, ..."""
+    h, w = scene.frames.shape[1:3]
+    annotated = scene.visible[::SAV_ANN_EVERY][:, list(objects)]  # (n_ann, K, h, w)
+    areas = annotated.sum((2, 3))  # (n_ann, K)
+    present = areas > 0
+    size_abs = [float(areas[present[:, k], k].mean()) if present[:, k].any() else 0.0 for k in range(len(objects))]
+    changes = [int(np.count_nonzero(np.diff(present[np.argmax(present[:, k]):, k].astype(int))))
+               for k in range(len(objects))]
+    n_ann = len(annotated)
+    return {
+        "video_id": video_id,
+        "video_duration": round(num_frames / VIDEO_FPS, 6),
+        "video_frame_count": float(num_frames),
+        "video_height": float(h),
+        "video_width": float(w),
+        "video_resolution": float(h * w),
+        "video_environment": "Indoor",
+        "video_split": "train",
+        "masklet": [[encode_rle(m) for m in frame] for frame in annotated],
+        "masklet_id": list(range(len(objects))),
+        "masklet_size_rel": [round(a / (h * w), 10) for a in size_abs],
+        "masklet_size_abs": [round(a, 10) for a in size_abs],
+        "masklet_size_bucket": ["small" if a < 32**2 else "medium" if a < 96**2 else "large" for a in size_abs],
+        "masklet_visibility_changes": changes,
+        "masklet_first_appeared_frame": [float(np.argmax(present[:, k])) for k in range(len(objects))],
+        "masklet_frame_count": [n_ann] * len(objects),
+        "masklet_edited_frame_count": [int(rng.integers(0, n_ann)) if kind == "manual" else 0 for _ in objects],
+        "masklet_type": [kind] * len(objects),
+        "masklet_stability_score": [
+            None if kind == "manual" else [round(float(s), 6) for s in rng.uniform(0.9, 1.0, size=n_ann)]
+            for _ in objects
+        ],
+        "masklet_num": len(objects),
+    }
+
+
+def make_sav_item(seed: int, index: int, size: tuple[int, int], annotated: int) -> tuple[VideoScene, dict, dict]:
+    """Render SA-V video ``index`` (``sav_<index + 1:06d>``): returns (scene, manual record, auto record).
+
+    4 objects; object 0 leaves the frame and re-enters, object 3 appears after a third of the video. The manual
+    json annotates all of them; the auto json the objects visible on frame 0.
+    """
+    rng = item_rng(seed, "sav", index)
+    w, h = size
+    num_frames = sav_num_frames(index, annotated)
+    scene = render_video(rng, h, w, num_frames, num_objects=4, late_object=True)
+    video_id = f"sav_{index + 1:06d}"
+    manual = sav_record(video_id, scene, num_frames, range(4), "manual", rng)
+    first = [k for k in range(4) if scene.visible[0, k].any()]
+    auto = sav_record(video_id, scene, num_frames, first, "auto", rng)
+    return scene, manual, auto
+
+
+def write_sav(out_root: Path, args: argparse.Namespace) -> list[Path]:
+    """Write ``args.num_videos`` SA-V videos into ``<out_root>/sav/``: ``sav_000/sav_XXXXXX.mp4`` + ``_manual.json`` +
+    ``_auto.json``, and their annotated frames extracted to ``JPEGImages_24fps/<video>/<frame:05d>.jpg`` the way
+    ``scripts/extract_sav_frames.py`` does. Returns the mp4 paths."""
+    from edgetam_train.data.sav import FRAMES_DIRNAME, extract_frames
+
+    out = out_root / "sav"
+    (out / "sav_000").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(args.num_videos):
+        annotated = args.video_frames + 4 * (i % 3)
+        scene, manual, auto = make_sav_item(args.seed, i, args.video_size, annotated)
+        mp4 = out / "sav_000" / f"{manual['video_id']}.mp4"
+        write_mp4(mp4, scene.frames)
+        mp4.with_name(f"{manual['video_id']}_manual.json").write_text(json.dumps(manual))
+        mp4.with_name(f"{manual['video_id']}_auto.json").write_text(json.dumps(auto))
+        extract_frames(mp4, out / FRAMES_DIRNAME / manual["video_id"], every=SAV_ANN_EVERY, resume=False)
+        paths.append(mp4)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# DAVIS / MOSE / YouTube-VOS
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def voc_palette() -> list[int]:
+    """The 256-colour PASCAL VOC palette DAVIS annotations use (index 1 = dark red, 2 = green, ..., 255 = cream)."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """bool (..., h, w) dilation of the last two axes by a (2 radius + 1)-pixel square (separable shifts)."""
+    out = mask.copy()
+    for axis in (-2, -1):
+        grown = out.copy()
+        for d in range(1, radius + 1):
+            for shift in (d, -d):
+                moved = np.roll(out, shift, axis=axis)
+                edge = [slice(None)] * out.ndim  # np.roll wraps around: clear what came from the other side
+                edge[axis] = slice(0, d) if shift > 0 else slice(-d, None)
+                moved[tuple(edge)] = False
+                grown |= moved
+        out = grown
+    return out
+
+
+def davis_labels(scene: VideoScene, void_width: int = 2) -> np.ndarray:
+    """uint8 (N, h, w) label maps: object k -> id k + 1, background 0, and a ``void_width``-pixel band of 255 (void)
+    on the background around object id 1 (DAVIS marks uncertain borders that way)."""
+    n, k, h, w = scene.visible.shape
+    labels = np.zeros((n, h, w), dtype=np.uint8)
+    for obj in range(k):
+        labels[scene.visible[:, obj]] = obj + 1
+    labels[dilate(scene.visible[:, 0], void_width) & (labels == 0)] = 255
+    return labels
+
+
+def make_davis_item(seed: int, index: int, size: tuple[int, int], num_frames: int) -> tuple[VideoScene, np.ndarray]:
+    """Render DAVIS-format video ``index``: 3 objects (object 0 = id 1 leaves the frame and re-enters); returns
+    (scene, uint8 (N, h, w) label maps as written to the PNGs)."""
+    rng = item_rng(seed, "davis", index)
+    w, h = size
+    scene = render_video(rng, h, w, num_frames, num_objects=3, late_object=False)
+    return scene, davis_labels(scene)
+
+
+def write_davis(out_root: Path, args: argparse.Namespace) -> list[Path]:
+    """Write ``args.num_davis_videos`` videos into ``<out_root>/davis/``: ``JPEGImages/<video>/<frame:05d>.jpg`` and
+    ``Annotations/<video>/<frame:05d>.png`` (palette PNG, VOC palette); returns the video frame directories."""
+    out = out_root / "davis"
+    palette = voc_palette()
+    paths = []
+    for i in range(args.num_davis_videos):
+        name = f"video_{i:03d}"
+        scene, labels = make_davis_item(args.seed, i, args.video_size, args.video_frames + 4 + 2 * (i % 3))
+        jpg_dir, png_dir = out / "JPEGImages" / name, out / "Annotations" / name
+        jpg_dir.mkdir(parents=True, exist_ok=True)
+        png_dir.mkdir(parents=True, exist_ok=True)
+        for f, (frame, label) in enumerate(zip(scene.frames, labels)):
+            Image.fromarray(frame).save(jpg_dir / f"{f:05d}.jpg", quality=args.jpeg_quality)
+            png = Image.fromarray(label)  # mode L; putpalette makes it a palette (P) image of the same indices
+            png.putpalette(palette)
+            png.save(png_dir / f"{f:05d}.png")
+        paths.append(jpg_dir)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------------------------
 
-# Format name -> writer(out_root, parsed args) -> written paths. Add SA-V / DAVIS writers here.
-WRITERS: dict[str, Callable[[Path, argparse.Namespace], list[Path]]] = {"sa1b": write_sa1b}
+# Format name -> writer(out_root, parsed args) -> written paths.
+WRITERS: dict[str, Callable[[Path, argparse.Namespace], list[Path]]] = {
+    "sa1b": write_sa1b,
+    "sav": write_sav,
+    "davis": write_davis,
+}
+
+
+def parse_formats(text: str) -> list[str]:
+    """``"sa1b,sav"`` -> ["sa1b", "sav"]; raises ``argparse.ArgumentTypeError`` naming an unknown format."""
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in WRITERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown format(s) {unknown}; choose from {list(WRITERS)}")
+    return formats
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,21 +621,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("data/sample"), help="output root (default data/sample)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--formats", nargs="+", default=list(WRITERS), choices=list(WRITERS), help="formats to write")
+    p.add_argument("--formats", nargs="+", type=parse_formats, default=[list(WRITERS)],
+                   help=f"formats to write, comma- or space-separated (default {','.join(WRITERS)})")
     p.add_argument("--num-images", type=int, default=8, help="SA-1B images (default 8)")
     p.add_argument("--size", type=parse_size, default=(320, 240), help="WIDTHxHEIGHT of image 0 (default 320x240); "
                    "the others keep the area and vary the aspect ratio")
     p.add_argument("--min-masks", type=int, default=3, help="fewest annotations per image (default 3)")
     p.add_argument("--max-masks", type=int, default=12, help="most annotations per image (default 12)")
     p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--num-videos", type=int, default=3, help="SA-V videos (default 3)")
+    p.add_argument("--num-davis-videos", type=int, default=2, help="DAVIS-format videos (default 2)")
+    p.add_argument("--video-size", type=parse_size, default=(320, 240), help="WIDTHxHEIGHT of the videos "
+                   "(default 320x240)")
+    p.add_argument("--video-frames", type=int, default=16, help="annotated frames of SA-V video 0 (default 16; "
+                   "videos cycle through +0, +4, +8); DAVIS videos get 4-8 more (all annotated)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, list[Path]]:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the selected writers; returns {format: written paths}."""
     args = build_parser().parse_args(argv)
+    args.formats = list(dict.fromkeys(f for group in args.formats for f in group))  # flatten, keep order, no repeats
     if not 1 <= args.min_masks <= args.max_masks:
         raise SystemExit(f"need 1 <= --min-masks <= --max-masks, got {args.min_masks} and {args.max_masks}")
+    if args.video_frames < 2:
+        raise SystemExit(f"need --video-frames >= 2, got {args.video_frames}")
     written = {}
     for fmt in args.formats:
         t0 = time.perf_counter()

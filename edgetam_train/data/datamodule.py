@@ -1,9 +1,10 @@
-"""Lightning DataModule for stage-1 (SA-1B image) distillation.
+"""Lightning DataModules: stage 1 (``SA1BDataModule``, SA-1B images) and stage 2 (``VideoDataModule``, the clip
+mixture of SA-V, SA-1B and optionally DAVIS / MOSE / YouTube-VOS).
 
 Samplers carry the epoch to the dataset: Lightning calls ``sampler.set_epoch(epoch)`` at the start of every training
-epoch (before the epoch's DataLoader iterator is created), and our samplers forward it to ``SA1BDataset.set_epoch``,
-so the masks sampled and the flips change every epoch without any hook in the LightningModule.
-Under DDP the train sampler is a ``DistributedSampler`` subclass; Lightning sees a DistributedSampler and keeps it.
+epoch (before the epoch's DataLoader iterator is created), and our samplers forward it to the datasets' ``set_epoch``,
+so the masks sampled and the augmentations change every epoch without any hook in the LightningModule.
+Under DDP the train samplers are ``DistributedSampler`` subclasses; Lightning sees a DistributedSampler and keeps it.
 Validation samplers do not forward the epoch, so validation always sees the same masks and no flips.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import cv2
 import lightning as L
@@ -19,7 +20,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from edgetam_train.data.clips import SA1BClipDataset, collate_clips
+from edgetam_train.data.mixture import MixtureBatchSampler, MixtureDataset
 from edgetam_train.data.sa1b import SA1BDataset, collate_sa1b, load_index, read_split_file
+from edgetam_train.data.sav import SAVDataset
+from edgetam_train.data.vos import VOSDataset
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -65,6 +70,15 @@ class EpochDistributedSampler(DistributedSampler):
 def init_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: one OpenCV thread per worker (the workers already run in parallel)."""
     cv2.setNumThreads(1)
+
+
+def world_and_rank(trainer: L.Trainer | None) -> tuple[int, int]:
+    """(world size, global rank) from ``trainer``, else from torch.distributed, else (1, 0)."""
+    if trainer is not None:
+        return trainer.world_size, trainer.global_rank
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 def split_files(files: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
@@ -139,12 +153,7 @@ class SA1BDataModule(L.LightningDataModule):
 
     def _world(self) -> tuple[int, int]:
         """(world size, global rank) from the trainer, else from torch.distributed, else (1, 0)."""
-        trainer = self.trainer
-        if trainer is not None:
-            return trainer.world_size, trainer.global_rank
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_world_size(), dist.get_rank()
-        return 1, 0
+        return world_and_rank(self.trainer)
 
     def _loader(self, dataset: SA1BDataset, train: bool) -> DataLoader:
         """DataLoader with an epoch-forwarding sampler (distributed when world size > 1)."""
@@ -178,3 +187,138 @@ class SA1BDataModule(L.LightningDataModule):
         """Validation batches in order, without flips (an empty list when ``val_fraction`` is 0)."""
         self.setup("validate")
         return self._loader(self.val_set, train=False) if self.val_set is not None else []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Stage 2: the clip mixture
+# --------------------------------------------------------------------------------------------------------------------
+
+# config key -> dataset class; entries of other names set ``kind`` (one of these keys, or "vos")
+DATASET_KINDS: dict[str, type] = {"sav": SAVDataset, "sa1b": SA1BClipDataset, "vos": VOSDataset}
+DEFAULT_KIND: dict[str, str] = {"sav": "sav", "sa1b": "sa1b", "davis": "vos", "mose": "vos", "ytvos": "vos"}
+
+
+class VideoDataModule(L.LightningDataModule):
+    """Stage-2 training clips from a weighted mixture of datasets; batches come from ``collate_clips``.
+
+    Every step draws one dataset (the same on every rank, see ``mixture``), so a batch holds only 8-frame video clips
+    or only 1-frame SA-1B clips; under DDP each rank gets different samples of that dataset.
+
+    Args:
+        datasets: {name: {"root": path or None, "weight": float, "kind": optional, **dataset arguments}} (config
+            ``data.datasets``). Entries whose root is None or whose weight is 0 are left out. Names "sav", "sa1b",
+            "davis", "mose", "ytvos" imply their kind (``SAVDataset``, ``SA1BClipDataset``, ``VOSDataset``); other
+            names need ``kind`` ("sav", "sa1b" or "vos"). The remaining keys go to the dataset class (e.g.
+            ``frames_root``, ``source``, ``annotations`` for SA-V; ``image_dir``, ``mask_dir``, ``split_file`` for
+            VOS; ``index_cache``, ``split_file`` for SA-1B), and may override ``max_objects``.
+        image_size: output side S.
+        clip_len: frames per video clip (SA-1B clips have 1).
+        max_objects: objects per clip (paper: 3).
+        batch_size: clips per device per step.
+        num_workers, pin_memory, prefetch_factor: DataLoader settings (``persistent_workers`` when workers > 0).
+        augment: ``ClipAugment`` arguments (config ``data.augment``); None disables augmentation.
+        reverse_p: probability of playing a video clip backwards.
+        max_skip_rate: the ``SkipCounter`` threshold, per dataset.
+        seed: base seed of the mixture choices, orders, sampling and augmentation.
+        steps_per_epoch: mixture steps per epoch (default: total samples // (batch_size x world size)).
+    """
+
+    def __init__(
+        self,
+        datasets: Mapping[str, Mapping[str, Any] | None],
+        image_size: int = 1024,
+        clip_len: int = 8,
+        max_objects: int = 3,
+        batch_size: int = 1,
+        num_workers: int = 8,
+        pin_memory: bool = True,
+        augment: Mapping[str, Any] | None = None,
+        reverse_p: float = 0.0,
+        max_skip_rate: float = 0.05,
+        seed: int = 0,
+        steps_per_epoch: int | None = None,
+        prefetch_factor: int = 2,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.entries = self._active_entries(datasets)
+        self.train_set: MixtureDataset | None = None
+
+    @staticmethod
+    def _active_entries(datasets: Mapping[str, Mapping[str, Any] | None]) -> dict[str, dict[str, Any]]:
+        """{name: entry with "kind"} of the entries that have a root and a positive weight; checks names and kinds."""
+        active = {}
+        for name, entry in (datasets or {}).items():
+            entry = dict(entry or {})
+            if entry.get("root") is None or float(entry.get("weight", 1.0)) <= 0:
+                continue
+            kind = entry.get("kind", DEFAULT_KIND.get(name))
+            if kind not in DATASET_KINDS:
+                raise ValueError(f"data.datasets.{name}: unknown kind {kind!r}; set kind to one of "
+                                 f"{sorted(DATASET_KINDS)}")
+            entry["kind"] = kind
+            active[name] = entry
+        if not active:
+            raise ValueError("data.datasets has no dataset with a root and a positive weight; set e.g. "
+                             "data.datasets.sav.root")
+        return active
+
+    def prepare_data(self) -> None:
+        """Build the SA-1B file-index caches once (Lightning calls this on one process per node)."""
+        for entry in self.entries.values():
+            if entry["kind"] == "sa1b" and entry.get("split_file") is None:
+                load_index(entry["root"], entry.get("index_cache"))
+
+    def build_dataset(self, name: str, entry: Mapping[str, Any]):
+        """The dataset of one ``data.datasets`` entry."""
+        hp = self.hparams
+        kwargs = {k: v for k, v in entry.items() if k not in ("kind", "weight", "root")}
+        kwargs.setdefault("max_objects", hp.max_objects)
+        common = dict(image_size=hp.image_size, augment=None if hp.augment is None else dict(hp.augment),
+                      seed=hp.seed, max_skip_rate=hp.max_skip_rate, name=name)
+        if entry["kind"] != "sa1b":
+            common.update(clip_len=hp.clip_len, reverse_p=hp.reverse_p)
+        return DATASET_KINDS[entry["kind"]](entry["root"], **common, **kwargs)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Create the datasets and the mixture."""
+        if self.train_set is None:
+            self.train_set = MixtureDataset({name: self.build_dataset(name, e) for name, e in self.entries.items()})
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """{name: mixture weight} of the active datasets."""
+        return {name: float(e.get("weight", 1.0)) for name, e in self.entries.items()}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the training epoch by hand (normally the sampler does it)."""
+        if self.train_set is not None:
+            self.train_set.set_epoch(epoch)
+
+    def _world(self) -> tuple[int, int]:
+        """(world size, global rank) from the trainer, else from torch.distributed, else (1, 0)."""
+        return world_and_rank(self.trainer)
+
+    def train_dataloader(self) -> DataLoader:
+        """Mixture batches: the sampler yields one rank's batch of indices per step (``batch_size=None``)."""
+        self.setup("fit")
+        hp = self.hparams
+        world, rank = self._world()
+        sampler = MixtureBatchSampler(self.train_set, self.weights, hp.batch_size, num_replicas=world, rank=rank,
+                                      seed=hp.seed, steps_per_epoch=hp.steps_per_epoch)
+        workers = hp.num_workers
+        return DataLoader(
+            self.train_set,
+            batch_size=None,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate_clips,
+            worker_init_fn=init_worker,
+            pin_memory=hp.pin_memory,
+            persistent_workers=workers > 0,
+            prefetch_factor=hp.prefetch_factor if workers > 0 else None,
+        )
+
+    def val_dataloader(self) -> list:
+        """No validation loader: video quality is measured by J&F on DAVIS / SA-V, outside the training loop."""
+        return []

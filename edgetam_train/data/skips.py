@@ -30,6 +30,10 @@ REASONS: tuple[str, ...] = (
     "empty_after_transform",
     "corrupt_video",
     "bad_annotation",
+    "missing_frame",
+    "frame_count_mismatch",
+    "too_short",
+    "corrupt_mask",
 )
 
 
