@@ -114,3 +114,39 @@ def test_teacher_and_student_memory_banks_are_independent(batch, monkeypatch):
     ids = {id(o) for o in student_bank.cond.values()} | {id(o) for o in student_bank.non_cond.values()}
     assert not ids & ({id(o) for o in teacher_bank.cond.values()} | {id(o) for o in teacher_bank.non_cond.values()})
     assert float(losses["loss_fm"]) > 0 and losses["loss_fm"].requires_grad
+
+
+@pytest.mark.parametrize("name", ["edgetam", "sam2.1_hiera_t"])
+def test_training_forward_equals_video_predictor_in_eval(name):
+    """The training forward (prompting.run_clip) and the VideoPredictor share the frame step and the memory bank:
+    in eval mode, with the same click on frame 0 and tracking through the clip, they agree to 1e-5."""
+    from edgetam_train.models.build import build_model
+    from edgetam_train.predictor import VideoPredictor
+
+    torch.manual_seed(0)
+    model = build_model(name, image_size=S).eval()
+    frames = make_clip()["images"][0]  # (T, 3, S, S)
+    clicks = torch.tensor([[[80.0, 95.0]], [[170.0, 180.0]]])  # one positive click per object on frame 0
+    labels = torch.ones(2, 1, dtype=torch.int32)
+    predictor = VideoPredictor(model, memory_bf16=False)
+    state = predictor.init_state_from_tensor(frames, (S, S))
+    for obj in range(2):
+        predictor.add_clicks(state, 0, obj, points=clicks[obj].numpy(), labels=labels[obj].numpy())
+    list(predictor.propagate(state))
+
+    cfg = prompting.PromptConfig(num_correction_clicks=0)
+    plan = prompting.ClipPlan(T, [0], [], "point")
+    first = prompting.PromptStep(None, None, None, clicks, labels)  # replayed prompt for frame 0
+    with torch.no_grad():
+        feats = model.encode_image(frames)
+        records = prompting.run_clip(model, [feats.select(torch.full((2,), t)) for t in range(T)],
+                                     torch.zeros(T, 2, 1, S, S, dtype=torch.bool), plan, cfg,
+                                     replay=[prompting.FrameRecord(0, [first], None, None, False)])
+    for record in records:
+        step = record.steps[-1]
+        best = step.ious.argmax(dim=1)
+        for obj in range(2):
+            ours = predictor.get_output(state, record.frame_idx, obj)
+            train_logits = step.multimasks[obj, best[obj]]
+            assert torch.allclose(train_logits, ours.low_res_logits[0], atol=1e-5), (record.frame_idx, obj)
+            assert torch.allclose(step.object_score_logits[obj], ours.object_score_logit, atol=1e-5)

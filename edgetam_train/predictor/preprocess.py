@@ -52,7 +52,7 @@ def image_to_input(image: np.ndarray, size: int, device: torch.device | str = "c
 
 def frame_to_input(frame: np.ndarray, size: int) -> Tensor:
     """Video-predictor preprocessing of an (H, W, 3) uint8 frame -> (3, size, size) (PIL uint8 resize first)."""
-    resized = np.asarray(Image.fromarray(frame).resize((size, size)))
+    resized = np.array(Image.fromarray(frame).resize((size, size)))  # writable copy for torch.from_numpy
     x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].float() / 255.0
     return normalize(x)[0]
 
