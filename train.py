@@ -4,13 +4,15 @@ import hydra
 from omegaconf import DictConfig
 
 from edgetam_train.config import CONFIG_DIR, register_resolvers
-from edgetam_train.training import train
 
 register_resolvers()
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    # imported here so that config errors, --help and --cfg answer before torch and Lightning load
+    from edgetam_train.training import train
+
     train(cfg)
 
 

@@ -6,6 +6,10 @@ Stage 2 (clips, λ_M = 1): conditioning frames are prompted, correction clicks l
 is segmented from memory; the teacher replays the student's prompts with its own memory bank and supplies F16 and F_M
 (``prompting.plan_clip`` / ``run_clip``). Images are clips of one frame, so both stages run the same step.
 
+Logged every step: ``train/loss`` and each term (``train/loss_task``, ``loss_f16``, ``loss_fm``, ``loss_mask``,
+``loss_dice``, ``loss_iou``, ``loss_class``), ``train/num_objects``, and the running totals of bad samples the loaders
+skipped, ``data/skipped`` and ``data/skipped_<reason>`` (summed over steps and ranks, kept across resume).
+
 The teacher is kept outside the registered module tree (see :meth:`DistillationModule.__init__`), so it is never in
 the optimizer, never wrapped by DDP and never in a saved checkpoint: a checkpoint holds ``student.<official key>``
 tensors only and :func:`edgetam_train.models.checkpoint.read_state_dict` reads it back for resume and export.
@@ -14,6 +18,7 @@ tensors only and :func:`edgetam_train.models.checkpoint.read_state_dict` reads i
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from .data.skips import REASONS
 from .losses import DistillationLoss, sum_loss_dicts
 from .models.checkpoint import check_state_dict, read_state_dict
 from .models.sam2_model import SAM2Model
@@ -30,6 +36,9 @@ from .prompting import PromptConfig, plan_clip, run_clip
 from .teacher import FrozenTeacher
 
 log = logging.getLogger(__name__)
+
+# skip reasons logged as data/skipped_<reason>; a reason outside data.skips.REASONS is counted as "other"
+SKIP_KEYS: tuple[str, ...] = REASONS + ("other",)
 
 
 class DistillationModule(pl.LightningModule):
@@ -58,6 +67,7 @@ class DistillationModule(pl.LightningModule):
         self.optimizer_cfg = dict(optimizer or {})
         self.scheduler_cfg = dict(scheduler or {})
         self.vis_every_n_steps = vis_every_n_steps
+        self.skip_totals = dict.fromkeys(SKIP_KEYS, 0)  # bad samples skipped so far, all ranks; saved in checkpoints
         if teacher is not None and teacher.net.image_size != student.image_size:
             raise ValueError(f"teacher image_size {teacher.net.image_size} != student image_size "
                              f"{student.image_size}: both must see the same images (set both model.*.image_size)")
@@ -80,17 +90,18 @@ class DistillationModule(pl.LightningModule):
         optimizer = build_optimizer(self.student, **self.optimizer_cfg)
         if not self.scheduler_cfg:
             return optimizer
-        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None
+        trainer = self._trainer  # None in a bare loop (``self.trainer`` would raise): then only "constant" works
+        total = trainer.max_steps if trainer is not None and trainer.max_steps > 0 else None
         scheduler = build_scheduler(optimizer, total_steps=total, **self.scheduler_cfg)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _global_num_objects(self, n: int) -> float:
         """Objects per rank averaged over ranks (SAM 2's loss normaliser), at least 1."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return max(float(n), 1.0)
         t = torch.tensor(float(n), device=self.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(t)
-            t = t / dist.get_world_size()
-        return max(float(t), 1.0)
+        dist.all_reduce(t)
+        return max(float(t) / dist.get_world_size(), 1.0)
 
     # ------------------------------------------------------------------ the step
     @staticmethod
@@ -146,10 +157,32 @@ class DistillationModule(pl.LightningModule):
         self.log("train/loss", losses["loss"].detach(), batch_size=bs, prog_bar=True)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, batch_size=bs)
         self.log("train/num_objects", float(aux["gt"].shape[0]), batch_size=bs)
+        self._log_skips(batch.get("skips"), bs)
         out: dict[str, Any] = {"loss": losses["loss"]}
         if self.vis_every_n_steps and self.global_step % self.vis_every_n_steps == 0:
             out.update(self._pictures(aux))
         return out
+
+    def _log_skips(self, skips: Mapping[str, int] | None, batch_size: int) -> None:
+        """Add the batch's skipped samples (``batch["skips"]``: reason -> count, from the collate function) to the
+        running totals and log them: ``data/skipped`` every step, ``data/skipped_<reason>`` once non-zero.
+
+        The totals are summed over steps and, under DDP, over ranks (one small all-reduce per step, which every rank
+        makes, so all ranks log the same keys); they survive resume through the checkpoint.
+        """
+        counts = [0] * len(SKIP_KEYS)
+        for reason, n in (skips or {}).items():
+            counts[SKIP_KEYS.index(reason) if reason in SKIP_KEYS else -1] += int(n)
+        if dist.is_available() and dist.is_initialized():
+            t = torch.tensor(counts, dtype=torch.int64, device=self.device)
+            dist.all_reduce(t)
+            counts = t.tolist()
+        for key, n in zip(SKIP_KEYS, counts):
+            self.skip_totals[key] += n
+        self.log("data/skipped", float(sum(self.skip_totals.values())), batch_size=batch_size)
+        for key, n in self.skip_totals.items():
+            if n:
+                self.log(f"data/skipped_{key}", float(n), batch_size=batch_size)
 
     @torch.no_grad()
     def _pictures(self, aux: dict[str, Any]) -> dict[str, Tensor | None]:
@@ -184,5 +217,12 @@ class DistillationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only student weights (the loss has no parameters; the teacher is never saved)."""
+        """Keep only student weights (the loss has no parameters; the teacher is never saved); add the skip totals."""
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("student.")}
+        checkpoint["data_skips"] = dict(self.skip_totals)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume the skip totals (``data/skipped*`` keep counting from where the run stopped)."""
+        for key, n in checkpoint.get("data_skips", {}).items():
+            if key in self.skip_totals:
+                self.skip_totals[key] = int(n)

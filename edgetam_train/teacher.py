@@ -39,7 +39,7 @@ class FrozenTeacher(nn.Module):
                    "noise. Use this only for smoke tests and the quick start.")
             log.warning("!" * 20 + " " + msg + " " + "!" * 20)
         self.net.requires_grad_(False)
-        self.net.eval()
+        self.eval()  # the wrapper too, so no module under the teacher reports training=True
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         """Ignore ``mode``: the teacher always stays in eval mode (dropout off, BatchNorm statistics frozen)."""

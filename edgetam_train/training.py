@@ -42,18 +42,47 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     return str(ckpt_path)
 
 
+def _model_choice() -> str | None:
+    """The option picked for the ``model`` group (``model=<name>``) when running under Hydra, else None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        return None
+
+
+def check_model_config(model_cfg: DictConfig | None) -> None:
+    """Fail before anything is built when the ``model`` group does not select a LightningModule.
+
+    ``model=edgetam`` (an architecture) is the usual mistake: the model group picks the training module
+    (``model=distill_image``) and the architectures go under ``model.student`` / ``model.teacher.net``.
+    """
+    target = model_cfg.get("_target_") if isinstance(model_cfg, DictConfig) else None
+    cls = None
+    if target:
+        try:
+            cls = hydra.utils.get_class(target)
+        except Exception as e:  # noqa: BLE001 - reported below with the config key
+            raise ValueError(f"model._target_={target} cannot be imported: {e}") from e
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
+        choice = _model_choice()
+        picked = f"model={choice} selects {target}" if choice else f"model._target_={target}"
+        raise ValueError(f"{picked}, which is not a LightningModule: the model group selects the training module "
+                         f"(model=distill_image, or model=distill_video); architectures (edgetam, "
+                         f"sam2.1_hiera_t/s/b+/l) go under it: model@model.student=edgetam, "
+                         f"model@model.teacher.net=sam2.1_hiera_t")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; returns the final logged metrics."""
     register_resolvers()
+    check_model_config(cfg.get("model"))
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, _convert_="partial")
-    if not isinstance(model, pl.LightningModule):
-        raise ValueError(f"model={cfg.model.get('_target_')} is not a LightningModule: the model group selects the "
-                         f"training module (e.g. model=distill_image); architectures (edgetam, sam2.1_hiera_*) go "
-                         f"under model.student / model.teacher.net")
     callbacks = _instantiate_list(cfg.get("callbacks"), "callback")
     loggers = _instantiate_list(cfg.get("logger"), "logger")
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

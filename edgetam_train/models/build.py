@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import CONFIG_DIR, register_resolvers
@@ -63,7 +64,17 @@ def build_model(name: str | DictConfig, image_size: int | None = None, checkpoin
                 ) -> SAM2Model:
     """Instantiate a model by name (or from a config tree), optionally loading an official/training checkpoint."""
     cfg = model_config(name, image_size) if isinstance(name, str) else name
-    model = hydra.utils.instantiate(cfg, _convert_="all")
+    try:
+        model = hydra.utils.instantiate(cfg, _convert_="all")
+    except InstantiationException as err:
+        # a constructor's ValueError (bad image_size, channel mismatch, ...) stays a ValueError, not hydra's wrapper
+        cause = err
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ValueError):
+            label = name if isinstance(name, str) else cfg.get("_target_", "model")
+            raise ValueError(f"cannot build {label}: {cause}") from err
+        raise
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model

@@ -24,7 +24,8 @@ class PositionEmbeddingSine(nn.Module):
         normalize: normalise grid coordinates to (0, scale] before encoding.
         scale: coordinate scale when normalising (default 2π).
 
-    Input ``x`` (B, *, H, W) is only read for its batch size, grid size, device; output (B, C, H, W) float32.
+    Input ``x`` (B, *, H, W) is only read for its batch size, grid size, device; output (B, C, H, W) float32, a
+    broadcast view of the cached (C, H, W) grid (no copy: treat it as read-only).
     """
 
     def __init__(self, num_pos_feats: int, temperature: float = 10000, normalize: bool = True,
@@ -53,20 +54,27 @@ class PositionEmbeddingSine(nn.Module):
         """Encoding of an h×w grid: (C, h, w), cached per (h, w, device)."""
         key = (h, w, str(device))
         if key not in self._cache:
-            ys = torch.arange(1, h + 1, dtype=torch.float32, device=device)
-            xs = torch.arange(1, w + 1, dtype=torch.float32, device=device)
-            if self.normalize:
-                ys = ys / (ys[-1] + 1e-6) * self.scale
-                xs = xs / (xs[-1] + 1e-6) * self.scale
-            freqs = self._freqs(device)
-            pos_y = self._interleave(ys[:, None] / freqs)  # (h, half)
-            pos_x = self._interleave(xs[:, None] / freqs)  # (w, half)
-            pos = torch.cat((pos_y[:, None, :].expand(h, w, -1), pos_x[None, :, :].expand(h, w, -1)), dim=-1)
-            self._cache[key] = pos.permute(2, 0, 1).contiguous()
+            # built outside inference mode, so a grid first made under torch.inference_mode() also serves training
+            with torch.inference_mode(False):
+                self._cache[key] = self._make_grid(h, w, device)
         return self._cache[key]
 
+    def _make_grid(self, h: int, w: int, device: torch.device) -> Tensor:
+        """Uncached :meth:`grid`: (C, h, w) float32."""
+        ys = torch.arange(1, h + 1, dtype=torch.float32, device=device)
+        xs = torch.arange(1, w + 1, dtype=torch.float32, device=device)
+        if self.normalize:
+            ys = ys / (ys[-1] + 1e-6) * self.scale
+            xs = xs / (xs[-1] + 1e-6) * self.scale
+        freqs = self._freqs(device)
+        pos_y = self._interleave(ys[:, None] / freqs)  # (h, half)
+        pos_x = self._interleave(xs[:, None] / freqs)  # (w, half)
+        pos = torch.cat((pos_y[:, None, :].expand(h, w, -1), pos_x[None, :, :].expand(h, w, -1)), dim=-1)
+        return pos.permute(2, 0, 1).contiguous()
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.grid(x.shape[-2], x.shape[-1], x.device)[None].expand(x.shape[0], -1, -1, -1).clone()
+        # a view, not a copy: at 1024 px the stride-4 level alone is 64 MiB, and copying it cost ~0.1 s per image
+        return self.grid(x.shape[-2], x.shape[-1], x.device)[None].expand(x.shape[0], -1, -1, -1)
 
 
 class PositionEmbeddingRandom(nn.Module):

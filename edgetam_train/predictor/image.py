@@ -41,10 +41,15 @@ class ImagePrediction:
 
 
 def fuse_for_inference(model: SAM2Model) -> SAM2Model:
-    """Fuse RepViT BatchNorm/RepVGG branches (timm ``reparameterize_model``) in place; outputs equal within 1e-5."""
+    """Speed up inference in place; outputs equal within 1e-5, but the model must not be trained or saved after.
+
+    Fuses RepViT BatchNorm/RepVGG branches (timm ``reparameterize_model``; Hiera has none) and folds the decoder's
+    high-res projections into the neck (:meth:`SAM2Model.fuse_high_res_projection`, all variants).
+    """
     trunk = model.image_encoder.trunk
     if hasattr(trunk, "reparameterize"):
         trunk.reparameterize()
+    model.fuse_high_res_projection()
     return model
 
 
@@ -54,7 +59,8 @@ class ImagePredictor:
     Args:
         model: the model; put in eval mode here.
         mask_threshold: logit threshold for the boolean masks.
-        fuse: fuse the RepViT trunk for speed (modifies ``model`` in place; no effect on Hiera).
+        fuse: fuse for speed (:func:`fuse_for_inference`: RepViT trunk, high-res projections; modifies ``model``
+            in place, which must not be trained or saved afterwards).
     """
 
     def __init__(self, model: SAM2Model, mask_threshold: float = 0.0, fuse: bool = False) -> None:
