@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv train test test-all sample-data bench clean
+.PHONY: venv train test test-all sample-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,9 +23,6 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
-
-bench: $(STAMP)
-	$(PY) scripts/bench/run_all.py
 
 clean:
 	rm -rf outputs logs data/sample
