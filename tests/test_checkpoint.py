@@ -27,16 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 S = 256
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread while this module runs: on 2 shared, busy cores two threads oversubscribe and these small
-    models ran ~7x slower (measured 314 s vs 42 s for the three model-stack test files)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(name: str = "edgetam", seed: int | None = 0) -> SAM2Model:
     model = build_model(name, image_size=S).eval()
     if seed is not None:

@@ -38,16 +38,6 @@ PROMPTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread while this module runs: on 2 shared, busy cores two threads oversubscribe and these small
-    models ran ~7x slower (measured 314 s vs 42 s for the three model-stack test files)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _setup(name: str, size: int, seed: int = 0):
     """(predictor, official weights, normalised pixels (1, 3, size, size)) for model ``name`` at ``size``."""
     sd = random_official_state_dict(MODELS[name], seed)

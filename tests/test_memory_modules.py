@@ -25,14 +25,6 @@ from reference import reference_dir
 REFERENCE = reference_dir()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is fastest and avoids oversubscribing a shared CI machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def reference_rows(name: str, prefix: str) -> dict[str, tuple[int, ...]]:
     """{key without prefix: shape} of the tsv rows under ``prefix`` (header and '#' lines skipped)."""

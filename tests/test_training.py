@@ -47,16 +47,6 @@ def _load_script():
     return module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads wait on each other at every barrier (the
-    overfit loop measured 7x slower with 2 threads than with 1 while another process ran)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A project root with the generated sample data under data/sample/sa1b (4 images)."""

@@ -35,14 +35,6 @@ HF_OPTIONS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a shared CI machine: one intra-op thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @lru_cache(maxsize=None)
 def weights(name: str) -> dict[str, torch.Tensor]:

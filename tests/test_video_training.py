@@ -70,7 +70,6 @@ def batch():
 def test_overfits_one_clip_and_learns_that_an_object_left(batch):
     """Loss ≥ 50 % down within 40 steps; afterwards the object score says 'absent' on the frame the disc left and
     'present' again on the frame it came back (both frames tracked from memory, no prompt there)."""
-    torch.set_num_threads(2)
     module = build_module("model.prompts.num_correction_clicks=1", "model.prompts.video_prob_points=1.0",
                           "model.prompts.max_init_cond_frames=1", "model.prompts.max_corrected_frames=1")
     losses = fit(module, batch, 40)
