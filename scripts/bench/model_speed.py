@@ -200,8 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     size = args.size or (512 if args.quick else 1024)
     reps = args.reps or (3 if args.quick else 7)
     torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"model_speed: S={size}, reps={reps} (+{args.warmup} warm-up), threads={torch.get_num_threads()}, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}, load average {load:.1f} on {os.cpu_count()} cores")
+    if load + args.threads > (os.cpu_count() or 1) + 0.5:
+        hint = " (try --threads 1)" if args.threads > 1 else ""
+        print(f"  warning: the machine is busy, timings are noisy{hint}")
     items = [s.strip() for s in args.items.split(",") if s.strip()]
     results: dict[str, float] = {}
     if "image" in items:
