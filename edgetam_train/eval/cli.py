@@ -1,0 +1,115 @@
+"""``edgetam-eval``: video J&F of predicted masks, and interactive N-click mIoU of a checkpoint.
+
+Usage::
+
+    edgetam-eval jf --gt DAVIS/Annotations/480p --pred results/ --protocol davis     # palette PNGs per frame
+    edgetam-eval jf --gt sav_val/Annotations_6fps --pred results/ --protocol sav     # <video>/<obj>/<frame>.png
+    edgetam-eval miou --ckpt last.ckpt --data sa23/ --clicks 5                       # SA-1B-format images
+
+``jf`` writes one CSV row per video and object (``video,object,frames,J&F,J,F``; ``--csv``, default
+``<pred>/jf_<protocol>.csv``) and prints ``J&F=... J=... F=...`` (fractions) as its last line; layouts, protocols
+and the empty-mask conventions are in :mod:`edgetam_train.eval.jf`. ``miou`` prints ``clicks=k mIoU=...`` for k =
+1..N (the click simulation is in :mod:`edgetam_train.eval.miou`).
+
+Exit status: 0 OK, 2 bad input (missing frames, size mismatches, a checkpoint that does not match ``--model``: the
+message names the video / frame / keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..data.skips import BadSample
+from ..models.build import ALIASES, available_models
+from ..models.checkpoint import CheckpointMismatchError
+from .jf import BOUND_TH, PROTOCOLS, evaluate, write_csv
+
+
+def add_jf_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``edgetam-eval jf``."""
+    parser.add_argument("--gt", required=True, type=Path, help="GT root: one folder per video")
+    parser.add_argument("--pred", required=True, type=Path, help="prediction root, same layout as --gt")
+    parser.add_argument("--protocol", required=True, choices=PROTOCOLS,
+                        help="davis: davis2017-evaluation; sav: SA-V sav_benchmark (objects scored from first "
+                             "appearance)")
+    parser.add_argument("--csv", type=Path, default=None, help="per-object CSV (default <pred>/jf_<protocol>.csv)")
+    parser.add_argument("--bound-th", type=float, default=BOUND_TH,
+                        help="boundary tolerance: fraction of the image diagonal (default 0.008), pixels if >= 1")
+    parser.add_argument("--keep-first-last", action="store_true",
+                        help="also score the first and last annotated frames (not the official protocols)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+
+
+def run_jf(args: argparse.Namespace) -> int:
+    """``edgetam-eval jf``."""
+    result = evaluate(args.gt, args.pred, args.protocol, bound_th=args.bound_th,
+                      skip_first_last=not args.keep_first_last, workers=args.workers)
+    csv_path = write_csv(result, args.csv or args.pred / f"jf_{args.protocol}.csv")
+    videos = len({o.video for o in result.objects})
+    print(f"{len(result.objects)} objects in {videos} videos; per-object scores: {csv_path}")
+    print(result.summary())
+    return 0
+
+
+def add_miou_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``edgetam-eval miou``."""
+    parser.add_argument("--ckpt", required=True, type=Path, help="Lightning checkpoint or official .pt")
+    parser.add_argument("--data", required=True, type=Path, help="folder of SA-1B-format <name>.jpg + <name>.json")
+    parser.add_argument("--clicks", type=int, default=1, help="clicks per mask N (default 1)")
+    parser.add_argument("--model", default="edgetam",
+                        help=f"architecture: {', '.join(available_models())} (aliases: {', '.join(ALIASES)})")
+    parser.add_argument("--image-size", type=int, default=None, help="model input side S (default 1024)")
+    parser.add_argument("--max-images", type=int, default=None, help="only the first images (sorted by path)")
+    parser.add_argument("--max-masks", type=int, default=None, help="at most this many masks per image")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_miou(args: argparse.Namespace) -> int:
+    """``edgetam-eval miou``."""
+    from ..models.build import build_model
+    from ..predictor.image import ImagePredictor
+    from .miou import evaluate_miou
+
+    model = build_model(args.model, image_size=args.image_size, checkpoint=args.ckpt).to(args.device)
+    predictor = ImagePredictor(model, fuse=True)
+    result = evaluate_miou(predictor, args.data, args.clicks, max_images=args.max_images, max_masks=args.max_masks)
+    print(f"{len(result.per_mask)} masks")
+    print(result.summary())
+    return 0
+
+
+SUBCOMMANDS = {
+    "jf": ("J&F of predicted video masks against GT masks", add_jf_arguments, run_jf),
+    "miou": ("interactive N-click mIoU on SA-1B-format images", add_miou_arguments, run_miou),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``edgetam-eval`` parser (subcommands ``jf``, ``miou``)."""
+    parser = argparse.ArgumentParser(prog="edgetam-eval", description="Evaluate EdgeTAM predictions / checkpoints.",
+                                     epilog="Exit status: 0 OK, 2 bad input.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CheckpointMismatchError, FileNotFoundError, ValueError, BadSample) as err:
+        print(f"edgetam-eval {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

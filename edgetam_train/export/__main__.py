@@ -1,0 +1,7 @@
+"""``python -m edgetam_train.export CKPT --format {official,hf,onnx} --out PATH`` (same as ``edgetam-export``)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

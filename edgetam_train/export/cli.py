@@ -1,0 +1,93 @@
+"""``edgetam-export``: a training checkpoint (or an official ``.pt``) -> official / transformers / ONNX, checked.
+
+Usage::
+
+    edgetam-export CKPT --format official --out edgetam.pt
+    edgetam-export CKPT --format hf --out edgetam-hf/            # EdgeTamModel / EdgeTamVideoModel directory
+    edgetam-export CKPT --format onnx --out edgetam-onnx/        # image_encoder.onnx + prompt_decoder.onnx
+    edgetam-export teacher.pt --model sam2.1_hiera_b+ --format hf --out sam2.1-b+-hf/
+
+``CKPT`` is a Lightning checkpoint written by ``train.py`` (the student's weights, under ``student.``), an official
+``{"model": state_dict}`` file or a bare state_dict. ``--model`` names the architecture (a ``configs/model`` name:
+``edgetam`` by default, ``sam2.1_hiera_t`` / ``_s`` / ``_b+`` / ``_l`` for teachers); ``--image-size`` the input side
+(default 1024; the official models use 1024).
+
+Every export reloads what it wrote, compares it with the source model on a fixed input, prints each check's max
+absolute difference and exits with status 1 when one is above its tolerance (1e-4 for the torch formats, 1e-3 for
+ONNX). Status 2: bad arguments or a checkpoint that does not match ``--model`` (the message lists the missing and
+unexpected keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..models.build import ALIASES, available_models
+from ..models.checkpoint import CheckpointMismatchError
+from .official import ExportCheckError, ExportReport, export_official, load_model
+
+FORMATS = ("official", "hf", "onnx")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``edgetam-export`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="edgetam-export", description="Export a trained EdgeTAM / SAM 2.1 checkpoint and check the export.",
+        epilog="Exit status: 0 checked OK, 1 an export differs from the source above tolerance, 2 bad input.")
+    parser.add_argument("checkpoint", type=Path, help="Lightning checkpoint (.ckpt) or official .pt")
+    parser.add_argument("--format", required=True, choices=FORMATS,
+                        help="official: {'model': state_dict} .pt; hf: transformers directory; onnx: two graphs")
+    parser.add_argument("--out", required=True, type=Path, help="output file (official) or directory (hf, onnx)")
+    parser.add_argument("--model", default="edgetam",
+                        help=f"architecture: {', '.join(available_models())} (aliases: {', '.join(ALIASES)})")
+    parser.add_argument("--image-size", type=int, default=None, help="input side S (default: the config's, 1024)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return parser
+
+
+def run_export(checkpoint: Path, fmt: str, out: Path, model: str = "edgetam", image_size: int | None = None
+               ) -> ExportReport:
+    """Load ``checkpoint`` as ``model`` and export it in format ``fmt`` to ``out``; returns the check report."""
+    net = load_model(checkpoint, model, image_size)
+    if fmt == "official":
+        return export_official(net, out, model)
+    if fmt == "hf":
+        from .hf import export_hf
+
+        return export_hf(net, out, model)
+    if fmt == "onnx":
+        from .onnx import export_onnx
+
+        return export_onnx(net, out)
+    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 OK, 1 check failed, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        report = run_export(args.checkpoint, args.format, args.out, args.model, args.image_size)
+    except ExportCheckError as err:
+        print(f"edgetam-export: check failed: {err}", file=sys.stderr)
+        return 1
+    except (CheckpointMismatchError, FileNotFoundError, ValueError) as err:
+        print(f"edgetam-export: error: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:
+        print(f"edgetam-export: error: {err}; the '{args.format}' format needs the dev extras "
+              f"(pip install 'edgetam-train[dev]': transformers, safetensors, onnx, onnxruntime)", file=sys.stderr)
+        return 2
+    print(f"wrote {report.path} ({args.format}, model {args.model})")
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
