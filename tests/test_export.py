@@ -24,15 +24,6 @@ S = 256
 MODELS = {"edgetam": "edgetam", "sam2.1_hiera_t": "sam2.1_hiera_tiny"}  # ours -> transformers-side name
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the test machine's cores are shared and small models run faster this way."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """Random official-format weights per model, saved as ``{"model": sd}`` files: name -> (path, state_dict)."""
