@@ -46,7 +46,7 @@ from edgetam_train.data.sa1b import (
     read_image,
     read_record,
 )
-from edgetam_train.data.skips import BadSample, SkipCounter
+from edgetam_train.data.skips import BadSample, SkipCounter, first_readable
 
 # Affine fill: the mean colour, so filled corners become ~0 after normalisation, like the padding.
 MEAN_RGB: tuple[int, int, int] = tuple(round(255 * m) for m in IMAGENET_MEAN)  # (124, 116, 104)
@@ -391,19 +391,8 @@ class ClipDataset(Dataset):
         Raises ``SkipRateExceeded`` (a RuntimeError) when too many samples were bad.
         """
         epoch = self.epoch
-        skipped: dict[str, int] = {}
-        for offset in range(len(self)):
-            i = (index + offset) % len(self)
-            try:
-                item = self.load(i, epoch)
-            except BadSample as bad:
-                skipped[bad.reason] = skipped.get(bad.reason, 0) + 1
-                self.skips.skip(bad)
-                continue
-            self.skips.ok()
-            item["skips"] = skipped
-            return item
-        raise RuntimeError(f"no readable clip among the {len(self)} videos of {type(self).__name__} ({self.name})")
+        return first_readable(lambda i: self.load(i, epoch), index, len(self), self.skips,
+                              f"{type(self).__name__} ({self.name})")
 
 
 class SA1BClipDataset(SA1BDataset):

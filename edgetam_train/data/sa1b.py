@@ -19,7 +19,6 @@ Batch (``collate_sa1b``): see its docstring.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -33,7 +32,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from edgetam_train.data.skips import BadSample, SkipCounter
+from edgetam_train.data.skips import BadSample, SkipCounter, first_readable, read_json
 
 log = logging.getLogger(__name__)
 
@@ -211,13 +210,7 @@ def read_record(json_path: Path) -> tuple[dict, list]:
 
     Raises ``BadSample`` missing_json / bad_json / no_masks.
     """
-    try:
-        with open(json_path, "rb") as f:
-            record = json.load(f)
-    except FileNotFoundError:
-        raise BadSample("missing_json", str(json_path)) from None
-    except (OSError, ValueError) as e:
-        raise BadSample("bad_json", str(json_path), f"{type(e).__name__}: {e}") from None
+    record = read_json(json_path)
     if not isinstance(record, dict) or not isinstance(record.get("annotations"), list):
         raise BadSample("bad_json", str(json_path), "expected {'image': {...}, 'annotations': [...]}")
     info = record.get("image")
@@ -449,19 +442,8 @@ class SA1BDataset(Dataset):
         Raises ``SkipRateExceeded`` (a RuntimeError) when too many samples were bad.
         """
         epoch = self.epoch
-        skipped: dict[str, int] = {}
-        for offset in range(len(self)):
-            i = (index + offset) % len(self)
-            try:
-                item = self.load(i, epoch)
-            except BadSample as bad:
-                skipped[bad.reason] = skipped.get(bad.reason, 0) + 1
-                self.skips.skip(bad)
-                continue
-            self.skips.ok()
-            item["skips"] = skipped
-            return item
-        raise RuntimeError(f"no readable SA-1B sample among the {len(self)} images under {self.root}")
+        return first_readable(lambda i: self.load(i, epoch), index, len(self), self.skips,
+                              f"{type(self).__name__} under {self.root}")
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ no frame with a visible object (no_masks).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from fractions import Fraction
@@ -39,7 +38,7 @@ from pycocotools import mask as mask_utils
 
 from edgetam_train.data.clips import ClipDataset, RawClip, resize_frames, sample_objects, sample_window
 from edgetam_train.data.sa1b import check_rle, read_image, resize_mask_colmajor, resized_hw
-from edgetam_train.data.skips import BadSample
+from edgetam_train.data.skips import BadSample, read_json
 
 ANN_EVERY = 4  # SA-V annotates every 4th frame of its 24 fps videos (6 fps)
 FRAMES_DIRNAME = "JPEGImages_24fps"
@@ -105,13 +104,7 @@ def read_sav_json(path: Path) -> dict[str, Any]:
     counts that disagree with ``masklet_num``), frame_count_mismatch (``masklet_frame_count`` or
     ``video_frame_count`` disagree with the masklet length), no_masks (no objects).
     """
-    try:
-        with open(path, "rb") as f:
-            record = json.load(f)
-    except FileNotFoundError:
-        raise BadSample("missing_json", str(path)) from None
-    except (OSError, ValueError) as e:
-        raise BadSample("bad_json", str(path), f"{type(e).__name__}: {e}") from None
+    record = read_json(path)
     masklet = record.get("masklet") if isinstance(record, dict) else None
     if not isinstance(masklet, list) or not all(isinstance(frame, list) for frame in masklet):
         raise BadSample("bad_json", str(path), "expected {'masklet': [[rle per object] per annotated frame], ...}")

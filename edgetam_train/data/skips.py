@@ -10,9 +10,11 @@ workers (``SkipCounter.merge``) and all-reduced across ranks (``to_tensor`` / ``
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
-from typing import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -43,6 +45,39 @@ class BadSample(Exception):
     def __init__(self, reason: str, path: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {path}" + (f" ({detail})" if detail else ""))
         self.reason, self.path, self.detail = reason, str(path), detail
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a json annotation file; raises ``BadSample`` missing_json (absent) or bad_json (unreadable/invalid)."""
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise BadSample("missing_json", str(path)) from None
+    except (OSError, ValueError) as e:
+        raise BadSample("bad_json", str(path), f"{type(e).__name__}: {e}") from None
+
+
+def first_readable(load: Callable[[int], dict[str, Any]], index: int, length: int, skips: "SkipCounter",
+                   what: str) -> dict[str, Any]:
+    """``load(index)``, or if it raises ``BadSample`` the next readable item (wrapping around).
+
+    Every failure is recorded in ``skips`` (which raises ``SkipRateExceeded`` once the rate is too high); the returned
+    item carries ``skips``: {reason: count} of the items skipped to reach it. ``what`` names the data set in the error
+    raised when no item at all is readable.
+    """
+    skipped: dict[str, int] = {}
+    for offset in range(length):
+        try:
+            item = load((index + offset) % length)
+        except BadSample as bad:
+            skipped[bad.reason] = skipped.get(bad.reason, 0) + 1
+            skips.skip(bad)
+            continue
+        skips.ok()
+        item["skips"] = skipped
+        return item
+    raise RuntimeError(f"no readable sample among the {length} items of {what}")
 
 
 class SkipRateExceeded(RuntimeError):
