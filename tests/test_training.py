@@ -28,6 +28,7 @@ from torch import nn
 
 from edgetam_train.config import CONFIG_DIR, register_resolvers
 from edgetam_train.data.datamodule import SA1BDataModule
+from edgetam_train.data.fixed_batch import FixedBatch
 from edgetam_train.data.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.lightning_module import DistillationModule
 from edgetam_train.models.build import build_model
@@ -246,19 +247,6 @@ def test_optimizer_groups_adamw_no_decay_on_norms_and_biases(module):
 
 
 # ---------------------------------------------------------------------------------------------- Lightning: resume
-class _FixedBatches(torch.utils.data.Dataset):
-    """The same batch ``n`` times (use with ``DataLoader(batch_size=None)``)."""
-
-    def __init__(self, batch: dict, n: int) -> None:
-        self.batch, self.n = batch, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict:
-        return self.batch
-
-
 class _Probe(Callback):
     """Records the step each batch starts at, checks the teacher stays in eval mode, stops after ``stop_at`` steps."""
 
@@ -294,7 +282,7 @@ def test_resume_schedule_and_export_from_student_only_checkpoint(project, batch,
     ``read_state_dict`` + ``build_model("edgetam", 256)`` load strictly."""
     overrides = ["model.prompts.num_correction_clicks=0", "model.scheduler.warmup_steps=2",
                  "model.scheduler.cooldown_steps=2"]
-    loader = torch.utils.data.DataLoader(_FixedBatches(batch, 2), batch_size=None)
+    loader = torch.utils.data.DataLoader(FixedBatch(batch, 2), batch_size=None)
 
     first = build_module(project, *overrides)
     probe = _Probe(stop_at=3)

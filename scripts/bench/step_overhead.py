@@ -40,27 +40,15 @@ import lightning.pytorch as pl  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from edgetam_train.config import CONFIG_DIR, register_resolvers  # noqa: E402
+from edgetam_train.data.fixed_batch import FixedBatch  # noqa: E402
 from edgetam_train.data.sa1b import SA1BDataset, collate_sa1b  # noqa: E402
 from edgetam_train.lightning_module import DistillationModule  # noqa: E402
 from edgetam_train.training import _instantiate_list  # noqa: E402
 
 GOAL = 1.05
-
-
-class FixedBatch(Dataset):
-    """The same collated batch ``n`` times (use with ``DataLoader(batch_size=None)``)."""
-
-    def __init__(self, batch: dict, n: int) -> None:
-        self.batch, self.n = batch, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict:
-        return self.batch
 
 
 class Interleave(Callback):
