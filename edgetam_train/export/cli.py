@@ -81,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgetam-export: error: {err}", file=sys.stderr)
         return 2
     except ImportError as err:
-        print(f"edgetam-export: error: {err}; the '{args.format}' format needs the dev extras "
-              f"(pip install 'edgetam-train[dev]': transformers, safetensors, onnx, onnxruntime)", file=sys.stderr)
+        print(f"edgetam-export: error: {err}; the '{args.format}' format needs the export extra "
+              f"(pip install 'edgetam-train[export]': transformers, safetensors, onnx, onnxruntime)", file=sys.stderr)
         return 2
     print(f"wrote {report.path} ({args.format}, model {args.model})")
     print(report.summary())
