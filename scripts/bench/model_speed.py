@@ -25,6 +25,11 @@ Prints per item the medians and ``ours/hf``, then ``model_speed <item>: ours/hf 
 (image, video; video_frame is reported with the same goal). ``--quick``: 512 px, 3 reps (a CI-sized run);
 ``--profile``: a torch.profiler table of our side of each item.
 
+**roofline** (printed after video): the FLOPs of our tracking step (``torch.utils.flop_counter``, with the CPU SDPA
+kernel counted too) divided by each side's median time, next to this core's measured fp32 throughput of a plain
+GEMM and of SDPA at the memory-attention shapes (4096 queries, 256 wide). Both implementations run the same FLOPs;
+when both reach the kernel ceiling, no exact (fp32) rewrite can make ours much faster than theirs.
+
 ``--strict`` exits 1 when image or video misses the goal. Needs transformers (a dev dependency). Example:
 ``python scripts/bench/model_speed.py --threads 1``.
 """
@@ -92,6 +97,52 @@ def profile(fn: Callable[[], object], title: str, rows: int = 25) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
+def _register_cpu_sdpa_flops() -> None:
+    """Teach FlopCounterMode the CPU flash-attention kernel (only the CUDA kernels are registered in torch)."""
+    from torch.utils import flop_counter as fc
+
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if op.default in fc.flop_registry:
+        return
+
+    @fc.register_flop_formula(op)
+    def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _register_cpu_sdpa_flops()
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def kernel_peaks(reps: int = 5) -> dict[str, float]:
+    """This core's fp32 GFLOP/s for a GEMM (4096x256 @ 256x4096) and SDPA (1 head, 4096 queries/keys, 256 wide)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4096, 256, generator=g), torch.randn(256, 4096, generator=g)
+    q, k, v = (torch.randn(1, 1, 4096, 256, generator=g) for _ in range(3))
+    cases = {"gemm": (lambda: a @ b, 2 * 4096 * 256 * 4096),
+             "sdpa": (lambda: F.scaled_dot_product_attention(q, k, v), 4 * 4096 * 4096 * 256)}
+    peaks = {}
+    for name, (fn, flops) in cases.items():
+        fn()
+        best = min(_timed(fn) for _ in range(reps))
+        peaks[name] = flops / best / 1e9
+    return peaks
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def student(size: int, seed: int) -> tuple[SAM2Model, dict]:
     """Our EdgeTAM at ``size`` with random official-format weights (objects scored present), and those weights."""
     sd = random_official_state_dict("edgetam", seed)
@@ -140,7 +191,7 @@ def bench_video(size: int, reps: int, warmup: int, do_profile: bool) -> tuple[fl
     # ours: frame 0 clicked, frames 1..6 tracked into the bank
     bank = MemoryBank()
     ours_masks = {}
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: count_flops below needs tensors autograd can see
         for t in range(last):
             feats = model.encode_image(frames[t:t + 1])
             click = dict(point_coords=xy[None], point_labels=torch.ones(1, 1, dtype=torch.int32)) if t == 0 else {}
@@ -176,8 +227,14 @@ def bench_video(size: int, reps: int, warmup: int, do_profile: bool) -> tuple[fl
           f"ours - hf| frames 1-{last - 1}: {max(diffs[1:-1]):.2e}, frame 0: {diffs[0]:.2e}, frame {last}: "
           f"{diffs[-1]:.2e}")
     assert hf_step().pred_masks.shape == ours_step().low_res_masks.shape
-    step = report("video (track step, image features cached)",
-                  interleaved({"ours": ours_step, "hf": hf_step}, reps, warmup))
+    step_times = interleaved({"ours": ours_step, "hf": hf_step}, reps, warmup)
+    step = report("video (track step, image features cached)", step_times)
+    flops = count_flops(lambda: model.track_step(last, False, feats_last, bank, NUM_FRAMES))
+    peaks = kernel_peaks()
+    rates = {n: flops / statistics.median(ts) / 1e9 for n, ts in step_times.items()}
+    print(f"  roofline: track step = {flops / 1e9:.1f} GFLOP; ours {rates['ours']:.0f} GFLOP/s, hf "
+          f"{rates['hf']:.0f} GFLOP/s; this core's fp32 peaks: GEMM {peaks['gemm']:.0f}, SDPA {peaks['sdpa']:.0f} "
+          f"GFLOP/s (ours at {rates['ours'] / peaks['gemm']:.0%} of the GEMM peak)")
     frame = report("video_frame (image encoder + track step)",
                    interleaved({"ours": ours_frame, "hf": hf_frame}, reps, warmup))
     if do_profile:
