@@ -9,6 +9,8 @@ is segmented from memory; the teacher replays the student's prompts with its own
 Logged every step: ``train/loss`` and each term (``train/loss_task``, ``loss_f16``, ``loss_fm``, ``loss_mask``,
 ``loss_dice``, ``loss_iou``, ``loss_class``), ``train/num_objects``, and the running totals of bad samples the loaders
 skipped, ``data/skipped`` and ``data/skipped_<reason>`` (summed over steps and ranks, kept across resume).
+Validation (``data.val``, every ``trainer.val_check_interval`` batches) logs ``val/J&F``, ``val/J``, ``val/F`` and
+``val/mIoU_1click`` (:meth:`DistillationModule.validation_step`).
 
 The teacher is kept outside the registered module tree (see :meth:`DistillationModule.__init__`), so it is never in
 the optimizer, never wrapped by DDP and never in a saved checkpoint: a checkpoint holds ``student.<official key>``
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data.skips import REASONS
+from .eval.validation import ValScores, one_click_ious, score_video, track_video
 from .losses import DistillationLoss, sum_loss_dicts
 from .models.checkpoint import check_state_dict, read_state_dict
 from .models.sam2_model import SAM2Model
@@ -68,6 +71,7 @@ class DistillationModule(pl.LightningModule):
         self.scheduler_cfg = dict(scheduler or {})
         self.vis_every_n_steps = vis_every_n_steps
         self.skip_totals = dict.fromkeys(SKIP_KEYS, 0)  # bad samples skipped so far, all ranks; saved in checkpoints
+        self.val_scores = ValScores()  # validation sums and counts (no persistent state: not in checkpoints)
         if teacher is not None and teacher.net.image_size != student.image_size:
             raise ValueError(f"teacher image_size {teacher.net.image_size} != student image_size "
                              f"{student.image_size}: both must see the same images (set both model.*.image_size)")
@@ -214,6 +218,45 @@ class DistillationModule(pl.LightningModule):
                                     align_corners=False)[:, 0]
         return {"vis_images": images, "vis_gt": aux["gt"][first, 0], "vis_student": best_mask(step0),
                 "vis_teacher": teacher}
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Score one ``data.val`` item (:mod:`edgetam_train.data.val`) with the student, add it to ``val_scores``.
+
+        VOS video: every object prompted with its first-frame GT mask and tracked (:func:`track_video`), J and F
+        per object (DAVIS 2017). Image: 1-click IoU per mask. Padding items (equal batch counts on all ranks) add
+        nothing.
+        """
+        kind = batch.get("kind")
+        if kind == "vos":
+            pred = track_video(self.student, batch["frames"], batch["labels"][0])
+            scores = score_video(batch, pred)
+            self.val_scores.update(j=[s.j for s in scores], f=[s.f for s in scores])
+        elif kind == "miou":
+            self.val_scores.update(ious=one_click_ious(self.student, batch["image"], batch["masks"]))
+        elif kind != "padding":
+            raise ValueError(f"validation batch of kind {kind!r}: expected a data.val item (vos, miou or padding) "
+                             f"from edgetam_train.data.val")
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/J&F``, ``val/J``, ``val/F`` (when videos were scored) and ``val/mIoU_1click`` (when images were).
+
+        ``compute`` sums the sums and counts over ranks (every rank calls it), so every rank logs the same exact
+        dataset means; ``sync_dist`` then only averages equal values (and keeps Lightning from warning).
+        """
+        values = self.val_scores.compute()
+        self.val_scores.reset()
+        logged = {}
+        if values["objects"] > 0:
+            logged.update({f"val/{k}": values[k] for k in ("J&F", "J", "F")})
+        if values["masks"] > 0:
+            logged["val/mIoU_1click"] = values["mIoU_1click"]
+        for name, value in logged.items():
+            self.log(name, value.float(), sync_dist=True)
+        if logged and self.global_rank == 0:
+            log.info("validation at step %d: %s (%d objects, %d masks)", self.global_step,
+                     " ".join(f"{k}={float(v):.4f}" for k, v in logged.items()), int(values["objects"]),
+                     int(values["masks"]))
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig
 from PIL import Image
 
+from callbacks.best_checkpoint import BestCheckpoint
 from callbacks.mask_pictures import IMAGENET_MEAN, IMAGENET_STD, MaskPicturesCallback, sample_picture
 from callbacks.throughput import ThroughputCallback, batch_sizes
 from edgetam_train.optim import build_optimizer, build_scheduler
@@ -80,10 +81,13 @@ def test_trainer_options_instantiate(compose_cfg, option):
 
 def test_callbacks_default_and_none(compose_cfg, tmp_path):
     cfg = compose_cfg("callbacks=default")
-    assert list(cfg.callbacks) == ["model_checkpoint", "lr_monitor", "progress_bar", "throughput", "mask_pictures"]
+    assert list(cfg.callbacks) == ["model_checkpoint", "best_checkpoint", "lr_monitor", "progress_bar", "throughput",
+                                   "mask_pictures"]
     cbs = _instantiate_all(cfg.callbacks)
     types = [type(c) for c in cbs]
-    assert types == [ModelCheckpoint, LearningRateMonitor, TQDMProgressBar, ThroughputCallback, MaskPicturesCallback]
+    assert types == [ModelCheckpoint, BestCheckpoint, LearningRateMonitor, TQDMProgressBar, ThroughputCallback,
+                     MaskPicturesCallback]
+    assert (cbs[1].monitor, cbs[1].mode, cbs[1].save_top_k, cbs[1].save_last) == ("val/J&F", "max", 1, False)
     ckpt = cbs[0]
     assert Path(ckpt.dirpath) == tmp_path / "out" / "checkpoints" and ckpt.save_last is True
     assert _instantiate_all(compose_cfg("callbacks=none").callbacks) == []

@@ -387,19 +387,17 @@ def test_datamodule(sample_root, tmp_path, monkeypatch):
     dm.prepare_data()
     assert (root / ".edgetam_index.txt").exists()
     dm.setup("fit")
-    assert set(dm.train_set.files).isdisjoint(dm.val_set.files)
-    assert len(dm.train_set) + len(dm.val_set) == 8 and len(dm.val_set) >= 1
-    assert split_files(dm.train_set.files + dm.val_set.files, 0.25)[1] == dm.val_set.files  # stable split
+    assert set(dm.train_set.files).isdisjoint(dm.val_files)
+    assert len(dm.train_set) + len(dm.val_files) == 8 and len(dm.val_files) >= 1
+    assert split_files(dm.train_set.files + dm.val_files, 0.25)[1] == dm.val_files  # stable split
     loader = dm.train_dataloader()
     assert isinstance(loader.sampler, EpochShuffleSampler) and not loader.persistent_workers
     batch = next(iter(loader))
     assert batch["images"].shape == (2, 3, 64, 64) and batch["masks"].shape[0] == len(batch["obj_to_img"])
     loader.sampler.set_epoch(3)  # what Lightning calls every epoch reaches the dataset
     assert dm.train_set.epoch == 3
-    val_sampler = dm.val_dataloader().sampler
-    assert val_sampler.shuffle is False and dm.val_set.hflip_p == 0.0
-    val_sampler.set_epoch(5)
-    assert dm.val_set.epoch == 0  # validation samples never change
+    (val_loader,) = dm.val_dataloader()  # the hold-out images are the 1-click mIoU validation set, in order
+    assert [item["name"] for item in val_loader] == sorted(dm.val_files)
     monkeypatch.setattr(SA1BDataModule, "_world", lambda self: (2, 1))  # as under DDP
     sampler = dm.train_dataloader().sampler
     assert isinstance(sampler, DistributedSampler) and (sampler.num_replicas, sampler.rank) == (2, 1)

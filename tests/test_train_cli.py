@@ -31,10 +31,12 @@ def run_train(project: Path, *overrides: str, timeout: float = 300) -> subproces
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A project root holding the generated sample data (data/sample/sa1b, 4 images), as ``make train`` makes it."""
+    """A project root holding the generated sample data as ``make train`` makes it: data/sample/sa1b (4 images) and
+    data/sample/davis (1 video; the quick start's validation set)."""
     root = tmp_path_factory.mktemp("project")
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "make_sample_data.py"), "--out",
-                          str(root / "data" / "sample"), "--num-images", "4", "--formats", "sa1b"],
+                          str(root / "data" / "sample"), "--num-images", "4", "--formats", "sa1b,davis",
+                          "--num-davis-videos", "1", "--video-frames", "4"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return root

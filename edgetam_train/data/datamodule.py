@@ -5,7 +5,9 @@ Samplers carry the epoch to the dataset: Lightning calls ``sampler.set_epoch(epo
 epoch (before the epoch's DataLoader iterator is created), and our samplers forward it to the datasets' ``set_epoch``,
 so the masks sampled and the augmentations change every epoch without any hook in the LightningModule.
 Under DDP the train samplers are ``DistributedSampler`` subclasses; Lightning sees a DistributedSampler and keeps it.
-Validation samplers do not forward the epoch, so validation always sees the same masks and no flips.
+
+Validation (both modules, config ``data.val``): a DAVIS-format VOS set scored by J&F and SA-1B-format images scored by
+1-click mIoU, one video / image per batch, each rank a disjoint shard (:mod:`edgetam_train.data.val`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from edgetam_train.data.clips import SA1BClipDataset, collate_clips
 from edgetam_train.data.mixture import MixtureBatchSampler, MixtureDataset
 from edgetam_train.data.sa1b import SA1BDataset, collate_sa1b, load_index, read_split_file
 from edgetam_train.data.sav import SAVDataset
+from edgetam_train.data.val import build_val_sets, plain_config, val_loaders
 from edgetam_train.data.vos import VOSDataset
 
 
@@ -92,7 +95,7 @@ def split_files(files: list[str], val_fraction: float) -> tuple[list[str], list[
 
 
 class SA1BDataModule(L.LightningDataModule):
-    """SA-1B train (and optional val) DataLoaders; batches come from ``collate_sa1b``.
+    """SA-1B training DataLoader (batches from ``collate_sa1b``) and the ``data.val`` validation loaders.
 
     Args:
         root: SA-1B directory tree (config ``data.root``).
@@ -100,7 +103,9 @@ class SA1BDataModule(L.LightningDataModule):
         batch_size: images per batch on each device.
         num_workers: DataLoader worker processes (``persistent_workers`` when > 0).
         pin_memory: pin batches for faster host-to-GPU copies.
-        val_fraction: fraction of images held out for validation (hash split; 0 = no val loader).
+        val_fraction: fraction of images held out from training (hash split); they are the 1-click mIoU
+            validation images unless ``val.miou.root`` is set.
+        val: validation sets (config ``data.val``; see :func:`edgetam_train.data.val.build_val_sets`).
         index_cache, split_file: see ``SA1BDataset``.
         seed: base seed of sampling, flips and shuffling.
         prefetch_factor: batches prefetched per worker.
@@ -123,11 +128,14 @@ class SA1BDataModule(L.LightningDataModule):
         seed: int = 0,
         prefetch_factor: int = 2,
         drop_last: bool = True,
+        val: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        val = plain_config(val)  # saved in checkpoints: no DictConfig
         self.save_hyperparameters(logger=False)
         self.train_set: SA1BDataset | None = None
-        self.val_set: SA1BDataset | None = None
+        self.val_files: list[str] = []  # the val_fraction hold-out (relative jpg paths)
+        self.val_sets: list = []
 
     def prepare_data(self) -> None:
         """Build the file-index cache once (Lightning calls this on one process per node, before ``setup``)."""
@@ -143,8 +151,8 @@ class SA1BDataModule(L.LightningDataModule):
         train_files, val_files = split_files(files, hp.val_fraction)
         common = dict(image_size=hp.image_size, max_masks=hp.max_masks, seed=hp.seed, max_skip_rate=hp.max_skip_rate)
         self.train_set = SA1BDataset(hp.root, hflip_p=hp.hflip_p, files=train_files, **common)
-        if val_files:
-            self.val_set = SA1BDataset(hp.root, hflip_p=0.0, files=val_files, **common)
+        self.val_files = val_files
+        self.val_sets = build_val_sets(hp.val, holdout=(hp.root, val_files))
 
     def set_epoch(self, epoch: int) -> None:
         """Set the training epoch by hand (normally the sampler does it; see the module docstring)."""
@@ -155,15 +163,15 @@ class SA1BDataModule(L.LightningDataModule):
         """(world size, global rank) from the trainer, else from torch.distributed, else (1, 0)."""
         return world_and_rank(self.trainer)
 
-    def _loader(self, dataset: SA1BDataset, train: bool) -> DataLoader:
-        """DataLoader with an epoch-forwarding sampler (distributed when world size > 1)."""
+    def _loader(self, dataset: SA1BDataset) -> DataLoader:
+        """Training DataLoader with an epoch-forwarding shuffling sampler (distributed when world size > 1)."""
         hp = self.hparams
         world, rank = self._world()
-        if world > 1:  # validation keeps epoch 0 of the dataset: the same masks every time
-            cls = EpochDistributedSampler if train else DistributedSampler
-            sampler = cls(dataset, num_replicas=world, rank=rank, shuffle=train, seed=hp.seed, drop_last=train)
+        if world > 1:
+            sampler = EpochDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=hp.seed,
+                                              drop_last=True)
         else:
-            sampler = EpochShuffleSampler(dataset, shuffle=train, seed=hp.seed, forward_epoch=train)
+            sampler = EpochShuffleSampler(dataset, shuffle=True, seed=hp.seed)
         workers = hp.num_workers
         return DataLoader(
             dataset,
@@ -173,7 +181,7 @@ class SA1BDataModule(L.LightningDataModule):
             collate_fn=collate_sa1b,
             worker_init_fn=init_worker,
             pin_memory=hp.pin_memory,
-            drop_last=hp.drop_last and train,
+            drop_last=hp.drop_last,
             persistent_workers=workers > 0,
             prefetch_factor=hp.prefetch_factor if workers > 0 else None,
         )
@@ -181,12 +189,13 @@ class SA1BDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches."""
         self.setup("fit")
-        return self._loader(self.train_set, train=True)
+        return self._loader(self.train_set)
 
-    def val_dataloader(self) -> DataLoader | list:
-        """Validation batches in order, without flips (an empty list when ``val_fraction`` is 0)."""
+    def val_dataloader(self) -> list[DataLoader]:
+        """One loader per validation set (VOS, then mIoU); an empty list (no validation) when there is none."""
         self.setup("validate")
-        return self._loader(self.val_set, train=False) if self.val_set is not None else []
+        workers = int((self.hparams.val or {}).get("num_workers", 0))
+        return val_loaders(self.val_sets, *self._world(), num_workers=workers)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -221,6 +230,7 @@ class VideoDataModule(L.LightningDataModule):
         max_skip_rate: the ``SkipCounter`` threshold, per dataset.
         seed: base seed of the mixture choices, orders, sampling and augmentation.
         steps_per_epoch: mixture steps per epoch (default: total samples // (batch_size x world size)).
+        val: validation sets (config ``data.val``; see :func:`edgetam_train.data.val.build_val_sets`).
     """
 
     def __init__(
@@ -238,11 +248,14 @@ class VideoDataModule(L.LightningDataModule):
         seed: int = 0,
         steps_per_epoch: int | None = None,
         prefetch_factor: int = 2,
+        val: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        val = plain_config(val)  # saved in checkpoints: no DictConfig
         self.save_hyperparameters(logger=False)
         self.entries = self._active_entries(datasets)
         self.train_set: MixtureDataset | None = None
+        self.val_sets: list = []
 
     @staticmethod
     def _active_entries(datasets: Mapping[str, Mapping[str, Any] | None]) -> dict[str, dict[str, Any]]:
@@ -284,6 +297,7 @@ class VideoDataModule(L.LightningDataModule):
         """Create the datasets and the mixture."""
         if self.train_set is None:
             self.train_set = MixtureDataset({name: self.build_dataset(name, e) for name, e in self.entries.items()})
+            self.val_sets = build_val_sets(self.hparams.val)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -319,6 +333,8 @@ class VideoDataModule(L.LightningDataModule):
             prefetch_factor=hp.prefetch_factor if workers > 0 else None,
         )
 
-    def val_dataloader(self) -> list:
-        """No validation loader: video quality is measured by J&F on DAVIS / SA-V, outside the training loop."""
-        return []
+    def val_dataloader(self) -> list[DataLoader]:
+        """One loader per validation set (VOS, then mIoU); an empty list (no validation) when there is none."""
+        self.setup("validate")
+        workers = int((self.hparams.val or {}).get("num_workers", 0))
+        return val_loaders(self.val_sets, *self._world(), num_workers=workers)

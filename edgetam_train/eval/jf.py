@@ -241,12 +241,33 @@ def evaluate_video(gt_dir: str | Path, pred_dir: str | Path, video: str, protoco
     if not frames:
         raise EvalError(f"video {video!r}: no GT PNGs (and no object folders) in {gt_video}")
     first = read_png(gt_video / frames[0], video, frames[0], "GT")
-    num_objects = int(first[first != VOID_ID].max(initial=0))
+    pairs = ((frame, *_pair(gt_video / frame, pred_video / frame, video, frame))
+             for frame in (frames[1:-1] if skip_first_last else frames))
+    return score_label_frames(video, pairs, num_label_objects(first), protocol, bound_th)
+
+
+def num_label_objects(first_gt: np.ndarray) -> int:
+    """Objects of a palette-layout video: the largest id (void 255 excluded) of its first GT frame (H, W)."""
+    return int(first_gt[first_gt != VOID_ID].max(initial=0))
+
+
+def score_label_frames(video: str, frames: Iterable[tuple[str, np.ndarray, np.ndarray]], num_objects: int,
+                       protocol: str = "davis", bound_th: float = BOUND_TH) -> list[ObjectScore]:
+    """Scores of every object of one video from in-memory label maps (the palette layout of the module docstring).
+
+    Args:
+        video: name used in the scores and error messages.
+        frames: (frame name, GT (H, W) int ids with 255 = void, prediction (H, W) int ids) of every scored frame
+            (the caller drops the first and last frames when the protocol wants it); read lazily, one at a time.
+        num_objects: objects 1..num_objects of the video (:func:`num_label_objects` of its first GT frame).
+        protocol / bound_th: as :func:`evaluate_video`.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     fixed = [str(i) for i in range(1, num_objects + 1)] if protocol == "davis" else None
     acc = _Accumulator(protocol, bound_th, fixed)
-    for frame in frames[1:-1] if skip_first_last else frames:
-        gt, pred = _pair(gt_video / frame, pred_video / frame, video, frame)
-        gt[gt == VOID_ID] = 0  # DAVIS void band: background (as the DAVIS loader does); predictions keep 255
+    for frame, gt, pred in frames:
+        gt = np.where(gt == VOID_ID, 0, gt)  # DAVIS void band: background (as the DAVIS loader does); pred keeps 255
         present = set(np.unique(gt).tolist()) | set(np.unique(pred).tolist())
         present.discard(0)
         if protocol == "davis":
