@@ -43,8 +43,6 @@ from edgetam_train.data.sa1b import (
     IMAGENET_STD,
     SA1BDataset,
     build_resize,
-    read_image,
-    read_record,
 )
 from edgetam_train.data.skips import BadSample, SkipCounter, first_readable
 
@@ -431,14 +429,9 @@ class SA1BClipDataset(SA1BDataset):
 
     def load(self, index: int, epoch: int) -> dict[str, Any]:
         """Read image ``index`` and its sampled masks as a one-frame clip; raises ``BadSample``."""
-        jpg, json_path = self.paths(index)
         rng = np.random.default_rng([self.seed, epoch, index])
-        info, anns = read_record(json_path)
-        h, w = info["height"], info["width"]
-        image = read_image(jpg)
-        if image.shape[:2] != (h, w):
-            raise BadSample("size_mismatch", str(jpg), f"jpg is {image.shape[1]}x{image.shape[0]}, json says {w}x{h}")
-        masks, ids = self.decode_selected(anns, h, w, rng, json_path)
+        jpg, image, masks, ids = self.read_sample(index, rng)
+        h, w = image.shape[:2]
         raw = RawClip(frames=[self.resize(image=image)["image"]], masks=masks[None], obj_ids=ids,
                       frame_idx=np.zeros(1, dtype=np.int64), orig_hw=(h, w), video=jpg.stem, path=str(jpg))
         return finish_clip(raw, self.clip_augment, rng, self.name, self.affine_tries, self.require_first_visible)

@@ -409,16 +409,24 @@ class SA1BDataset(Dataset):
         ids = np.asarray([a.get("id", -1) if isinstance(a, dict) else -1 for a in picked], dtype=np.int64)
         return decode_resized(picked, h, w, resized_hw(h, w, self.image_size), json_path), ids
 
-    def load(self, index: int, epoch: int) -> dict[str, Any]:
-        """Read, decode and transform item ``index`` for ``epoch``; raises ``BadSample`` if it cannot be used."""
+    def read_sample(self, index: int, rng: np.random.Generator) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
+        """Image ``index`` and its sampled masks, untransformed: (jpg path, uint8 (H, W, 3) image, uint8 (K, h', w')
+        masks at the resized size, int64 (K,) annotation ids). Raises ``BadSample`` (unreadable files, a jpg whose
+        size disagrees with its json, no masks)."""
         jpg, json_path = self.paths(index)
-        rng = np.random.default_rng([self.seed, epoch, index])
         info, anns = read_record(json_path)
         h, w = info["height"], info["width"]
         image = read_image(jpg)
         if image.shape[:2] != (h, w):
             raise BadSample("size_mismatch", str(jpg), f"jpg is {image.shape[1]}x{image.shape[0]}, json says {w}x{h}")
         masks, ids = self.decode_selected(anns, h, w, rng, json_path)
+        return jpg, image, masks, ids
+
+    def load(self, index: int, epoch: int) -> dict[str, Any]:
+        """Read, decode and transform item ``index`` for ``epoch``; raises ``BadSample`` if it cannot be used."""
+        rng = np.random.default_rng([self.seed, epoch, index])
+        jpg, image, masks, ids = self.read_sample(index, rng)
+        h, w = image.shape[:2]
         keep = masks.reshape(len(masks), -1).any(1)  # objects too small to survive the resize are dropped
         if not keep.any():
             raise BadSample("empty_after_transform", str(jpg), f"all {len(keep)} sampled masks vanished when resized")
