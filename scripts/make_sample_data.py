@@ -523,21 +523,6 @@ def write_sav(out_root: Path, args: argparse.Namespace) -> list[Path]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def voc_palette() -> list[int]:
-    """The 256-colour PASCAL VOC palette DAVIS annotations use (index 1 = dark red, 2 = green, ..., 255 = cream)."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """bool (..., h, w) dilation of the last two axes by a (2 radius + 1)-pixel square (separable shifts)."""
     out = mask.copy()
@@ -577,6 +562,8 @@ def make_davis_item(seed: int, index: int, size: tuple[int, int], num_frames: in
 def write_davis(out_root: Path, args: argparse.Namespace) -> list[Path]:
     """Write ``args.num_davis_videos`` videos into ``<out_root>/davis/``: ``JPEGImages/<video>/<frame:05d>.jpg`` and
     ``Annotations/<video>/<frame:05d>.png`` (palette PNG, VOC palette); returns the video frame directories."""
+    from edgetam_train.data.vos import voc_palette
+
     out = out_root / "davis"
     palette = voc_palette()
     paths = []

@@ -1,8 +1,13 @@
 """``edgetam-predict image``: the npz / png it writes (documented shapes), equality with :class:`ImagePredictor` on
 the same input, and with transformers' ``EdgeTamModel`` loaded from the directory ``edgetam-export --format hf``
-wrote, on the same pixels and clicks."""
+wrote, on the same pixels and clicks. ``edgetam-predict video`` on a 4-frame folder and mp4: the PNGs / npz / gif
+it writes, equality with :class:`VideoPredictor` called directly (forward + backward tracking), and its errors."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from edgetam_train.data.sav import iter_mp4_frames
 from edgetam_train.export.hf import save_hf
 from edgetam_train.models.build import build_model
 from edgetam_train.predictor import cli
 from edgetam_train.predictor.image import ImagePredictor
 from edgetam_train.predictor.preprocess import image_to_input
+from edgetam_train.predictor.video import VideoPredictor
 
 from hf_reference import random_official_state_dict
 
@@ -120,5 +127,143 @@ def test_bad_arguments(setup, capsys):
     assert "outside the image" in capsys.readouterr().err
     assert cli.main(base) == 2
     assert "--box" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- video
+
+T, VH, VW = 4, 144, 192  # even sides: the mp4 is yuv420p
+VIDEO_POINTS = "120,60;30,120"
+
+
+def _load_make_sample_data():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_sample_data.py"
+    spec = importlib.util.spec_from_file_location("make_sample_data", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def video(setup):
+    """(frame folder, mp4, (T, H, W, 3) uint8 frames, reference VideoPredictor with the checkpoint's weights)."""
+    root, _, sd, _, _ = setup
+    rng = np.random.default_rng(1)
+    coarse = torch.from_numpy(rng.random((T, 3, VH // 16, VW // 16), dtype=np.float32) * 60)
+    smooth = F.interpolate(coarse, size=(VH, VW), mode="bilinear", align_corners=False)  # H.264 keeps it closely
+    frames = smooth.permute(0, 2, 3, 1).round().numpy().astype(np.uint8)
+    for t in range(T):  # a red rectangle moving right
+        frames[t, 40:100, 70 + 8 * t:150 + 8 * t] = (210, 50, 40)
+    folder = root / "frames"
+    folder.mkdir()
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"frame_{t:02d}.png")  # lossless: the CLI reads exactly these pixels
+    mp4 = root / "clip.mp4"
+    _load_make_sample_data().write_mp4(mp4, frames, fps=12)
+    model = build_model("edgetam", image_size=S)
+    model.load_state_dict(sd)
+    return folder, mp4, frames, VideoPredictor(model, fill_hole_area=8)
+
+
+def _run_video(capsys, ckpt, frames, out, *extra) -> tuple[int, str]:
+    rc = cli.main(["video", "--ckpt", str(ckpt), "--image-size", str(S), "--frames", str(frames), "--out", str(out),
+                   "--device", "cpu", *extra])
+    printed = capsys.readouterr()
+    return rc, printed.err + printed.out
+
+
+def _reference(predictor, frames, k, obj_id, **prompts) -> tuple[np.ndarray, np.ndarray]:
+    """(logits on frame k right after the prompt (H, W), logits of every frame (T, 1, H, W)) from VideoPredictor
+    called directly: prompt frame k, propagate forward, then backward from k."""
+    state = predictor.init_state(list(frames))
+    first = predictor.add_clicks(state, k, obj_id, **prompts).numpy()
+    out = np.full((len(frames), 1, *first.shape), np.nan, dtype=np.float32)
+    for t, ids, logits in predictor.propagate(state, start_frame_idx=k):
+        out[t] = logits.numpy()
+    if k > 0:
+        for t, ids, logits in predictor.propagate(state, start_frame_idx=k, reverse=True):
+            out[t] = logits.numpy()
+    return first, out
+
+
+def _check_outputs(out, names, obj_id) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Documented files and shapes; returns (npz arrays, (T, H, W) label maps read back from the PNGs)."""
+    with np.load(out / "masks.npz") as data:
+        npz = dict(data)
+    assert set(npz) == {"logits", "object_score", "obj_ids", "frames"}
+    assert npz["logits"].shape == (T, 1, VH, VW) and npz["logits"].dtype == np.float16
+    assert npz["object_score"].shape == (T, 1) and npz["object_score"].dtype == np.float32
+    assert npz["obj_ids"].tolist() == [obj_id] and npz["frames"].tolist() == names
+    labels = []
+    for name in names:
+        with Image.open(out / f"{name}.png") as png:
+            assert png.mode == "P" and png.size == (VW, VH)
+            labels.append(np.asarray(png))
+    labels = np.stack(labels)
+    assert set(np.unique(labels).tolist()) <= {0, obj_id}
+    with Image.open(out / "overlay.gif") as gif:
+        assert gif.n_frames == T and gif.size == (VW, VH)  # under --gif-max-side 480: not shrunk
+    return npz, labels
+
+
+def test_video_from_folder_equals_video_predictor(setup, video, capsys):
+    root, ckpt, _, _, _ = setup
+    folder, _, frames, predictor = video
+    out, k, obj_id = root / "video_dir", 1, 3
+    rc, printed = _run_video(capsys, ckpt, folder, out, "--frame-idx", str(k), "--points", VIDEO_POINTS,
+                             "--labels", "1;0", "--obj-id", str(obj_id))
+    assert rc == 0, printed
+    assert "forward and backward over 4 frames" in printed
+    names = [f"frame_{t:02d}" for t in range(T)]
+    npz, labels = _check_outputs(out, names, obj_id)
+
+    first, ref = _reference(predictor, frames, k, obj_id, points=[[120, 60], [30, 120]], labels=[1, 0])
+    assert not np.isnan(ref).any()  # every frame tracked, backward to frame 0 too
+    assert np.array_equal(labels[k] == obj_id, first > 0)  # the clicked frame's mask = the direct call's
+    np.testing.assert_array_equal(npz["logits"][k, 0], first.astype(np.float16))
+    np.testing.assert_array_equal(npz["logits"], ref.astype(np.float16))  # tracked frames, both directions
+    assert np.array_equal(labels == obj_id, ref[:, 0] > 0)
+    assert 0 < (labels[k] == obj_id).sum() < VH * VW  # a real mask (random weights still segment something)
+
+
+def test_video_from_mp4_with_box(setup, video, capsys):
+    root, ckpt, _, _, _ = setup
+    _, mp4, frames, predictor = video
+    out = root / "video_mp4"
+    rc, printed = _run_video(capsys, ckpt, mp4, out, "--box", "60,30,160,110")
+    assert rc == 0, printed
+    npz, labels = _check_outputs(out, [f"{t:05d}" for t in range(T)], 1)
+    decoded = np.stack([rgb for _, rgb in iter_mp4_frames(mp4)])  # the pixels the CLI tracked (lossy H.264)
+    error = np.abs(decoded.astype(int) - frames).mean(axis=(1, 2, 3))
+    assert decoded.shape == frames.shape and error.max() < 3, error
+    first, ref = _reference(predictor, decoded, 0, 1, box=[60, 30, 160, 110])
+    assert np.array_equal(labels[0] == 1, first > 0)
+    np.testing.assert_array_equal(npz["logits"], ref.astype(np.float16))
+    assert np.array_equal(labels == 1, ref[:, 0] > 0)
+    assert "tracked forward over 4 frames" in printed
+
+
+def test_video_errors(setup, video, capsys):
+    root, ckpt, _, _, _ = setup
+    folder, _, _, _ = video
+    out = root / "video_err"
+    clicks = ["--points", "120,60", "--labels", "1"]
+    (root / "empty").mkdir()
+    rc, err = _run_video(capsys, ckpt, root / "empty", out, *clicks)
+    assert rc == 2 and "no .jpg/.jpeg/.png frames found" in err and "empty" in err
+    bad = root / "bad.mp4"
+    bad.write_text("not a video")
+    rc, err = _run_video(capsys, ckpt, bad, out, *clicks)
+    assert rc == 2 and "cannot decode it as a video" in err and "bad.mp4" in err
+    rc, err = _run_video(capsys, ckpt, root / "missing", out, *clicks)
+    assert rc == 2 and "does not exist" in err
+    rc, err = _run_video(capsys, ckpt, folder, out, *clicks, "--frame-idx", "4")
+    assert rc == 2 and "--frame-idx 4 is out of range" in err and "4 frames (valid: 0 .. 3)" in err
+    rc, err = _run_video(capsys, ckpt, folder, out, "--points", "120,60;30,20", "--labels", "1")
+    assert rc == 2 and "2 points but 1 labels" in err
+    rc, err = _run_video(capsys, ckpt, folder, out, "--points", "500,20", "--labels", "1")
+    assert rc == 2 and "(500.0, 20.0)" in err and "outside the frame of width 192 and height 144" in err
+    assert not out.exists()  # nothing written before the inputs are checked
     with pytest.raises(SystemExit):
-        cli.main(["video"])  # not a subcommand (yet)
+        cli.main(["video", "--ckpt", str(ckpt)])  # --frames and --out are required
+    assert "--frames" in capsys.readouterr().err

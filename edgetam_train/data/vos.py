@@ -31,6 +31,22 @@ from edgetam_train.data.skips import BadSample
 VOID_ID = 255
 
 
+def voc_palette() -> list[int]:
+    """The 256-colour PASCAL VOC palette DAVIS annotations use, as ``Image.putpalette`` takes it (768 ints: index 1 =
+    dark red, 2 = green, ..., 255 = cream)."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
 def list_stems(directory: Path, ext: str) -> dict[str, str]:
     """{stem: file name} of the non-hidden ``*<ext>`` files in ``directory``. Raises ``BadSample`` missing_frame."""
     try:

@@ -22,10 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
+from ..cli_common import add_model_arguments, load_model
 from ..data.skips import BadSample
-from ..models.build import ALIASES, available_models
 from ..models.checkpoint import CheckpointMismatchError
 from .jf import BOUND_TH, PROTOCOLS, evaluate, write_csv
 
@@ -58,25 +56,19 @@ def run_jf(args: argparse.Namespace) -> int:
 
 def add_miou_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``edgetam-eval miou``."""
-    parser.add_argument("--ckpt", required=True, type=Path, help="Lightning checkpoint or official .pt")
+    add_model_arguments(parser)  # --ckpt, --model, --image-size, --device
     parser.add_argument("--data", required=True, type=Path, help="folder of SA-1B-format <name>.jpg + <name>.json")
     parser.add_argument("--clicks", type=int, default=1, help="clicks per mask N (default 1)")
-    parser.add_argument("--model", default="edgetam",
-                        help=f"architecture: {', '.join(available_models())} (aliases: {', '.join(ALIASES)})")
-    parser.add_argument("--image-size", type=int, default=None, help="model input side S (default 1024)")
     parser.add_argument("--max-images", type=int, default=None, help="only the first images (sorted by path)")
     parser.add_argument("--max-masks", type=int, default=None, help="at most this many masks per image")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run_miou(args: argparse.Namespace) -> int:
     """``edgetam-eval miou``."""
-    from ..models.build import build_model
     from ..predictor.image import ImagePredictor
     from .miou import evaluate_miou
 
-    model = build_model(args.model, image_size=args.image_size, checkpoint=args.ckpt).to(args.device)
-    predictor = ImagePredictor(model, fuse=True)
+    predictor = ImagePredictor(load_model(args), fuse=True)
     result = evaluate_miou(predictor, args.data, args.clicks, max_images=args.max_images, max_masks=args.max_masks)
     print(f"{len(result.per_mask)} masks")
     print(result.summary())

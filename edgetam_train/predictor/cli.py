@@ -1,6 +1,6 @@
 """``edgetam-predict``: run a trained model from the command line.
 
-Subcommands (each registered in :data:`SUBCOMMANDS` as ``(add_arguments, run)``; ``video`` is to be added there):
+Subcommands (each registered in :data:`SUBCOMMANDS` as ``(help, add_arguments, run)``):
 
 ``image`` -- clicks and/or a box on one image::
 
@@ -16,6 +16,28 @@ Writes ``OUT.npz`` and ``OUT.png`` (a suffix .npz / .png given with ``--out`` is
 
 ``--multimask`` / ``--no-multimask``: default multimask for a single click without a box (an ambiguous prompt),
 single mask otherwise -- what SAM recommends. Coordinates are pixels of the image as stored (no EXIF rotation).
+
+``video`` -- clicks and/or a box for one object on frame K of a video, then tracking through every frame::
+
+    edgetam-predict video --ckpt last.ckpt --frames video_frames/ --frame-idx 0 --points "210,350" --labels 1 --out res
+    edgetam-predict video --ckpt edgetam.pt --frames clip.mp4 --frame-idx 30 --box 300,0,500,400 --out res
+
+``--frames``: a folder of .jpg/.jpeg/.png frames (all-integer names in numeric order, else by name; one size) or a
+video file decoded with PyAV (all frames, held in memory). Tracking runs forward from frame K to the last frame,
+then, if K > 0, backward from K to frame 0 (two ``VideoPredictor.propagate`` calls, the second ``reverse=True``: the
+official predictors' usage). Writes into the folder ``OUT``:
+
+* ``<frame>.png`` per frame (the frame file's stem, ``00000`` ... for a video file): a palette PNG (DAVIS / VOC
+  palette) whose pixel value is the object id (``--obj-id``, default 1) on the mask, 0 elsewhere -- the layout
+  ``edgetam-eval jf --protocol davis`` reads;
+* ``masks.npz``: ``logits`` float16 (T, N, H, W) mask logits at the video size (N = 1 object; > 0 is the mask;
+  -1024 where the object is predicted absent), ``object_score`` float32 (T, N) object-presence logits (> 0:
+  present), ``obj_ids`` int64 (N,), ``frames`` str (T,) the frame names; ``--no-logits`` skips it;
+* ``overlay.gif``: the frames with the mask tinted (the prompts drawn on frame K), longer side at most
+  ``--gif-max-side`` pixels.
+
+The PNGs are thresholded from the float32 logits (float16 keeps the sign of every logit of magnitude >= 6e-8).
+
 The checkpoint is a Lightning checkpoint from ``train.py`` or an official ``.pt``; ``--model`` names the
 architecture (``edgetam`` default, ``sam2.1_hiera_t`` ... for teachers).
 """
@@ -24,7 +46,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -32,9 +55,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..models.build import ALIASES, available_models, build_model
+from ..cli_common import add_model_arguments, load_model
 from ..models.checkpoint import CheckpointMismatchError
 from .image import ImagePrediction, ImagePredictor
+from .video import VideoPredictor, VideoState, frame_files
 
 OVERLAY_COLOR = (30, 144, 255)  # RGB
 POSITIVE_COLOR, NEGATIVE_COLOR, BOX_COLOR = (0, 220, 0), (230, 0, 0), (255, 200, 0)
@@ -79,18 +103,34 @@ def parse_box(text: str) -> np.ndarray:
     return np.asarray(box, dtype=np.float32)
 
 
+def parse_prompts(args: argparse.Namespace) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(points (N, 2), labels (N,), box (4,)) from ``--points`` / ``--labels`` / ``--box`` (each None when absent);
+    raises ValueError when points and labels do not pair up or no prompt is given."""
+    points = parse_points(args.points) if args.points else None
+    labels = parse_labels(args.labels) if args.labels else None
+    if (points is None) != (labels is None):
+        raise ValueError("--points and --labels go together (one label per point)")
+    if points is not None and len(points) != len(labels):
+        raise ValueError(f"{len(points)} points but {len(labels)} labels")
+    box = parse_box(args.box) if args.box else None
+    if points is None and box is None:
+        raise ValueError("give --points/--labels and/or --box")
+    return points, labels, box
+
+
+def add_prompt_arguments(parser: argparse.ArgumentParser, where: str) -> None:
+    """``--points``, ``--labels``, ``--box`` (coordinates in pixels of ``where``)."""
+    parser.add_argument("--points", default=None, help=f'clicks "x,y;x,y" in {where} pixels')
+    parser.add_argument("--labels", default=None, help='"1;0": 1 foreground, 0 background, one per point')
+    parser.add_argument("--box", default=None, help=f'"x0,y0,x1,y1" in {where} pixels')
+
+
 def output_prefix(out: Path) -> Path:
     """``OUT`` without a trailing .npz / .png."""
     return out.with_suffix("") if out.suffix.lower() in (".npz", ".png") else out
 
 
 # ----------------------------------------------------------------------------------------------- image
-
-def load_predictor(ckpt: Path, model: str, image_size: int | None, device: str, fuse: bool) -> ImagePredictor:
-    """Build ``model``, load ``ckpt`` strictly, move to ``device``: an :class:`ImagePredictor`."""
-    net = build_model(model, image_size=image_size, checkpoint=ckpt)
-    return ImagePredictor(net.to(device), fuse=fuse)
-
 
 def read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB pixels of an image file (stored orientation)."""
@@ -137,38 +177,24 @@ def save_image_prediction(prefix: Path, image: np.ndarray, pred: ImagePrediction
 
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``edgetam-predict image``."""
-    parser.add_argument("--ckpt", required=True, type=Path, help="Lightning checkpoint or official .pt")
-    parser.add_argument("--model", default="edgetam",
-                        help=f"architecture: {', '.join(available_models())} (aliases: {', '.join(ALIASES)})")
-    parser.add_argument("--image-size", type=int, default=None, help="model input side S (default 1024)")
+    add_model_arguments(parser)  # --ckpt, --model, --image-size, --device
     parser.add_argument("--image", required=True, type=Path, help="image file (RGB)")
-    parser.add_argument("--points", default=None, help='clicks "x,y;x,y" in image pixels')
-    parser.add_argument("--labels", default=None, help='"1;0": 1 foreground, 0 background, one per point')
-    parser.add_argument("--box", default=None, help='"x0,y0,x1,y1" in image pixels')
+    add_prompt_arguments(parser, "image")
     parser.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None,
                         help="3 candidate masks (default: only for a single click without a box)")
     parser.add_argument("--out", required=True, type=Path, help="output prefix: writes OUT.npz and OUT.png")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--fuse", action="store_true",
                         help="fuse RepViT / high-res projections for speed (outputs equal within ~1e-5)")
 
 
 def run_image(args: argparse.Namespace) -> int:
     """``edgetam-predict image``: predict, write the npz and png, print a one-line summary."""
-    points = parse_points(args.points) if args.points else None
-    labels = parse_labels(args.labels) if args.labels else None
-    if (points is None) != (labels is None):
-        raise ValueError("--points and --labels go together (one label per point)")
-    if points is not None and len(points) != len(labels):
-        raise ValueError(f"{len(points)} points but {len(labels)} labels")
-    box = parse_box(args.box) if args.box else None
-    if points is None and box is None:
-        raise ValueError("give --points/--labels and/or --box")
+    points, labels, box = parse_prompts(args)
     multimask = args.multimask
     if multimask is None:
         multimask = box is None and points is not None and len(points) == 1
     image = read_rgb(args.image)
-    predictor = load_predictor(args.ckpt, args.model, args.image_size, args.device, args.fuse)
+    predictor = ImagePredictor(load_model(args), fuse=args.fuse)
     predictor.set_image(image)
     pred = predictor.predict(points=points, labels=labels, box=box, multimask_output=multimask)
     npz, png = save_image_prediction(output_prefix(args.out), image, pred, points, labels, box)
@@ -178,11 +204,186 @@ def run_image(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- video
+
+GIF_FPS = 10.0  # overlay frame rate for a frame folder (a video file keeps its own)
+
+
+@dataclass
+class VideoFrames:
+    """The frames given with ``--frames``.
+
+    Attributes:
+        source: what :meth:`VideoPredictor.init_state` takes: the frame folder (read lazily), or the decoded
+            (H, W, 3) uint8 RGB frames of a video file.
+        names: output name (no suffix) of each frame, in order: the frame file's stem, or ``00000`` ... (T,).
+        hw: (H, W) of the frames.
+        fps: the video file's average frame rate; None for a folder.
+        files: the frame files of a folder; None for a video file.
+    """
+
+    source: Path | list[np.ndarray]
+    names: list[str]
+    hw: tuple[int, int]
+    fps: float | None = None
+    files: list[Path] | None = None
+
+    def rgb(self, t: int) -> np.ndarray:
+        """(H, W, 3) uint8 RGB pixels of frame ``t``."""
+        return read_rgb(self.files[t]) if self.files is not None else self.source[t]
+
+
+def read_frames(path: Path) -> VideoFrames:
+    """A folder of .jpg/.jpeg/.png frames (listed, read later) or a video file (every frame decoded with PyAV, as
+    the SA-V loader does). Raises FileNotFoundError / ValueError naming ``path`` (no frames, undecodable file, two
+    frames with one stem)."""
+    if path.is_dir():
+        files = frame_files(path)  # ValueError naming the folder when it holds no frames
+        names = [p.stem for p in files]
+        if len(set(names)) < len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"--frames {path}: several frames share the name(s) {dup[:5]} (e.g. .jpg and .png); "
+                             "one file per frame name is needed to name the mask PNGs")
+        with Image.open(files[0]) as im:
+            w, h = im.size
+        return VideoFrames(path, names, (h, w), files=files)
+    if not path.exists():
+        raise FileNotFoundError(f"--frames {path} does not exist (expected a frame folder or a video file)")
+    import av
+
+    from ..data.sav import AV_ERRORS, iter_mp4_frames
+
+    try:
+        frames = [rgb for _, rgb in iter_mp4_frames(path)]
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+    except AV_ERRORS as err:
+        raise ValueError(f"--frames {path}: cannot decode it as a video ({type(err).__name__}: {err}); expected a "
+                         "folder of JPEG/PNG frames or a video file such as .mp4") from None
+    if not frames:
+        raise ValueError(f"--frames {path}: the video has no frames")
+    h, w = frames[0].shape[:2]
+    return VideoFrames(frames, [f"{t:05d}" for t in range(len(frames))], (h, w), float(rate) if rate else None)
+
+
+def track(predictor: VideoPredictor, state: VideoState, frame_idx: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Every frame once, as (frame index, logits (N, H, W) float32 at video size): forward from ``frame_idx`` to
+    the last frame, then (``frame_idx`` > 0) backward from ``frame_idx - 1`` to frame 0."""
+    for t, _, logits in predictor.propagate(state, start_frame_idx=frame_idx):
+        yield t, logits
+    if frame_idx > 0:
+        for t, _, logits in predictor.propagate(state, start_frame_idx=frame_idx, reverse=True):
+            if t != frame_idx:  # the prompted frame again (kept, not recomputed)
+                yield t, logits
+
+
+def label_png(masks: np.ndarray, obj_ids: Sequence[int], palette: list[int]) -> Image.Image:
+    """Palette ("P") image of bool ``masks`` (N, H, W): pixel value = object id (later objects on top), 0 elsewhere."""
+    label = np.zeros(masks.shape[1:], dtype=np.uint8)
+    for mask, obj_id in zip(masks, obj_ids):
+        label[mask] = obj_id
+    im = Image.fromarray(label)  # uint8 (H, W): mode L; putpalette makes it P with the same indices
+    im.putpalette(palette)
+    return im
+
+
+def add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``edgetam-predict video``."""
+    add_model_arguments(parser)  # --ckpt, --model, --image-size, --device
+    parser.add_argument("--frames", required=True, type=Path,
+                        help="folder of .jpg/.jpeg/.png frames (integer names in numeric order, else sorted by "
+                             "name) or a video file (.mp4 ..., decoded with PyAV and held in memory)")
+    parser.add_argument("--frame-idx", type=int, default=0, help="frame K the prompts are on (default 0)")
+    add_prompt_arguments(parser, "video")
+    parser.add_argument("--obj-id", type=int, default=1,
+                        help="object id, 1 .. 254: the pixel value of the mask in the PNGs (default 1)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output folder: <frame>.png per frame, masks.npz, overlay.gif")
+    parser.add_argument("--fill-hole-area", type=int, default=8,
+                        help="fill background holes up to this many low-res pixels (default 8, the official video "
+                             "predictor's; 0: off)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help=f"overlay.gif frame rate (default: the video file's, {GIF_FPS:g} for a frame folder)")
+    parser.add_argument("--gif-max-side", type=int, default=480,
+                        help="shrink overlay.gif so its longer side is at most this (default 480; 0: video size)")
+    parser.add_argument("--no-logits", action="store_true",
+                        help="do not write masks.npz (T x H x W float16 logits: ~4 GB for 1000 frames at 1080p)")
+    parser.add_argument("--fuse", action="store_true",
+                        help="fuse RepViT / high-res projections for speed (outputs equal within ~1e-5)")
+    parser.epilog = ("Tracks forward from --frame-idx K to the last frame, then, if K > 0, backward from K to frame 0 "
+                     "(the official predictor's propagate, then propagate with reverse=True). PNGs: palette, pixel "
+                     "value = --obj-id on the mask, 0 elsewhere (DAVIS layout, for edgetam-eval jf).")
+
+
+def run_video(args: argparse.Namespace) -> int:
+    """``edgetam-predict video``: prompt frame K, track through the video, write PNGs, masks.npz and overlay.gif."""
+    from tqdm import tqdm
+
+    from ..data.vos import voc_palette
+
+    points, labels, box = parse_prompts(args)
+    if not 1 <= args.obj_id <= 254:
+        raise ValueError(f"--obj-id must be in 1 .. 254 (the pixel value in the palette PNGs; 0 is background, 255 "
+                         f"DAVIS' void), got {args.obj_id}")
+    if args.gif_max_side < 0 or args.fill_hole_area < 0 or (args.fps is not None and args.fps <= 0):
+        raise ValueError("--gif-max-side and --fill-hole-area must be >= 0 and --fps > 0, got "
+                         f"{args.gif_max_side}, {args.fill_hole_area}, {args.fps}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; expected a folder (created if missing)")
+    frames = read_frames(args.frames)
+    num, k = len(frames.names), args.frame_idx
+    if not 0 <= k < num:
+        raise ValueError(f"--frame-idx {k} is out of range: {args.frames} has {num} frames (valid: 0 .. {num - 1})")
+    predictor = VideoPredictor(load_model(args), fill_hole_area=args.fill_hole_area, fuse=args.fuse)
+    state = predictor.init_state(frames.source)
+    obj_ids = [args.obj_id]
+    predictor.add_clicks(state, k, args.obj_id, points=points, labels=labels, box=box)  # checks them (inside ...)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    h, w = frames.hw
+    logits_all = None if args.no_logits else np.zeros((num, len(obj_ids), h, w), dtype=np.float16)
+    scores = np.zeros((num, len(obj_ids)), dtype=np.float32)
+    gif: dict[int, Image.Image] = {}
+    palette = voc_palette()
+    with tqdm(total=num, desc=f"tracking object {args.obj_id}", unit="frame", disable=None) as bar:
+        for t, logits in track(predictor, state, k):
+            masks = predictor.masks_from_logits(logits).cpu().numpy()  # (N, H, W) bool, from the float32 logits
+            label_png(masks, obj_ids, palette).save(args.out / f"{frames.names[t]}.png")
+            if logits_all is not None:
+                logits_all[t] = logits.cpu().numpy()
+            scores[t] = [float(predictor.get_output(state, t, i).object_score_logit) for i in obj_ids]
+            shown = overlay(frames.rgb(t), masks.any(0), *((points, labels, box) if t == k else (None, None, None)))
+            im = Image.fromarray(shown)
+            if args.gif_max_side:
+                im.thumbnail((args.gif_max_side, args.gif_max_side), Image.Resampling.BILINEAR)
+            gif[t] = im
+            bar.update()
+
+    written = [f"{num} mask PNGs"]
+    if logits_all is not None:
+        np.savez_compressed(args.out / "masks.npz", logits=logits_all, object_score=scores,
+                            obj_ids=np.asarray(obj_ids, dtype=np.int64), frames=np.asarray(frames.names))
+        written.append("masks.npz")
+    fps = args.fps or frames.fps or GIF_FPS
+    ordered = [gif[t] for t in range(num)]
+    ordered[0].save(args.out / "overlay.gif", save_all=True, append_images=ordered[1:], loop=0,
+                    duration=round(1000 / fps))
+    written.append("overlay.gif")
+    present = int((scores > 0).any(1).sum())
+    print(f"wrote {', '.join(written)} to {args.out}: object {args.obj_id} prompted on frame {k} "
+          f"({frames.names[k]}), tracked {'forward and backward' if k > 0 else 'forward'} over {num} frames, "
+          f"present (object score > 0) on {present}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- entry point
 
 # name -> (help, add_arguments(parser), run(args) -> exit status)
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "image": ("segment one image from clicks and/or a box", add_image_arguments, run_image),
+    "video": ("track one object through a video from clicks and/or a box on one frame", add_video_arguments,
+              run_video),
 }
 
 

@@ -167,7 +167,7 @@ class VideoState:
         return list(self.objects)
 
 
-def _frame_files(folder: Path) -> list[Path]:
+def frame_files(folder: Path) -> list[Path]:
     """Image files of a frame folder, numerically sorted when every stem is an integer, else by name."""
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS]
     if not files:
@@ -247,7 +247,7 @@ class VideoPredictor:
             folder = Path(frames)
             if not folder.is_dir():
                 raise ValueError(f"frames: {str(folder)!r} is not a directory of JPEG/PNG frames")
-            files = _frame_files(folder)
+            files = frame_files(folder)
             sizes = {}
             for p in files:
                 with Image.open(p) as im:

@@ -1,0 +1,31 @@
+"""Options and model loading shared by the command-line tools that run a checkpoint (``edgetam-predict image|video``,
+``edgetam-eval miou``): ``--ckpt``, ``--model``, ``--image-size``, ``--device``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .models.build import ALIASES, available_models, build_model
+from .models.sam2_model import SAM2Model
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--ckpt`` (required), ``--model`` (default ``edgetam``), ``--image-size`` (default: the config's, 1024)
+    and ``--device`` (default ``cuda`` when available, else ``cpu``) to ``parser``."""
+    parser.add_argument("--ckpt", required=True, type=Path, help="Lightning checkpoint or official .pt")
+    parser.add_argument("--model", default="edgetam",
+                        help=f"architecture: {', '.join(available_models())} (aliases: {', '.join(ALIASES)})")
+    parser.add_argument("--image-size", type=int, default=None, help="model input side S (default 1024)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(args: argparse.Namespace) -> SAM2Model:
+    """The model named by ``args.model`` at ``args.image_size`` with ``args.ckpt`` loaded strictly, on
+    ``args.device`` (the options of :func:`add_model_arguments`).
+
+    Raises ``CheckpointMismatchError`` (missing / unexpected / mis-shaped keys, naming the file), ``FileNotFoundError``
+    and ``ValueError`` (unknown model, bad image size)."""
+    return build_model(args.model, image_size=args.image_size, checkpoint=args.ckpt).to(args.device)
