@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv train test test-all sample-data clean
+.PHONY: venv train test test-all bench sample-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+# every benchmark under scripts/bench/ -> docs/benchmarks.md (BENCH_ARGS="--quick" or "--only teacher_cache ...")
+bench: $(STAMP)
+	$(PY) scripts/bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf outputs logs data/sample

@@ -6,6 +6,8 @@ a text file, so an 11M-image root is scanned once. Each item decodes only the ma
 
 Item (``SA1BDataset[i]``), S = ``image_size``:
     image: float32 (3, S, S), ImageNet-normalised, zero (after normalisation) outside the valid region.
+    flipped: bool, whether the horizontal flip was applied.
+    teacher_f16: float16 (256, S/16, S/16), only with a ``teacher_cache``: the cached teacher F16 of this view.
     masks: bool (K, S, S), 1 <= K <= max_masks, one object per mask.
     valid_hw: int64 (2,) = (h, w) of the resized, unpadded image in the top-left corner.
     orig_hw: int64 (2,) = (H, W) of the jpg.
@@ -22,7 +24,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import albumentations as A
 import cv2
@@ -33,6 +35,9 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from edgetam_train.data.skips import BadSample, SkipCounter, first_readable, read_json
+
+if TYPE_CHECKING:
+    from edgetam_train.data.teacher_cache import TeacherCache
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +306,9 @@ def build_augment(image_size: int, hflip_p: float) -> A.Compose:
     """Joint image / multi-mask pipeline after resizing: HorizontalFlip(p) -> Normalize (ImageNet) -> PadIfNeeded.
 
     Padding goes to the bottom/right (``position="top_left"``) with 0 in the masks and 0 in the *normalised* image
-    (SAM's convention: pad after normalising, so the padding is the mean colour).
+    (SAM's convention: pad after normalising, so the padding is the mean colour). The output's
+    ``applied_transforms`` lists what ran (it tells whether the flip happened; the teacher cache needs it).
+    A teacher cache (``teacher_cache.transform_spec``) supports only these three transforms.
     """
     return A.Compose(
         [
@@ -309,7 +316,8 @@ def build_augment(image_size: int, hflip_p: float) -> A.Compose:
             A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0),
             A.PadIfNeeded(image_size, image_size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0,
                           fill_mask=0),
-        ]
+        ],
+        save_applied_params=True,
     )
 
 
@@ -342,6 +350,9 @@ class SA1BDataset(Dataset):
         seed: base seed; the masks sampled and the flip depend only on (seed, epoch, index).
         max_skip_rate: threshold of ``SkipCounter`` (config key ``data.max_skip_rate``).
         min_attempts: attempts before the skip rate is checked.
+        teacher_cache: a ``TeacherCache`` to read each item's teacher F16 from (``teacher_f16``), for the view
+            (original or flipped) the item got; checked by the caller against the image list (``check_data``).
+        cache_rows: the cache row of each of ``files`` (its position in the cached image list); default 0..N-1.
 
     ``set_epoch(epoch)`` changes the per-item randomness; the epoch lives in shared memory, so it reaches DataLoader
     workers that already exist (``persistent_workers``). ``skips`` counts the bad samples seen by this process.
@@ -359,6 +370,8 @@ class SA1BDataset(Dataset):
         seed: int = 0,
         max_skip_rate: float = 0.05,
         min_attempts: int = 20,
+        teacher_cache: TeacherCache | None = None,
+        cache_rows: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if max_masks < 1:
@@ -376,6 +389,14 @@ class SA1BDataset(Dataset):
         self.augment = build_augment(image_size, hflip_p)
         self.skips = SkipCounter(max_skip_rate=max_skip_rate, min_attempts=min_attempts, name=type(self).__name__)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.teacher_cache = teacher_cache
+        self._cache_rows = np.arange(len(self._files)) if cache_rows is None else np.asarray(cache_rows, np.int64)
+        if teacher_cache is not None:
+            from edgetam_train.data.teacher_cache import transform_spec
+
+            transform_spec(image_size)  # raises if the pipeline has a transform a cache cannot follow
+            if len(self._cache_rows) != len(self._files):
+                raise ValueError(f"cache_rows has {len(self._cache_rows)} rows for {len(self._files)} files")
 
     def __len__(self) -> int:
         return len(self._files)
@@ -435,14 +456,25 @@ class SA1BDataset(Dataset):
         image = self.resize(image=image)["image"]
         self.augment.set_random_seed(int(rng.integers(2**31)))
         out = self.augment(image=image, masks=masks)
+        flipped = any(name == "HorizontalFlip" for name, _ in out["applied_transforms"])
         return {
             "image": torch.from_numpy(out["image"]).permute(2, 0, 1).contiguous(),
+            "flipped": flipped,
             "masks": torch.from_numpy(out["masks"]).view(torch.bool),  # values are 0/1: reinterpret, no copy
             "valid_hw": torch.tensor(image.shape[:2], dtype=torch.int64),
             "orig_hw": torch.tensor((h, w), dtype=torch.int64),
             "ann_ids": torch.from_numpy(ids),
             "path": str(jpg),
+            **self._cached_teacher(index, flipped),
         }
+
+    def _cached_teacher(self, index: int, flipped: bool) -> dict[str, torch.Tensor]:
+        """{"teacher_f16": float16 (256, S/16, S/16)} of item ``index``'s view from the teacher cache, or {} without
+        one. The flipped view's F16 is the teacher run on the flipped image (the encoder is not flip-equivariant)."""
+        if self.teacher_cache is None:
+            return {}
+        row = int(self._cache_rows[index])
+        return {"teacher_f16": self.teacher_cache.read(row, flipped, self._files[index].decode())}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Item ``index``, or if it is bad the next readable one (wrapping around); see the module docstring.
@@ -468,6 +500,9 @@ def collate_sa1b(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         obj_to_img: int64 (N,), the image index of each object (to gather per-image features for every object).
         num_objects: int64 (B,) = K_i (``masks.split(num_objects.tolist())`` gives the per-image stacks).
         valid_hw: int64 (B, 2); orig_hw: int64 (B, 2); ann_ids: int64 (N,); paths: list[str] (B).
+        flipped: bool (B,), which images were flipped.
+        teacher_f16: float16 (B, 256, S/16, S/16) cached teacher F16 of each image's view (only when every item
+            has one, i.e. the dataset reads a teacher cache).
         skips: dict reason -> count of samples skipped while producing this batch. DataLoader workers hold their own
             ``SkipCounter``s, so this is how the training process sees them: this batch made
             ``len(paths) + sum(skips.values())`` attempts.
@@ -477,7 +512,7 @@ def collate_sa1b(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for item in batch:
         for reason, n in item.get("skips", {}).items():
             skips[reason] = skips.get(reason, 0) + n
-    return {
+    out = {
         "images": torch.stack([item["image"] for item in batch]),
         "masks": torch.cat([item["masks"] for item in batch]),
         "obj_to_img": torch.repeat_interleave(torch.arange(len(batch)), counts),
@@ -486,5 +521,9 @@ def collate_sa1b(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "orig_hw": torch.stack([item["orig_hw"] for item in batch]),
         "ann_ids": torch.cat([item["ann_ids"] for item in batch]),
         "paths": [item["path"] for item in batch],
+        "flipped": torch.tensor([bool(item.get("flipped", False)) for item in batch]),
         "skips": skips,
     }
+    if all("teacher_f16" in item for item in batch):
+        out["teacher_f16"] = torch.stack([item["teacher_f16"] for item in batch])
+    return out

@@ -18,8 +18,10 @@ import json
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 GPU_BYTES = 80e9
+GOAL_CLIPS = 2  # README: data.batch_size=2 fits an 80 GB GPU in stage 2
 
 
 def one_step(size: int, frames: int, objects: int, teacher_name: str, device: str) -> dict:
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher", default="sam2.1_hiera_b+")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help="write the result rows (for run_all.py) to this file")
     args = parser.parse_args(argv)
     if args.child is not None:
         print(json.dumps(one_step(args.child, args.frames, args.objects, args.teacher, args.device)))
@@ -87,6 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"extrapolated to 1024²: {fp32_1024 / 2**30:.1f} GiB fp32, ~{bf16_1024 / 2**30:.1f} GiB bf16 per clip")
     print(f"clip_memory: ~{per_gpu} clips of {args.frames} frames per 80 GB GPU at 1024² bf16 "
           f"(CPU extrapolation, conservative)")
+    if args.json:
+        sizes = ", ".join(f"{r['step_bytes'] / 2**30:.2f} GiB at {r['size']}²" for r in results)
+        args.json.write_text(json.dumps([{
+            "name": f"clip_memory: {args.frames}-frame x {args.objects}-object clips per 80 GB GPU at 1024² bf16 "
+                    f"(CPU fit of {' and '.join(str(s) for s in args.sizes)} px, teacher {args.teacher})",
+            "value": per_gpu, "unit": "clips", "goal": f">= {GOAL_CLIPS}", "passed": per_gpu >= GOAL_CLIPS,
+            "detail": f"step activations {sizes} (fp32); ~{bf16_1024 / 2**30:.1f} GiB bf16 per clip at 1024²"}],
+            indent=1))
 
 
 if __name__ == "__main__":

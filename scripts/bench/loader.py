@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
 import sys
 import tempfile
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> bool:
     p.add_argument("--masks", type=int, default=100, help="masks per generated image (SA-1B averages ~100)")
     p.add_argument("--sample", type=int, default=16, help="max_masks sampled per item")
     p.add_argument("--image-size", type=int, default=1024)
+    p.add_argument("--json", type=Path, help="write the result rows (for run_all.py) to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -141,6 +143,11 @@ def main(argv: list[str] | None = None) -> bool:
         print(f"DataLoader num_workers={workers}: {loader_sps:7.2f} samples/s (batch 2, collate_sa1b)")
     ok = ratio >= GOAL
     print(f"loader: lazy/all ratio={ratio:.2f}x (goal >= {GOAL:g}x) {'PASS' if ok else 'FAIL'}")
+    if args.json:
+        args.json.write_text(json.dumps([{
+            "name": f"loader: lazy/decode-all samples/s, {args.size} images, {args.masks} masks, {args.sample} sampled",
+            "value": round(ratio, 2), "unit": "x", "goal": f">= {GOAL:g}", "passed": ok,
+            "detail": f"lazy {sps['lazy']:.1f} samples/s"}], indent=1))
     return ok
 
 

@@ -37,6 +37,7 @@ when both reach the kernel ceiling, no exact (fp32) rewrite can make ours much f
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", default="image,video", help="comma-separated: image, video")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of both sides")
     parser.add_argument("--strict", action="store_true", help="exit 1 when image or video misses the goal")
+    parser.add_argument("--json", type=Path, help="write the result rows (for run_all.py) to this file")
     args = parser.parse_args(argv)
     size = args.size or (512 if args.quick else 1024)
     reps = args.reps or (3 if args.quick else 7)
@@ -270,10 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     if "video" in items:
         results["video"], results["video_frame"] = bench_video(size, reps, args.warmup, args.profile)
     ok = True
+    rows = []
     for item, ratio in results.items():
         passed = ratio <= GOAL
         ok &= passed or item == "video_frame"
         print(f"model_speed {item}: ours/hf = {ratio:.2f} (goal <= {GOAL}) {'PASS' if passed else 'FAIL'}")
+        rows.append({"name": f"model_speed {item}: ours/transformers time, {size} px, {torch.get_num_threads()} "
+                             f"thread(s)", "value": round(ratio, 3), "unit": "x", "goal": f"<= {GOAL}",
+                     "passed": passed, "detail": "informational (not in --strict)" if item == "video_frame" else ""})
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
     return 0 if ok or not args.strict else 1
 
 

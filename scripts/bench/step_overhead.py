@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import statistics
 import sys
 import tempfile
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> bool:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default); 1 keeps the timings "
                    "steady on a shared machine, where 2 OpenMP threads on 2 busy cores stall at every barrier")
     p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides (e.g. callbacks=none)")
+    p.add_argument("--json", type=Path, help="write the result rows (for run_all.py) to this file")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -179,6 +181,11 @@ def main(argv: list[str] | None = None) -> bool:
     print(f"overhead      : median {(med_l - med_b) * 1e3:+.1f} ms per step")
     ok = ratio <= GOAL
     print(f"step_overhead: lightning/bare = {ratio:.2f} (goal <= {GOAL:g}) {'PASS' if ok else 'FAIL'}")
+    if args.json:
+        args.json.write_text(json.dumps([{
+            "name": f"step_overhead: Lightning/bare step time, {args.image_size} px, {args.images} image x "
+                    f"{args.masks} masks", "value": round(ratio, 3), "unit": "x", "goal": f"<= {GOAL:g}",
+            "passed": ok, "detail": f"overhead {(med_l - med_b) * 1e3:+.1f} ms per step"}], indent=1))
     return ok
 
 

@@ -1,0 +1,81 @@
+"""Benchmark tooling on the CPU: the FLOP count of a stage-1 step that ``gpu_profile.py`` divides by the GPU's peak
+(teacher forward + student forward/backward, counted with FlopCounterMode), the peak table, the script's behaviour
+without CUDA and its docs section, and ``run_all.py``'s section bookkeeping in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.fabric.utilities.throughput import measure_flops
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts" / "bench"))
+
+import gpu_profile  # noqa: E402
+import run_all  # noqa: E402
+from teacher_cache import build_module, step_flops, synthetic_batch  # noqa: E402
+
+from edgetam_train import cache_teacher  # noqa: E402
+from edgetam_train.teacher import FrozenTeacher  # noqa: E402
+
+SIZE = 256
+
+
+def test_step_flops_are_teacher_forward_plus_student_forward_and_backward():
+    teacher = FrozenTeacher(cache_teacher.build_teacher("sam2.1_hiera_t", SIZE, None, 0), allow_random_init=True)
+    module = build_module(SIZE, teacher, clicks=1)
+    one, two = synthetic_batch(SIZE, 1), synthetic_batch(SIZE, 2)
+    live, cached, cached_two = (step_flops(module, one, teacher), step_flops(module, one, None),
+                                step_flops(module, two, None))
+    with torch.no_grad():
+        teacher_fwd = measure_flops(teacher.net, lambda: teacher.encode_image(one["images"]))
+    encoder_fwd = measure_flops(module.student, lambda: module.student.encode_image(one["images"]).f16)
+    assert live - cached == teacher_fwd > 0  # the teacher is counted once, forward only
+    assert cached > 2.5 * encoder_fwd  # the student's encoder forward + backward (about 2x) + the decoder passes
+    assert cached_two > cached  # every mask adds its decoder passes
+    assert all(p.grad is None for p in module.student.parameters())  # counting leaves no gradients behind
+
+
+def test_peak_table_by_device_name():
+    assert gpu_profile.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert gpu_profile.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert gpu_profile.peak_tflops("NVIDIA H100 NVL") == 835.0
+    assert gpu_profile.peak_tflops("NVIDIA H200") == 989.4
+    assert gpu_profile.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert gpu_profile.peak_tflops("Some Other GPU") is None
+    assert gpu_profile.peak_tflops("NVIDIA H100 80GB HBM3", override=500.0) == 500.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed where CUDA is absent")
+def test_gpu_profile_without_cuda_exits_with_a_message(capsys, tmp_path):
+    assert gpu_profile.main(["--doc", str(tmp_path / "b.md")]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "b.md").exists()
+
+
+def test_gpu_profile_cpu_run_writes_its_section_and_keeps_the_others(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    rows = [{"name": "x: a/b", "value": 0.5, "unit": "x", "goal": "<= 1", "passed": True, "detail": "",
+             "bench": "x", "seconds": 1.0, "date": "2026-01-01", "quick": False}]
+    run_all.update_section(doc, "run_all", run_all.render(rows, {"CPU": "test"}, "python run_all.py"))
+    out = tmp_path / "rows.json"
+    args = ["--device", "cpu", "--image-size", str(SIZE), "--teacher", "sam2.1_hiera_t", "--masks", "1", "--clicks",
+            "0", "--steps", "1", "--warmup", "0", "--peak-tflops", "1", "--doc", str(doc), "--json", str(out)]
+    assert gpu_profile.main(args) == 0
+    text = doc.read_text()
+    assert text.count("<!-- gpu_profile:begin -->") == 1 and "| live teacher |" in text and "| cached F16" in text
+    assert run_all.previous_rows(doc) == rows  # the run_all section is untouched
+    assert [r["unit"] for r in json.loads(out.read_text())] == ["img/s", "img/s"]
+    assert gpu_profile.main(args) == 0 and doc.read_text().count("<!-- gpu_profile:begin -->") == 1  # replaced
+
+
+def test_run_all_discovers_every_bench_script():
+    names = run_all.discover()
+    assert {"loader", "model_speed", "step_overhead", "clip_memory", "teacher_cache"} <= set(names)
+    assert "run_all" not in names and ("gpu_profile" in names) == torch.cuda.is_available()
+    for name in names:  # each one writes rows for the table
+        assert "--json" in (REPO / "scripts" / "bench" / f"{name}.py").read_text(), name
