@@ -175,7 +175,10 @@ class MaskPicturesCallback(Callback):
                 shown = True
         if shown:
             return []
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "mask_pictures"
+        # trainer.log_dir is a collective (it broadcasts from rank 0) and only rank 0 gets here: under DDP it
+        # deadlocked the next step, so read the first logger's directory locally instead
+        logger = trainer.loggers[0] if trainer.loggers else None
+        out_dir = Path(getattr(logger, "log_dir", None) or trainer.default_root_dir) / "mask_pictures"
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for i, pic in enumerate(pictures):

@@ -8,7 +8,8 @@ is segmented from memory; the teacher replays the student's prompts with its own
 
 Logged every step: ``train/loss`` and each term (``train/loss_task``, ``loss_f16``, ``loss_fm``, ``loss_mask``,
 ``loss_dice``, ``loss_iou``, ``loss_class``), ``train/num_objects``, and the running totals of bad samples the loaders
-skipped, ``data/skipped`` and ``data/skipped_<reason>`` (summed over steps and ranks, kept across resume).
+skipped, ``data/skipped`` and ``data/skipped_<reason>`` (summed over steps and ranks, kept across resume), and
+``train/nonfinite_steps``: steps skipped (no update) because a loss term was NaN/inf (:mod:`edgetam_train.nonfinite`).
 Validation (``data.val``, every ``trainer.val_check_interval`` batches) logs ``val/J&F``, ``val/J``, ``val/F`` and
 ``val/mIoU_1click`` (:meth:`DistillationModule.validation_step`).
 
@@ -34,9 +35,11 @@ from .eval.validation import ValScores, one_click_ious, score_video, track_video
 from .losses import DistillationLoss, sum_loss_dicts
 from .models.checkpoint import check_state_dict, read_state_dict
 from .models.sam2_model import SAM2Model
+from .nonfinite import NonFiniteGuard, zero_loss
 from .optim import build_optimizer, build_scheduler
 from .prompting import PromptConfig, plan_clip, run_clip
 from .teacher import FrozenTeacher
+from .trainer import DEFAULT_MAX_CONSECUTIVE_NONFINITE
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,8 @@ class DistillationModule(pl.LightningModule):
 
     Args:
         student: the model being trained.
-        teacher: frozen teacher (None trains without feature distillation).
+        teacher: frozen teacher; None with a teacher cache (batches carry ``teacher_f16``, see
+            ``data.teacher_cache``), else None trains without feature distillation.
         loss: combines the task loss and the feature terms (weights λ_F, λ_M).
         prompts: prompt-simulation settings.
         optimizer / scheduler: dicts for :func:`edgetam_train.optim.build_optimizer` / ``build_scheduler``.
@@ -71,6 +75,7 @@ class DistillationModule(pl.LightningModule):
         self.scheduler_cfg = dict(scheduler or {})
         self.vis_every_n_steps = vis_every_n_steps
         self.skip_totals = dict.fromkeys(SKIP_KEYS, 0)  # bad samples skipped so far, all ranks; saved in checkpoints
+        self.nonfinite = NonFiniteGuard()  # NaN/inf-loss steps skipped (trainer.max_consecutive_nonfinite)
         self.val_scores = ValScores()  # validation sums and counts (no persistent state: not in checkpoints)
         if teacher is not None and teacher.net.image_size != student.image_size:
             raise ValueError(f"teacher image_size {teacher.net.image_size} != student image_size "
@@ -135,7 +140,12 @@ class DistillationModule(pl.LightningModule):
         records = run_clip(self.student, [feats.select(r) for r in rows], gt, plan, self.prompts)
         f16_teacher = fm_student = fm_teacher = None
         teacher_records = None
-        if self.teacher is not None:
+        cached_f16 = batch.get("teacher_f16")  # data.teacher_cache: the teacher's F16 read from disk (stage 1)
+        if cached_f16 is not None and t > 1:
+            raise ValueError("batch['teacher_f16'] (a teacher cache) is for stage-1 images; clips need the teacher")
+        if cached_f16 is not None:
+            f16_teacher = cached_f16
+        elif self.teacher is not None:
             t_feats = self.teacher.encode_image(frames)
             f16_teacher = t_feats.f16
             if self.loss.lambda_fm > 0 and t > 1:
@@ -162,10 +172,19 @@ class DistillationModule(pl.LightningModule):
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, batch_size=bs)
         self.log("train/num_objects", float(aux["gt"].shape[0]), batch_size=bs)
         self._log_skips(batch.get("skips"), bs)
+        limit = getattr(self._trainer, "max_consecutive_nonfinite", DEFAULT_MAX_CONSECUTIVE_NONFINITE)
+        skip = self.nonfinite.check(losses, self.global_step, limit)  # the same on every rank; raises after N
+        self.log("train/nonfinite_steps", float(self.nonfinite.total), batch_size=bs)
+        if skip:  # zero gradients, dropped before the optimizer step (on_before_optimizer_step)
+            return {"loss": zero_loss(self.parameters())}
         out: dict[str, Any] = {"loss": losses["loss"]}
         if self.vis_every_n_steps and self.global_step % self.vis_every_n_steps == 0:
             out.update(self._pictures(aux))
         return out
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """No update from a batch whose loss was non-finite (:mod:`edgetam_train.nonfinite`)."""
+        self.nonfinite.drop_grads(optimizer)
 
     def _log_skips(self, skips: Mapping[str, int] | None, batch_size: int) -> None:
         """Add the batch's skipped samples (``batch["skips"]``: reason -> count, from the collate function) to the
@@ -263,9 +282,11 @@ class DistillationModule(pl.LightningModule):
         """Keep only student weights (the loss has no parameters; the teacher is never saved); add the skip totals."""
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("student.")}
         checkpoint["data_skips"] = dict(self.skip_totals)
+        checkpoint["nonfinite_steps"] = self.nonfinite.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resume the skip totals (``data/skipped*`` keep counting from where the run stopped)."""
         for key, n in checkpoint.get("data_skips", {}).items():
             if key in self.skip_totals:
                 self.skip_totals[key] = int(n)
+        self.nonfinite.load_state_dict(checkpoint.get("nonfinite_steps", {}))

@@ -12,7 +12,8 @@ masks (no corrections); every other frame is segmented from memory alone; each f
 memory. Conditioning frames are processed first, then the rest in time order, as SAM 2 does. The teacher replays the
 student's recorded prompts (:class:`FrameRecord`) with its own memory bank.
 
-All sampling uses torch's global RNG (seeded by Lightning), so runs are reproducible and resumable.
+All sampling uses torch's global RNG, seeded by Lightning and re-seeded at every training batch from (seed, rank,
+epoch, batch) by ``callbacks/batch_seed.py``: runs are reproducible and resume step-exactly.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """What ``python train.py`` does: compose -> instantiate data, model, callbacks, loggers, trainer -> fit.
 
 Lightning does the plumbing (strategies, precision, checkpointing, logging); this file only wires the Hydra config
-to it, resolves ``ckpt_path: auto`` to the run's last checkpoint, and turns config mistakes into clear errors.
+to it, resolves ``ckpt_path: auto`` to the run's last checkpoint (or the newer SLURM requeue checkpoint), keeps one
+W&B run id per run directory, refuses credentials in the config, and turns config mistakes into clear errors.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .cluster import assign_wandb_run_ids, check_no_secrets, newest_resume_checkpoint
 from .config import CONFIG_DIR, register_resolvers
 
 log = logging.getLogger(__name__)
@@ -31,12 +33,13 @@ def _instantiate_list(cfg: DictConfig | None, what: str) -> list[Any]:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
-    """``auto`` -> ``<output_dir>/checkpoints/last.ckpt`` when it exists (resume), else None (fresh run)."""
+    """``auto`` -> the newest of ``<output_dir>/checkpoints/last.ckpt`` and the SLURM requeue checkpoints
+    ``<output_dir>/hpc_ckpt_N.ckpt`` when one exists (resume), else None (fresh run)."""
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "auto":
-        last = Path(output_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
+        newest = newest_resume_checkpoint(output_dir)
+        return str(newest) if newest else None
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist (use ckpt_path=auto to resume the run's last)")
     return str(ckpt_path)
@@ -74,23 +77,40 @@ def check_model_config(model_cfg: DictConfig | None) -> None:
                          f"model@model.teacher.net=sam2.1_hiera_t")
 
 
+def teacher_cache_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """``{"teacher": None}`` (build no teacher) when ``data.teacher_cache`` is set, after checking that the cache was
+    made by the configured ``model.teacher``; ``{}`` otherwise. The data side (image size, transform, image list,
+    views) is checked by the DataModule."""
+    cache = cfg.get("data", {}).get("teacher_cache")
+    if not cache:
+        return {}
+    from .data.teacher_cache import check_teacher_config
+
+    check_teacher_config(cache, cfg.model.get("teacher"))
+    log.info("teacher F16 read from the cache %s: no teacher is built", cache)
+    return {"teacher": None}
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; returns the final logged metrics."""
     register_resolvers()
+    check_no_secrets(cfg)  # before anything writes the config (config_resolved.yaml, logger hyper-parameters)
     check_model_config(cfg.get("model"))
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    model = hydra.utils.instantiate(cfg.model, _convert_="partial")
+    model = hydra.utils.instantiate(cfg.model, _convert_="partial", **teacher_cache_overrides(cfg))
+    output_dir = cfg.paths.output_dir
+    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    # W&B: the run id stored in the run directory when resuming, else a new one (configs/logger/wandb.yaml)
+    assign_wandb_run_ids(cfg.get("logger"), output_dir, str(cfg.get("run_name", "run")), resuming=ckpt is not None)
     callbacks = _instantiate_list(cfg.get("callbacks"), "callback")
     loggers = _instantiate_list(cfg.get("logger"), "logger")
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    output_dir = cfg.paths.output_dir
     if trainer.is_global_zero:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, Path(output_dir) / "config_resolved.yaml", resolve=True)
-    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if ckpt:
         log.info("resuming from %s", ckpt)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)

@@ -20,9 +20,12 @@ from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig
 from PIL import Image
 
+from callbacks.batch_seed import BatchSeed
 from callbacks.best_checkpoint import BestCheckpoint
 from callbacks.mask_pictures import IMAGENET_MEAN, IMAGENET_STD, MaskPicturesCallback, sample_picture
+from callbacks.sigterm_checkpoint import SigtermCheckpoint
 from callbacks.throughput import ThroughputCallback, batch_sizes
+from edgetam_train.cluster import assign_wandb_run_ids
 from edgetam_train.optim import build_optimizer, build_scheduler
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -82,11 +85,12 @@ def test_trainer_options_instantiate(compose_cfg, option):
 def test_callbacks_default_and_none(compose_cfg, tmp_path):
     cfg = compose_cfg("callbacks=default")
     assert list(cfg.callbacks) == ["model_checkpoint", "best_checkpoint", "lr_monitor", "progress_bar", "throughput",
-                                   "mask_pictures"]
+                                   "mask_pictures", "sigterm_checkpoint", "batch_seed"]
     cbs = _instantiate_all(cfg.callbacks)
     types = [type(c) for c in cbs]
     assert types == [ModelCheckpoint, BestCheckpoint, LearningRateMonitor, TQDMProgressBar, ThroughputCallback,
-                     MaskPicturesCallback]
+                     MaskPicturesCallback, SigtermCheckpoint, BatchSeed]
+    assert cbs[6].path == tmp_path / "out" / "checkpoints" / "last.ckpt"  # the file ckpt_path=auto resumes from
     assert (cbs[1].monitor, cbs[1].mode, cbs[1].save_top_k, cbs[1].save_last) == ("val/J&F", "max", 1, False)
     ckpt = cbs[0]
     assert Path(ckpt.dirpath) == tmp_path / "out" / "checkpoints" and ckpt.save_last is True
@@ -105,10 +109,13 @@ def test_loggers_csv_wandb_offline_none(compose_cfg, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     cfg = compose_cfg("logger=wandb", "logger.wandb.offline=true", "run_name=cfgtest")
     assert "key" not in cfg.logger.wandb and cfg.logger.wandb.project == "edgetam-train"
+    assert cfg.logger.wandb.id is None and cfg.logger.wandb.resume == "allow"  # train.py assigns the id:
+    run_id = assign_wandb_run_ids(cfg.logger, tmp_path / "out", "cfgtest", resuming=False, rank_zero=True)
     (wb,) = _instantiate_all(cfg.logger)
     assert isinstance(wb, WandbLogger)
     try:
-        assert wb.experiment.id == "cfgtest" and wb.experiment.settings.mode in ("offline", "dryrun")
+        assert run_id.startswith("cfgtest-") and wb.experiment.id == run_id
+        assert wb.experiment.settings.mode in ("offline", "dryrun")
         wb.log_metrics({"x": 1.0}, step=0)
     finally:
         wb.experiment.finish()

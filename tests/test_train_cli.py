@@ -77,7 +77,7 @@ def test_unknown_config_option_lists_the_valid_choices(project):
     err = proc.stderr
     assert "Could not find 'trainer/tpu'" in err and "Available options in 'trainer':" in err, err
     listed = err.split("Available options in 'trainer':", 1)[1].split("Config search path", 1)[0].split()
-    assert listed == ["cpu", "ddp", "default", "gpu"], err
+    assert listed == ["cpu", "ddp", "default", "gpu", "slurm"], err
 
 
 def test_architecture_as_model_fails_with_our_error(project):

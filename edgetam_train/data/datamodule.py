@@ -5,6 +5,8 @@ Samplers carry the epoch to the dataset: Lightning calls ``sampler.set_epoch(epo
 epoch (before the epoch's DataLoader iterator is created), and our samplers forward it to the datasets' ``set_epoch``,
 so the masks sampled and the augmentations change every epoch without any hook in the LightningModule.
 Under DDP the train samplers are ``DistributedSampler`` subclasses; Lightning sees a DistributedSampler and keeps it.
+Both DataModules save the training data position in checkpoints and resume mid-epoch at the next batch
+(:mod:`edgetam_train.data.resume`).
 
 Validation (both modules, config ``data.val``): a DAVIS-format VOS set scored by J&F and SA-1B-format images scored by
 1-click mIoU, one video / image per batch, each rank a disjoint shard (:mod:`edgetam_train.data.val`).
@@ -24,13 +26,15 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from edgetam_train.data.clips import SA1BClipDataset, collate_clips
 from edgetam_train.data.mixture import MixtureBatchSampler, MixtureDataset
+from edgetam_train.data.resume import ResumableDataModule, ResumableSampler
 from edgetam_train.data.sa1b import SA1BDataset, collate_sa1b, load_index, read_split_file
 from edgetam_train.data.sav import SAVDataset
+from edgetam_train.data.teacher_cache import TeacherCache
 from edgetam_train.data.val import build_val_sets, plain_config, val_loaders
 from edgetam_train.data.vos import VOSDataset
 
 
-class EpochShuffleSampler(Sampler[int]):
+class EpochShuffleSampler(ResumableSampler, Sampler[int]):
     """Single-process shuffling sampler: a permutation seeded by (seed, epoch); ``set_epoch`` also reaches the dataset.
 
     Args:
@@ -52,16 +56,19 @@ class EpochShuffleSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         n = len(self.dataset)
         if not self.shuffle:
-            return iter(range(n))
+            return self.skip_resumed(iter(range(n)))
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(n, generator=g).tolist())
+        return self.skip_resumed(iter(torch.randperm(n, generator=g).tolist()))
 
     def __len__(self) -> int:
         return len(self.dataset)
 
 
-class EpochDistributedSampler(DistributedSampler):
-    """``DistributedSampler`` whose ``set_epoch`` is also forwarded to the dataset."""
+class EpochDistributedSampler(ResumableSampler, DistributedSampler):
+    """``DistributedSampler`` whose ``set_epoch`` is also forwarded to the dataset (and which can resume mid-epoch)."""
+
+    def __iter__(self) -> Iterator[int]:
+        return self.skip_resumed(super().__iter__())
 
     def set_epoch(self, epoch: int) -> None:
         """Use the shard permutation (and the dataset randomness) of ``epoch``."""
@@ -94,7 +101,19 @@ def split_files(files: list[str], val_fraction: float) -> tuple[list[str], list[
     return [f for f in files if f not in val_set], val
 
 
-class SA1BDataModule(L.LightningDataModule):
+def subsequence_rows(files: list[str], subset: list[str]) -> list[int]:
+    """Positions in ``files`` of ``subset``, an in-order subsequence of it (the train part of ``split_files``)."""
+    rows, j = [], 0
+    for i, f in enumerate(files):
+        if j < len(subset) and f == subset[j]:
+            rows.append(i)
+            j += 1
+    if j != len(subset):
+        raise ValueError(f"{subset[j]} is not in the image list in order")
+    return rows
+
+
+class SA1BDataModule(ResumableDataModule, L.LightningDataModule):
     """SA-1B training DataLoader (batches from ``collate_sa1b``) and the ``data.val`` validation loaders.
 
     Args:
@@ -110,6 +129,11 @@ class SA1BDataModule(L.LightningDataModule):
         seed: base seed of sampling, flips and shuffling.
         prefetch_factor: batches prefetched per worker.
         drop_last: drop the last incomplete training batch.
+        teacher_cache: directory written by ``edgetam-cache-teacher`` (config ``data.teacher_cache``): training
+            items carry the cached teacher F16 of their view (``teacher_f16``), so stage 1 runs no teacher. Refused
+            (``TeacherCacheMismatch``) when made for another image size, transform or image list (``split_file`` /
+            the index of ``root``, before the ``val_fraction`` split), or without the flipped view when
+            ``hflip_p`` > 0. The teacher is checked by ``training.train`` against ``model.teacher``.
     """
 
     def __init__(
@@ -129,6 +153,7 @@ class SA1BDataModule(L.LightningDataModule):
         prefetch_factor: int = 2,
         drop_last: bool = True,
         val: Mapping[str, Any] | None = None,
+        teacher_cache: str | Path | None = None,
     ) -> None:
         super().__init__()
         val = plain_config(val)  # saved in checkpoints: no DictConfig
@@ -150,7 +175,13 @@ class SA1BDataModule(L.LightningDataModule):
         files = read_split_file(hp.split_file) if hp.split_file is not None else load_index(hp.root, hp.index_cache)
         train_files, val_files = split_files(files, hp.val_fraction)
         common = dict(image_size=hp.image_size, max_masks=hp.max_masks, seed=hp.seed, max_skip_rate=hp.max_skip_rate)
-        self.train_set = SA1BDataset(hp.root, hflip_p=hp.hflip_p, files=train_files, **common)
+        cached: dict[str, Any] = {}
+        if hp.teacher_cache:
+            cache = TeacherCache(hp.teacher_cache)
+            cache.check_data(hp.image_size, files, hp.hflip_p)
+            rows = subsequence_rows(files, train_files) if len(train_files) < len(files) else None
+            cached = dict(teacher_cache=cache, cache_rows=rows)
+        self.train_set = SA1BDataset(hp.root, hflip_p=hp.hflip_p, files=train_files, **common, **cached)
         self.val_files = val_files
         self.val_sets = build_val_sets(hp.val, holdout=(hp.root, val_files))
 
@@ -172,6 +203,7 @@ class SA1BDataModule(L.LightningDataModule):
                                               drop_last=True)
         else:
             sampler = EpochShuffleSampler(dataset, shuffle=True, seed=hp.seed)
+        self.resume_sampler(sampler, hp.batch_size)  # mid-epoch resume: skip the batches already trained on
         workers = hp.num_workers
         return DataLoader(
             dataset,
@@ -207,7 +239,7 @@ DATASET_KINDS: dict[str, type] = {"sav": SAVDataset, "sa1b": SA1BClipDataset, "v
 DEFAULT_KIND: dict[str, str] = {"sav": "sav", "sa1b": "sa1b", "davis": "vos", "mose": "vos", "ytvos": "vos"}
 
 
-class VideoDataModule(L.LightningDataModule):
+class VideoDataModule(ResumableDataModule, L.LightningDataModule):
     """Stage-2 training clips from a weighted mixture of datasets; batches come from ``collate_clips``.
 
     Every step draws one dataset (the same on every rank, see ``mixture``), so a batch holds only 8-frame video clips
@@ -251,7 +283,8 @@ class VideoDataModule(L.LightningDataModule):
         val: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        val = plain_config(val)  # saved in checkpoints: no DictConfig
+        # saved in checkpoints: no DictConfig / ListConfig (resume loads them with weights_only=True)
+        datasets, augment, val = plain_config(datasets), plain_config(augment), plain_config(val)
         self.save_hyperparameters(logger=False)
         self.entries = self._active_entries(datasets)
         self.train_set: MixtureDataset | None = None
@@ -320,6 +353,7 @@ class VideoDataModule(L.LightningDataModule):
         world, rank = self._world()
         sampler = MixtureBatchSampler(self.train_set, self.weights, hp.batch_size, num_replicas=world, rank=rank,
                                       seed=hp.seed, steps_per_epoch=hp.steps_per_epoch)
+        self.resume_sampler(sampler, 1)  # mid-epoch resume: skip the steps already trained on
         workers = hp.num_workers
         return DataLoader(
             self.train_set,

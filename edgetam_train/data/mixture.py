@@ -23,6 +23,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 from torch.utils.data import Dataset, DistributedSampler
 
+from edgetam_train.data.resume import ResumableSampler
 from edgetam_train.data.skips import SkipCounter
 
 
@@ -77,7 +78,7 @@ class MixtureDataset(Dataset):
         return {n: d.skips for n, d in zip(self.names, self.datasets) if hasattr(d, "skips")}
 
 
-class MixtureBatchSampler(DistributedSampler):
+class MixtureBatchSampler(ResumableSampler, DistributedSampler):
     """Yields, per step, this rank's ``batch_size`` global indices, all from the step's dataset (module docstring).
 
     Args:
@@ -138,6 +139,10 @@ class MixtureBatchSampler(DistributedSampler):
         return self.dataset.offsets[k] + rng.permutation(self.dataset.sizes[k])
 
     def __iter__(self) -> Iterator[list[int]]:
+        return self.skip_resumed(self._batches())  # after a mid-epoch resume: without the steps already run
+
+    def _batches(self) -> Iterator[list[int]]:
+        """This rank's batch of global indices for every step of the epoch."""
         per_step = self.batch_size * self.num_replicas
         cursors = [0] * len(self.probs)  # positions consumed in each dataset's order stream
         orders: dict[int, tuple[int, np.ndarray]] = {}  # k -> (cycle, order) currently in use

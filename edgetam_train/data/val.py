@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,10 +169,13 @@ def _as_is(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def plain_config(node: Any) -> Any:
-    """``node`` with every mapping (e.g. an OmegaConf ``DictConfig`` from Hydra) turned into a plain dict, so that the
-    data module's saved hyper-parameters load with ``torch.load(weights_only=True)``."""
+    """``node`` with every mapping (e.g. an OmegaConf ``DictConfig`` from Hydra) turned into a plain dict and every
+    sequence (``ListConfig``) into a list, so that the data module's saved hyper-parameters load with
+    ``torch.load(weights_only=True)`` (Lightning's resume loads that way)."""
     if isinstance(node, Mapping):
         return {str(k): plain_config(v) for k, v in node.items()}
+    if isinstance(node, Sequence) and not isinstance(node, (str, bytes)):
+        return [plain_config(v) for v in node]
     return node
 
 

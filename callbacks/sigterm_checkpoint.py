@@ -1,0 +1,66 @@
+"""SIGTERM → save ``checkpoints/last.ckpt`` and exit cleanly (exit status 0); the next launch resumes from it.
+
+What Lightning does by itself (``_SignalConnector``): on SIGTERM it sets ``trainer.received_sigterm``, forwards the
+signal to the processes it launched, finishes the current training batch (under DDP every rank stops at the same
+batch) and raises ``SIGTERMException`` (a ``SystemExit`` with status 0); callbacks see it in ``on_exception``. It
+saves nothing.
+
+This callback saves the full training state there (weights, optimizer, LR schedule, loop counters, data position) to
+``<dirpath>/<filename>`` through the trainer's CheckpointIO (atomic, ``edgetam_train.checkpoint_io``). It is the
+same file ``ModelCheckpoint(save_last=True)`` writes, so ``ckpt_path=auto`` resumes from it and ``ModelCheckpoint``
+keeps overwriting it afterwards. A SIGTERM that interrupts a validation run (Lightning stops at the next validation
+batch) saves nothing: resuming mid-validation would lose the partial scores, and the step checkpoint written just
+before validation (``every_n_train_steps`` divides ``val_check_interval``) is the resume point.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+
+class SigtermCheckpoint(Callback):
+    """Saves a resumable checkpoint when the training run is stopped by SIGTERM.
+
+    Args:
+        dirpath: directory of the checkpoint (config: ``${paths.ckpt_dir}``).
+        filename: file name (``last.ckpt``: the file ``ckpt_path=auto`` resumes from).
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "last.ckpt") -> None:
+        if not filename:
+            raise ValueError("SigtermCheckpoint: filename must not be empty")
+        self.path = Path(dirpath) / filename
+        self.saved: Path | None = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if trainer.validating or trainer.sanity_checking:
+            log.warning("SIGTERM during validation at step %d: no checkpoint saved; the run resumes from %s as "
+                        "last written", trainer.global_step, self.path)
+            return
+        # ModelCheckpoint(save_last) writing the same file: make it treat this file as its own last checkpoint (it
+        # is part of the saved state), else after resuming it would write last-v1.ckpt beside it
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath and \
+                    os.path.abspath(Path(cb.dirpath) / (cb.CHECKPOINT_NAME_LAST + cb.FILE_EXTENSION)) == \
+                    os.path.abspath(self.path):
+                cb.last_model_path = str(self.path)
+        # Lightning's own checkpoint dict; the strategy writes it on global rank 0 only. Not trainer.save_checkpoint:
+        # its closing barrier could wait for a rank that is already leaving under DDP.
+        checkpoint: dict[str, Any] = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        trainer.strategy.save_checkpoint(checkpoint, str(self.path))
+        self.saved = self.path
+        if trainer.is_global_zero:
+            log.info("SIGTERM: saved %s at global step %d; exiting (re-launch with the same run_name to resume)",
+                     self.path, trainer.global_step)
