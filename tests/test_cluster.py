@@ -265,7 +265,10 @@ def test_wandb_run_id_is_kept_on_resume_and_new_on_a_fresh_start(tmp_path):
 
 
 def _train(project: Path, *overrides: str, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PROJECT_ROOT": str(project), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+    # no inherited WANDB_* variables: a wandb run made earlier in this pytest process leaves WANDB_SERVICE set, and a
+    # child connecting to that service finds the previous launch's run id still "in use"
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env = {**inherited, "PROJECT_ROOT": str(project), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "HYDRA_FULL_ERROR": "0", **env_extra}
     return subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
