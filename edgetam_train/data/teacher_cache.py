@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from edgetam_train.data.sa1b import build_augment, build_resize
+from edgetam_train.config import flatten_dict
 from edgetam_train.data.skips import BadSample
 
 log = logging.getLogger(__name__)
@@ -139,20 +140,10 @@ def build_spec(*, arch: str, checkpoint_sha256: str, image_size: int, files: Seq
     }
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def spec_mismatches(cache: Mapping[str, Any], expected: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """(dotted field, cache value, expected value) for every field of ``expected`` that ``cache`` differs in."""
-    have = _flatten(cache)
-    return [(k, have.get(k, "<absent>"), v) for k, v in _flatten(expected).items() if have.get(k, "<absent>") != v]
+    have = flatten_dict(cache)
+    return [(k, have.get(k, "<absent>"), v) for k, v in flatten_dict(expected).items() if have.get(k, "<absent>") != v]
 
 
 def _shorten(value: Any) -> str:

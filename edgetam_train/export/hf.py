@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..config import flatten_dict
 from ..models.build import ALIASES
 from ..models.memory_bank import MemoryBank
 from ..models.sam2_model import SAM2Model
@@ -89,22 +90,12 @@ def load_hf(out_dir: str | Path, model_name: str, target: str) -> torch.nn.Modul
     return net.float().eval()
 
 
-def _flat(config: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_config(net, model_name: str, image_size: int, target: str) -> None:
     """Raise :class:`ExportCheckError` naming each setting of the loaded ``net.config`` that differs from
     :func:`hf_config` (extra keys, e.g. the video settings an image config carries along, and dtype / path metadata
     are ignored)."""
-    want = _flat(hf_config(hf_name(model_name), image_size, target).to_dict())
-    got = _flat(net.config.to_dict())
+    want = flatten_dict(hf_config(hf_name(model_name), image_size, target).to_dict())
+    got = flatten_dict(net.config.to_dict())
     ignored = ("_name_or_path", "architectures", "dtype", "transformers_version")
     wrong = {k: (got.get(k), v) for k, v in want.items()
              if k.rsplit(".", 1)[-1] not in ignored and got.get(k) != v}

@@ -49,8 +49,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _timing.py
 sys.path.insert(0, str(REPO / "tests"))  # hf_reference: random official weights + the transformers session recipe
 
+from _timing import interleaved  # noqa: E402
 from edgetam_train.export.hf_mapping import build_hf_model  # noqa: E402
 from edgetam_train.models.build import build_model  # noqa: E402
 from edgetam_train.models.memory_bank import MemoryBank  # noqa: E402
@@ -60,22 +62,6 @@ from hf_reference import Click, _add_clicks, _processor, _session, random_offici
 
 GOAL = 0.8
 NUM_FRAMES = 8  # frame 7 reads frame 0 (conditioning) + frames 1-6: a full 7-frame memory bank
-
-
-def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> dict[str, list[float]]:
-    """Run each function ``warmup`` times, then ``reps`` rounds of all of them (order alternating per round);
-    returns the per-round wall times in seconds."""
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(reps):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def report(item: str, times: dict[str, list[float]]) -> float:

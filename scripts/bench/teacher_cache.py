@@ -41,7 +41,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _timing.py
 
+from _timing import interleaved  # noqa: E402
 from lightning.fabric.utilities.throughput import measure_flops  # noqa: E402
 
 from edgetam_train import cache_teacher  # noqa: E402
@@ -127,21 +129,6 @@ def projected_flops(size: int, masks: int, teacher_name: str, clicks: int) -> di
         t = measure_flops(teacher.net, lambda: teacher.encode_image(images))
     cached = one + (masks - 1) * (two - one)
     return {"cached": cached, "live": cached + t, "teacher": t}
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int) -> dict[str, list[float]]:
-    """``warmup`` untimed calls of each, then ``reps`` timed rounds in alternating order; seconds per call."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {n: [] for n in fns}
-    names = list(fns)
-    for r in range(reps):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def run_config(sa1b: Path, cache: TeacherCache, teacher: FrozenTeacher, args: argparse.Namespace,
