@@ -560,3 +560,22 @@ def test_extract_script_is_resumable(sample, tmp_path, capsys):
     bad_root.mkdir()
     (bad_root / "sav_999999.mp4").write_bytes(b"not a video")
     assert extract_script.main(["--sav-root", str(bad_root), "--workers", "1"]) == 1
+
+
+def test_video_data_module_from_hydra_config_saves_weights_only_loadable_hparams(tmp_path):
+    """Regression: built from a Hydra config, the data module kept DictConfig/ListConfig in its hyper-parameters, which
+    Lightning stores in every checkpoint; resuming (torch.load(weights_only=True)) then failed for stage 2."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from edgetam_train.config import CONFIG_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("train", overrides=["experiment=edgetam_distill_video", "debug=quickstart_video",
+                                          f"paths.root_dir={tmp_path}"])
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, VideoDataModule)
+    path = tmp_path / "hparams.pt"
+    torch.save({"datamodule_hyper_parameters": dict(dm.hparams)}, path)
+    loaded = torch.load(path, weights_only=True)["datamodule_hyper_parameters"]
+    assert set(loaded["datasets"]) == set(cfg.data.datasets)
