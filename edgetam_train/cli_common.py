@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -29,3 +31,30 @@ def load_model(args: argparse.Namespace) -> SAM2Model:
     Raises ``CheckpointMismatchError`` (missing / unexpected / mis-shaped keys, naming the file), ``FileNotFoundError``
     and ``ValueError`` (unknown model, bad image size)."""
     return build_model(args.model, image_size=args.image_size, checkpoint=args.ckpt).to(args.device)
+
+
+# name -> (help text, add_arguments(parser), run(args) -> exit status)
+Subcommands = Mapping[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]]
+
+
+def subcommand_parser(prog: str, description: str, subcommands: Subcommands) -> argparse.ArgumentParser:
+    """A parser with one required sub-parser per entry of ``subcommands``; ``args.run`` is the chosen entry's run."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog="Exit status: 0 OK, 2 bad input.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(subcommands) + "}")
+    for name, (help_text, add_arguments, run) in subcommands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def run_subcommand(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                   bad_input: tuple[type[BaseException], ...]) -> int:
+    """Parse ``argv`` and run the chosen subcommand; an exception of a ``bad_input`` type is printed as
+    ``<prog> <command>: error: ...`` on stderr and gives exit status 2."""
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except bad_input as err:
+        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli_common import add_model_arguments, load_model
+from ..cli_common import add_model_arguments, load_model, run_subcommand, subcommand_parser
 from ..data.skips import BadSample
 from ..models.checkpoint import CheckpointMismatchError
 from .jf import BOUND_TH, PROTOCOLS, evaluate, write_csv
@@ -83,24 +83,12 @@ SUBCOMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``edgetam-eval`` parser (subcommands ``jf``, ``miou``)."""
-    parser = argparse.ArgumentParser(prog="edgetam-eval", description="Evaluate EdgeTAM predictions / checkpoints.",
-                                     epilog="Exit status: 0 OK, 2 bad input.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
-    for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(p)
-        p.set_defaults(run=run)
-    return parser
+    return subcommand_parser("edgetam-eval", "Evaluate EdgeTAM predictions / checkpoints.", SUBCOMMANDS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (CheckpointMismatchError, FileNotFoundError, ValueError, BadSample) as err:
-        print(f"edgetam-eval {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return run_subcommand(build_parser(), argv, (CheckpointMismatchError, FileNotFoundError, ValueError, BadSample))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..cli_common import add_model_arguments, load_model
+from ..cli_common import add_model_arguments, load_model, run_subcommand, subcommand_parser
 from ..models.checkpoint import CheckpointMismatchError
 from .image import ImagePrediction, ImagePredictor
 from .video import VideoPredictor, VideoState, frame_files
@@ -389,24 +389,12 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``edgetam-predict`` parser with one sub-parser per entry of :data:`SUBCOMMANDS`."""
-    parser = argparse.ArgumentParser(prog="edgetam-predict", description="Run a trained EdgeTAM / SAM 2.1 model.",
-                                     epilog="Exit status: 0 OK, 2 bad input.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
-    for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(p)
-        p.set_defaults(run=run)
-    return parser
+    return subcommand_parser("edgetam-predict", "Run a trained EdgeTAM / SAM 2.1 model.", SUBCOMMANDS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 OK, 2 bad input: the message says what)."""
-    args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (CheckpointMismatchError, FileNotFoundError, ValueError) as err:
-        print(f"edgetam-predict {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return run_subcommand(build_parser(), argv, (CheckpointMismatchError, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":
