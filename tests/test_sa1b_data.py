@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import builtins
-import importlib.util
 import io
 import json
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -34,18 +32,7 @@ from edgetam_train.data.sa1b import (
 )
 from edgetam_train.data.skips import BadSample, SkipCounter
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_sample_data", REPO / "scripts" / "make_sample_data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-msd = _load_script()
+import make_sample_data as msd  # scripts/ is on sys.path (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,15 @@ the real Hydra configs (``experiment=edgetam_distill debug=quickstart``).
 from __future__ import annotations
 
 import csv
-import importlib.util
 import logging
 import math
-import sys
 import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
+import make_sample_data  # scripts/ is on sys.path (conftest.py)
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
@@ -36,23 +35,14 @@ from edgetam_train.models.checkpoint import read_state_dict
 from edgetam_train.optim import inverse_sqrt_schedule, is_norm_layer
 from edgetam_train.teacher import FrozenTeacher
 
-REPO = Path(__file__).resolve().parents[1]
 TASK_WEIGHTS = ("weight_focal", "weight_dice", "weight_iou", "weight_class")
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_sample_data", REPO / "scripts" / "make_sample_data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A project root with the generated sample data under data/sample/sa1b (4 images)."""
     root = tmp_path_factory.mktemp("project")
-    _load_script().main(["--out", str(root / "data" / "sample"), "--num-images", "4", "--formats", "sa1b"])
+    make_sample_data.main(["--out", str(root / "data" / "sample"), "--num-images", "4", "--formats", "sa1b"])
     return root
 
 
