@@ -319,7 +319,7 @@ def half_then_hang(obj, f):  # writes half of the serialised checkpoint, then st
     buf = io.BytesIO(); real_save(obj, buf); data = buf.getvalue()
     f.write(data[: len(data) // 2]); f.flush()
     print("HALF WRITTEN", flush=True); time.sleep(120)
-cio.torch.save = half_then_hang
+torch.save = half_then_hang  # the torch.save atomic_torch_save (models/checkpoint.py) calls
 plugin.save_checkpoint({"global_step": 2, "w": torch.randn(1 << 16)}, path)
 """
 

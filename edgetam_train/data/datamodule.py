@@ -113,7 +113,24 @@ def subsequence_rows(files: list[str], subset: list[str]) -> list[int]:
     return rows
 
 
-class SA1BDataModule(ResumableDataModule, L.LightningDataModule):
+class DataModuleBase(ResumableDataModule, L.LightningDataModule):
+    """What both stages' DataModules share: the world they run in, resume (``ResumableDataModule``) and the
+    ``data.val`` validation loaders (subclasses set ``self.val_sets`` in ``setup`` and keep ``val`` in hparams)."""
+
+    val_sets: list
+
+    def _world(self) -> tuple[int, int]:
+        """(world size, global rank) from the trainer, else from torch.distributed, else (1, 0)."""
+        return world_and_rank(self.trainer)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """One loader per validation set (VOS, then mIoU); an empty list (no validation) when there is none."""
+        self.setup("validate")
+        workers = int((self.hparams.val or {}).get("num_workers", 0))
+        return val_loaders(self.val_sets, *self._world(), num_workers=workers)
+
+
+class SA1BDataModule(DataModuleBase):
     """SA-1B training DataLoader (batches from ``collate_sa1b``) and the ``data.val`` validation loaders.
 
     Args:
@@ -190,10 +207,6 @@ class SA1BDataModule(ResumableDataModule, L.LightningDataModule):
         if self.train_set is not None:
             self.train_set.set_epoch(epoch)
 
-    def _world(self) -> tuple[int, int]:
-        """(world size, global rank) from the trainer, else from torch.distributed, else (1, 0)."""
-        return world_and_rank(self.trainer)
-
     def _loader(self, dataset: SA1BDataset) -> DataLoader:
         """Training DataLoader with an epoch-forwarding shuffling sampler (distributed when world size > 1)."""
         hp = self.hparams
@@ -223,12 +236,6 @@ class SA1BDataModule(ResumableDataModule, L.LightningDataModule):
         self.setup("fit")
         return self._loader(self.train_set)
 
-    def val_dataloader(self) -> list[DataLoader]:
-        """One loader per validation set (VOS, then mIoU); an empty list (no validation) when there is none."""
-        self.setup("validate")
-        workers = int((self.hparams.val or {}).get("num_workers", 0))
-        return val_loaders(self.val_sets, *self._world(), num_workers=workers)
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # Stage 2: the clip mixture
@@ -239,7 +246,7 @@ DATASET_KINDS: dict[str, type] = {"sav": SAVDataset, "sa1b": SA1BClipDataset, "v
 DEFAULT_KIND: dict[str, str] = {"sav": "sav", "sa1b": "sa1b", "davis": "vos", "mose": "vos", "ytvos": "vos"}
 
 
-class VideoDataModule(ResumableDataModule, L.LightningDataModule):
+class VideoDataModule(DataModuleBase):
     """Stage-2 training clips from a weighted mixture of datasets; batches come from ``collate_clips``.
 
     Every step draws one dataset (the same on every rank, see ``mixture``), so a batch holds only 8-frame video clips
@@ -342,10 +349,6 @@ class VideoDataModule(ResumableDataModule, L.LightningDataModule):
         if self.train_set is not None:
             self.train_set.set_epoch(epoch)
 
-    def _world(self) -> tuple[int, int]:
-        """(world size, global rank) from the trainer, else from torch.distributed, else (1, 0)."""
-        return world_and_rank(self.trainer)
-
     def train_dataloader(self) -> DataLoader:
         """Mixture batches: the sampler yields one rank's batch of indices per step (``batch_size=None``)."""
         self.setup("fit")
@@ -366,9 +369,3 @@ class VideoDataModule(ResumableDataModule, L.LightningDataModule):
             persistent_workers=workers > 0,
             prefetch_factor=hp.prefetch_factor if workers > 0 else None,
         )
-
-    def val_dataloader(self) -> list[DataLoader]:
-        """One loader per validation set (VOS, then mIoU); an empty list (no validation) when there is none."""
-        self.setup("validate")
-        workers = int((self.hparams.val or {}).get("num_workers", 0))
-        return val_loaders(self.val_sets, *self._world(), num_workers=workers)

@@ -6,7 +6,9 @@ a bare state_dict, so every tool takes "a training checkpoint or an official .pt
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -72,11 +74,42 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
-    """Write ``{"model": state_dict}`` (official layout), via a temporary file renamed into place."""
+TMP_SUFFIX = ".tmp"
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` through ``<path>.tmp`` + fsync + ``os.replace`` (creates the parent directory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, tmp)
-    tmp.replace(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (the directory entry); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
+    """Write ``{"model": state_dict}`` (official layout) atomically (:func:`atomic_torch_save`)."""
+    path = Path(path)
+    atomic_torch_save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
     return path
