@@ -11,7 +11,7 @@ register_resolvers()
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     # imported here so that config errors, --help and --cfg answer before torch and Lightning load
-    from edgetam_train.training import train
+    from edgetam_train.run.train import train
 
     train(cfg)
 

@@ -1,6 +1,6 @@
 """Per-batch seeding: the random numbers of a training step depend only on (seed, rank, epoch, batch index).
 
-The step draws random numbers from the global generators: prompt simulation (``edgetam_train.prompting``: prompt
+The step draws random numbers from the global generators: prompt simulation (``edgetam_train.distill.prompting``: prompt
 kinds, clicks, box noise, which frames are corrected) and anything stochastic in the model. Lightning seeds them once
 (``seed_everything``) and does not save their state in checkpoints, and between steps other code draws from them
 too (each DataLoader iterator takes a base seed from torch's generator, validation ...). So a resumed run, or one

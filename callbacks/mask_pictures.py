@@ -27,8 +27,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image, ImageDraw
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from edgetam_train.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 GT_COLOUR = (0, 200, 0)
 STUDENT_COLOUR = (230, 40, 40)
 TEACHER_COLOUR = (40, 110, 240)

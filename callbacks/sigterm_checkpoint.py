@@ -6,7 +6,7 @@ batch) and raises ``SIGTERMException`` (a ``SystemExit`` with status 0); callbac
 saves nothing.
 
 This callback saves the full training state there (weights, optimizer, LR schedule, loop counters, data position) to
-``<dirpath>/<filename>`` through the trainer's CheckpointIO (atomic, ``edgetam_train.checkpoint_io``). It is the
+``<dirpath>/<filename>`` through the trainer's CheckpointIO (atomic, ``edgetam_train.run.checkpoint_io``). It is the
 same file ``ModelCheckpoint(save_last=True)`` writes, so ``ckpt_path=auto`` resumes from it and ``ModelCheckpoint``
 keeps overwriting it afterwards. A SIGTERM that interrupts a validation run (Lightning stops at the next validation
 batch) saves nothing: resuming mid-validation would lose the partial scores, and the step checkpoint written just

@@ -8,6 +8,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from edgetam_train.distributed import rank_zero_or
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -26,8 +28,6 @@ def register_resolvers() -> None:
     """Register ``${floordiv:a,b}`` (integer division, e.g. the S/16 feature grid) and ``${rank_zero_or:a,b}`` (``a``
     on global rank 0, else ``b``: only rank 0 writes Hydra's files, see ``configs/hydra/default.yaml``). Safe to call
     repeatedly."""
-    from .cluster import rank_zero_or
-
     if not OmegaConf.has_resolver("floordiv"):
         OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b))
     if not OmegaConf.has_resolver("rank_zero_or"):

@@ -27,7 +27,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from edgetam_train.data.sav import ANN_EVERY, DONE_MARKER, FRAMES_DIRNAME, extract_frames
+from edgetam_train.data.formats.sav import ANN_EVERY, DONE_MARKER, FRAMES_DIRNAME, extract_frames
 from edgetam_train.data.skips import BadSample
 
 

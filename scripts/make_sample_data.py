@@ -501,7 +501,7 @@ def write_sav(out_root: Path, args: argparse.Namespace) -> list[Path]:
     """Write ``args.num_videos`` SA-V videos into ``<out_root>/sav/``: ``sav_000/sav_XXXXXX.mp4`` + ``_manual.json`` +
     ``_auto.json``, and their annotated frames extracted to ``JPEGImages_24fps/<video>/<frame:05d>.jpg`` the way
     ``scripts/extract_sav_frames.py`` does. Returns the mp4 paths."""
-    from edgetam_train.data.sav import FRAMES_DIRNAME, extract_frames
+    from edgetam_train.data.formats.sav import FRAMES_DIRNAME, extract_frames
 
     out = out_root / "sav"
     (out / "sav_000").mkdir(parents=True, exist_ok=True)
@@ -562,7 +562,7 @@ def make_davis_item(seed: int, index: int, size: tuple[int, int], num_frames: in
 def write_davis(out_root: Path, args: argparse.Namespace) -> list[Path]:
     """Write ``args.num_davis_videos`` videos into ``<out_root>/davis/``: ``JPEGImages/<video>/<frame:05d>.jpg`` and
     ``Annotations/<video>/<frame:05d>.png`` (palette PNG, VOC palette); returns the video frame directories."""
-    from edgetam_train.data.vos import voc_palette
+    from edgetam_train.data.formats.vos import voc_palette
 
     out = out_root / "davis"
     palette = voc_palette()

@@ -121,15 +121,12 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
+from reference import read_layout
 from torch import Tensor
 
-from edgetam_train.export.hf_mapping import build_hf_model, hf_to_official
-
-from reference import read_layout
-
+from edgetam_train.export.hf_mapping import build_hf_model
 
 # ----------------------------------------------------------------------------------------------- weights
 

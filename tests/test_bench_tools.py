@@ -19,8 +19,8 @@ import gpu_profile  # noqa: E402
 import run_all  # noqa: E402
 from teacher_cache import build_module, step_flops, synthetic_batch  # noqa: E402
 
-from edgetam_train import cache_teacher  # noqa: E402
-from edgetam_train.teacher import FrozenTeacher  # noqa: E402
+from edgetam_train.distill import cache_teacher  # noqa: E402
+from edgetam_train.distill.teacher import FrozenTeacher
 
 SIZE = 256
 

@@ -4,7 +4,6 @@ of a toy module through them writes mask pictures, throughput metrics and checkp
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,8 +24,8 @@ from callbacks.best_checkpoint import BestCheckpoint
 from callbacks.mask_pictures import IMAGENET_MEAN, IMAGENET_STD, MaskPicturesCallback, sample_picture
 from callbacks.sigterm_checkpoint import SigtermCheckpoint
 from callbacks.throughput import ThroughputCallback, batch_sizes
-from edgetam_train.cluster import assign_wandb_run_ids
-from edgetam_train.optim import build_optimizer, build_scheduler
+from edgetam_train.distill.optim import build_optimizer, build_scheduler
+from edgetam_train.run.cluster import assign_wandb_run_ids
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from hf_reference import random_official_state_dict
 from omegaconf import OmegaConf
 
 from edgetam_train.models.build import build_model, model_config
@@ -20,8 +21,6 @@ from edgetam_train.models.checkpoint import (
     save_checkpoint,
 )
 from edgetam_train.models.sam2_model import SAM2Model
-
-from hf_reference import random_official_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 S = 256

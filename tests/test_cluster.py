@@ -24,10 +24,15 @@ from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from edgetam_train.cluster import (WANDB_ID_FILE, assign_wandb_run_ids, check_no_secrets, env_rank_is_zero,
-                                   newest_resume_checkpoint)
 from edgetam_train.config import CONFIG_DIR, register_resolvers
-from edgetam_train.training import resolve_ckpt_path
+from edgetam_train.distributed import env_rank_is_zero
+from edgetam_train.run.cluster import (
+    WANDB_ID_FILE,
+    assign_wandb_run_ids,
+    check_no_secrets,
+    newest_resume_checkpoint,
+)
+from edgetam_train.run.train import resolve_ckpt_path
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # looks like a W&B API key (40 hex)

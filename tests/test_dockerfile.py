@@ -1,8 +1,9 @@
 """The Dockerfile stays in step with pyproject.toml: same torch/torchvision pins, entry point train.py."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hf_reference import random_official_state_dict
 
 from edgetam_train.export import cli
 from edgetam_train.export.official import fixed_input, image_outputs
 from edgetam_train.models.build import build_model
 from edgetam_train.models.checkpoint import load_checkpoint, read_state_dict
-
-from hf_reference import random_official_state_dict
 
 S = 256
 MODELS = {"edgetam": "edgetam", "sam2.1_hiera_t": "sam2.1_hiera_tiny"}  # ours -> transformers-side name

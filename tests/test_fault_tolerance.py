@@ -31,19 +31,19 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from nonfinite_injector import NonFiniteInjector
 
 from callbacks.batch_seed import seed_batch
 from callbacks.sigterm_checkpoint import SigtermCheckpoint
-from edgetam_train.checkpoint_io import AtomicCheckpointIO
 from edgetam_train.config import CONFIG_DIR, register_resolvers
 from edgetam_train.data.datamodule import EpochDistributedSampler, EpochShuffleSampler
-from edgetam_train.data.fixed_batch import FixedBatch
+from edgetam_train.data.datasets.fixed_batch import FixedBatch
+from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.data.mixture import MixtureBatchSampler, MixtureDataset
-from edgetam_train.data.sa1b import SA1BDataset, collate_sa1b
-from edgetam_train.lightning_module import DistillationModule
-from edgetam_train.nonfinite import NonFiniteLossError
-from edgetam_train.trainer import Trainer
-from nonfinite_injector import NonFiniteInjector, params_digest
+from edgetam_train.distill.module import DistillationModule
+from edgetam_train.distill.nonfinite import NonFiniteLossError
+from edgetam_train.run.checkpoint_io import AtomicCheckpointIO
+from edgetam_train.run.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 7  # 4 batches per epoch: the runs cross into epoch 1
@@ -310,7 +310,7 @@ def test_failed_checkpoint_save_keeps_the_previous_file(tmp_path):
 
 KILLED_SAVE = """
 import io, sys, time, torch
-import edgetam_train.checkpoint_io as cio
+import edgetam_train.run.checkpoint_io as cio
 path = sys.argv[1]
 plugin = cio.AtomicCheckpointIO()
 plugin.save_checkpoint({"global_step": 1, "w": torch.arange(4.0)}, path)
@@ -351,8 +351,8 @@ def test_every_trainer_option_writes_checkpoints_atomically(option, monkeypatch,
         cfg = compose("train", overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}",
                                           f"trainer={option}"])
     targets = [p["_target_"] for p in cfg.trainer.plugins]
-    assert "edgetam_train.checkpoint_io.AtomicCheckpointIO" in targets, targets
-    assert cfg.trainer.max_consecutive_nonfinite == 5 and cfg.trainer._target_ == "edgetam_train.trainer.Trainer"
+    assert "edgetam_train.run.checkpoint_io.AtomicCheckpointIO" in targets, targets
+    assert cfg.trainer.max_consecutive_nonfinite == 5 and cfg.trainer._target_ == "edgetam_train.run.trainer.Trainer"
     if option in ("default", "cpu"):
         trainer = instantiate(cfg.trainer, logger=False)
         assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO) and trainer.max_consecutive_nonfinite == 5

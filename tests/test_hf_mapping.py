@@ -9,11 +9,10 @@ the reference runners in tests/hf_reference.py give non-degenerate outputs.
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
-from reference import read_layout
 import torch
+from reference import read_layout
 
 pytest.importorskip("transformers")
 

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import copy
 import re
-from pathlib import Path
 
 import pytest
 import timm
 import torch
+from reference import reference_dir
 from torch import nn
 
 from edgetam_train.models.checkpoint import CheckpointMismatchError
 from edgetam_train.models.image_encoder import FpnNeck, ImageEncoder
 from edgetam_train.models.position_encoding import PositionEmbeddingSine
 from edgetam_train.models.trunk import HieraTrunk, TimmTrunk, reparameterize
-
-from reference import reference_dir
 
 REFERENCE = reference_dir()
 

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hf_reference import hf_image_predict, random_official_state_dict
 from PIL import Image
 from torchvision import transforms
 
 from edgetam_train.models.build import build_model
 from edgetam_train.predictor.image import ImagePredictor
 from edgetam_train.predictor.preprocess import IMAGENET_MEAN, IMAGENET_STD
-
-from hf_reference import hf_image_predict, random_official_state_dict
 
 S = 256
 H, W = 300, 400  # original image size the prompts refer to

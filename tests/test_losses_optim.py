@@ -8,10 +8,25 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgetam_train.losses import (DistillationLoss, TaskLoss, dice_loss, feature_distillation_loss, iou_prediction_loss,
-                                  mask_iou, object_score_loss, sigmoid_focal_loss, sum_loss_dicts)
-from edgetam_train.optim import (build_optimizer, build_scheduler, cosine_schedule, inverse_sqrt_schedule,
-                                 no_weight_decay, param_groups)
+from edgetam_train.distill.losses import (
+    DistillationLoss,
+    TaskLoss,
+    dice_loss,
+    feature_distillation_loss,
+    iou_prediction_loss,
+    mask_iou,
+    object_score_loss,
+    sigmoid_focal_loss,
+    sum_loss_dicts,
+)
+from edgetam_train.distill.optim import (
+    build_optimizer,
+    build_scheduler,
+    cosine_schedule,
+    inverse_sqrt_schedule,
+    no_weight_decay,
+    param_groups,
+)
 
 LN2 = math.log(2.0)
 BIG = 40.0  # a saturated logit

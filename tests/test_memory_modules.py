@@ -7,11 +7,11 @@ rotation rules (which key tokens are rotated), the perceiver's official quirks, 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import reference_dir
 from torch import nn
 
 from edgetam_train.models.memory_attention import MemoryAttention, MemoryAttentionLayer
@@ -19,8 +19,6 @@ from edgetam_train.models.memory_encoder import CXBlock, Fuser, MaskDownSampler,
 from edgetam_train.models.perceiver import SpatialPerceiver
 from edgetam_train.models.position_encoding import PositionEmbeddingSine
 from edgetam_train.models.rope_attention import RoPEAttention, apply_rope, axial_rope_table
-
-from reference import reference_dir
 
 REFERENCE = reference_dir()
 

@@ -11,15 +11,14 @@ import logging
 
 import pytest
 import torch
+from hf_reference import random_official_state_dict
+from reference import read_layout, total_params
 from torch import nn
 
+from edgetam_train.distill.teacher import FrozenTeacher
 from edgetam_train.models.build import available_models, build_model
 from edgetam_train.models.memory_bank import FrameOutput, MemoryBank
 from edgetam_train.models.sam2_model import ImageFeatures, SAM2Model
-from edgetam_train.teacher import FrozenTeacher
-
-from hf_reference import random_official_state_dict
-from reference import read_layout, total_params
 
 S = 256  # smallest size EdgeTAM's perceiver accepts (16x16 windows of the S/16 memory)
 # our build name -> reference / transformers name
@@ -252,7 +251,7 @@ def test_teacher_requires_checkpoint(caplog):
         net = build_model("sam2.1_hiera_t", image_size=S)
     with pytest.raises(ValueError, match="no teacher checkpoint.*allow_random_init"):
         FrozenTeacher(net)
-    with caplog.at_level(logging.WARNING, logger="edgetam_train.teacher"):
+    with caplog.at_level(logging.WARNING, logger="edgetam_train.distill.teacher"):
         FrozenTeacher(net, allow_random_init=True)
     assert any("RANDOMLY INITIALISED" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
 

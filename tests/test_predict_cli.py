@@ -13,17 +13,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hf_reference import random_official_state_dict
 from PIL import Image
 
-from edgetam_train.data.sav import iter_mp4_frames
+from edgetam_train.data.formats.sav import iter_mp4_frames
 from edgetam_train.export.hf import save_hf
 from edgetam_train.models.build import build_model
 from edgetam_train.predictor import cli
 from edgetam_train.predictor.image import ImagePredictor
 from edgetam_train.predictor.preprocess import image_to_input
 from edgetam_train.predictor.video import VideoPredictor
-
-from hf_reference import random_official_state_dict
 
 S = 256
 H, W = 150, 200

@@ -11,28 +11,20 @@ import time
 from pathlib import Path
 
 import cv2
+import make_sample_data as msd  # scripts/ is on sys.path (conftest.py)
 import numpy as np
 import pytest
 import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, DistributedSampler
 
-import edgetam_train.data.sa1b as sa1b_mod
+import edgetam_train.data.formats.sa1b as sa1b_mod
 from edgetam_train.data.datamodule import EpochShuffleSampler, SA1BDataModule, split_files
-from edgetam_train.data.sa1b import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SA1BDataset,
-    build_reference_transform,
-    collate_sa1b,
-    default_index_cache,
-    load_index,
-    resized_hw,
-    rle_runs,
-)
+from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
+from edgetam_train.data.formats.rle import rle_runs
+from edgetam_train.data.formats.sa1b import default_index_cache, load_index
 from edgetam_train.data.skips import BadSample, SkipCounter
-
-import make_sample_data as msd  # scripts/ is on sys.path (conftest.py)
+from edgetam_train.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_reference_transform, resized_hw
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,16 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from edgetam_train import cache_teacher
 from edgetam_train.config import CONFIG_DIR, register_resolvers
 from edgetam_train.data import teacher_cache as tc
 from edgetam_train.data.datamodule import SA1BDataModule
-from edgetam_train.data.sa1b import SA1BDataset, collate_sa1b
-from edgetam_train.lightning_module import DistillationModule
-from edgetam_train.losses import DistillationLoss, TaskLoss
+from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
+from edgetam_train.distill import cache_teacher
+from edgetam_train.distill.losses import DistillationLoss, TaskLoss
+from edgetam_train.distill.module import DistillationModule
+from edgetam_train.distill.prompting import PromptConfig
+from edgetam_train.distill.teacher import CachedTeacher, FrozenTeacher
 from edgetam_train.models.build import build_model, model_config
-from edgetam_train.prompting import PromptConfig
-from edgetam_train.teacher import FrozenTeacher
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 256
@@ -118,7 +118,7 @@ def test_loss_equals_live_teacher_loss_on_the_same_batch(cache, sa1b, teacher):
     live_batch = {k: v for k, v in batch.items() if k != "teacher_f16"}
     torch.manual_seed(0)
     live, _ = module.clip_step(live_batch)
-    object.__setattr__(module, "teacher", None)
+    object.__setattr__(module, "teacher", CachedTeacher())
     torch.manual_seed(0)
     cached, _ = module.clip_step(batch)
     assert cached["loss_f16"] > 0
@@ -219,8 +219,9 @@ def test_mismatches_are_refused_naming_field_cache_and_expected_value(cache, sa1
 
 
 def test_fit_with_teacher_cache_builds_and_runs_no_teacher(project, cache, monkeypatch, tmp_path):
-    """``python train.py ... data.teacher_cache=DIR``: two steps, the F16 term is there, and no teacher is built."""
-    from edgetam_train.training import train
+    """``python train.py ... model/teacher=cached data.teacher_cache=DIR``: two steps, the F16 term is there, and no
+    teacher is built; the cache alone (or the cached teacher alone) is refused before anything is built."""
+    from edgetam_train.run.train import train
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("a teacher was built although data.teacher_cache is set")
@@ -228,12 +229,18 @@ def test_fit_with_teacher_cache_builds_and_runs_no_teacher(project, cache, monke
     monkeypatch.setattr(FrozenTeacher, "__init__", no_teacher)
     register_resolvers()
     overrides = ["experiment=edgetam_distill", "debug=quickstart", f"paths.root_dir={project}",
-                 f"paths.output_dir={tmp_path / 'run'}", f"data.teacher_cache={cache}", "trainer.max_steps=2",
+                 f"paths.output_dir={tmp_path / 'run'}", "model/teacher=cached", f"data.teacher_cache={cache}", "trainer.max_steps=2",
                  "trainer.log_every_n_steps=1", "model.vis_every_n_steps=1", "model.prompts.num_correction_clicks=1",
                  "data.max_masks=2", "data.val.vos.root=null", "data.val.miou.root=null",
                  "callbacks.model_checkpoint.every_n_train_steps=2"]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=overrides)
+        cache_only = compose("train", overrides=[o for o in overrides if o != "model/teacher=cached"])
+        teacher_only = compose("train", overrides=[o for o in overrides if not o.startswith("data.teacher_cache")])
+    with pytest.raises(ValueError, match="data.teacher_cache=.* is set but model.teacher is not the cached teacher"):
+        train(cache_only)
+    with pytest.raises(ValueError, match="model/teacher=cached reads the teacher's F16 from data.teacher_cache"):
+        train(teacher_only)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         metrics = train(cfg)

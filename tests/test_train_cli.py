@@ -80,22 +80,24 @@ def test_unknown_config_option_lists_the_valid_choices(project):
     assert listed == ["cpu", "ddp", "default", "gpu", "slurm"], err
 
 
-def test_architecture_as_model_fails_with_our_error(project):
+def test_architecture_as_model_names_the_arch_group(project):
+    """Architectures live in their own group (configs/arch): ``model=edgetam`` is refused while composing, listing
+    the training modules the model group holds."""
     proc = run_train(project, "experiment=edgetam_distill", "model=edgetam")
     assert proc.returncode != 0
-    assert ("model=edgetam selects edgetam_train.models.sam2_model.SAM2Model, which is not a LightningModule"
-            in proc.stderr), proc.stderr[-3000:]
-    assert "model=distill_image" in proc.stderr and "model@model.teacher.net=sam2.1_hiera_t" in proc.stderr
+    err = proc.stderr
+    assert "Could not find 'model/edgetam'" in err and "Available options in 'model':" in err, err[-3000:]
+    listed = err.split("Available options in 'model':", 1)[1].split("Config search path", 1)[0].split()
+    assert listed == ["distill_image", "distill_video"], err
 
 
 def test_model_check_runs_before_anything_is_built():
-    """Without the experiment, ``model=edgetam`` used to fail in the data config (``model.student.image_size``);
-    the check comes first, and outside Hydra's CLI it names the target."""
-    from edgetam_train.training import check_model_config
+    """A ``model._target_`` that is not a LightningModule is refused before anything is built, naming the target."""
+    from edgetam_train.run.train import check_model_config
 
     with pytest.raises(ValueError, match=r"model\._target_=edgetam_train\.models\.sam2_model\.SAM2Model, which is "
                                          r"not a LightningModule"):
-        check_model_config(_compose("model=edgetam").model)
+        check_model_config(_compose("model._target_=edgetam_train.models.sam2_model.SAM2Model").model)
     with pytest.raises(ValueError, match="model._target_=no.such.Module cannot be imported"):
         check_model_config(_compose("model._target_=no.such.Module").model)
     check_model_config(_compose().model)  # model=distill_image

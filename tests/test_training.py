@@ -15,9 +15,9 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
+import make_sample_data  # scripts/ is on sys.path (conftest.py)
 import pytest
 import torch
-import make_sample_data  # scripts/ is on sys.path (conftest.py)
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
@@ -27,13 +27,13 @@ from torch import nn
 
 from edgetam_train.config import CONFIG_DIR, register_resolvers
 from edgetam_train.data.datamodule import SA1BDataModule
-from edgetam_train.data.fixed_batch import FixedBatch
-from edgetam_train.data.sa1b import SA1BDataset, collate_sa1b
-from edgetam_train.lightning_module import DistillationModule
+from edgetam_train.data.datasets.fixed_batch import FixedBatch
+from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
+from edgetam_train.distill.module import DistillationModule
+from edgetam_train.distill.optim import inverse_sqrt_schedule, is_norm_layer
+from edgetam_train.distill.teacher import FrozenTeacher
 from edgetam_train.models.build import build_model
 from edgetam_train.models.checkpoint import read_state_dict
-from edgetam_train.optim import inverse_sqrt_schedule, is_norm_layer
-from edgetam_train.teacher import FrozenTeacher
 
 TASK_WEIGHTS = ("weight_focal", "weight_dice", "weight_iou", "weight_class")
 
@@ -188,9 +188,9 @@ def test_teacher_without_checkpoint_refuses_unless_random_init_allowed(project, 
     net = module.teacher.net
     with pytest.raises(ValueError, match=r"model\.teacher\.checkpoint=.*model\.teacher\.allow_random_init=true"):
         FrozenTeacher(net)
-    with caplog.at_level(logging.WARNING, logger="edgetam_train.teacher"):
+    with caplog.at_level(logging.WARNING, logger="edgetam_train.distill.teacher"):
         FrozenTeacher(net, allow_random_init=True)
-    (record,) = [r for r in caplog.records if r.name == "edgetam_train.teacher"]
+    (record,) = [r for r in caplog.records if r.name == "edgetam_train.distill.teacher"]
     assert record.levelno == logging.WARNING and "RANDOMLY INITIALISED" in record.getMessage()
 
     # the same through the config: checkpoint null, allow_random_init false -> refuses before training starts

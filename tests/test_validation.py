@@ -27,11 +27,11 @@ from hydra import compose, initialize_config_dir
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-import edgetam_train.lightning_module as lightning_module
+import edgetam_train.distill.module as lightning_module
 from callbacks.best_checkpoint import BestCheckpoint
 from edgetam_train.config import CONFIG_DIR, register_resolvers
 from edgetam_train.data.datamodule import VideoDataModule
-from edgetam_train.data.val import MIoUValDataset, ShardSampler, VOSValDataset, build_val_sets, val_loaders
+from edgetam_train.data.datasets.val import MIoUValDataset, ShardSampler, VOSValDataset, build_val_sets, val_loaders
 from edgetam_train.eval.validation import ValScores, combine_masks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +62,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"values": values, "local_objects": local}))
     finally:
         dist.destroy_process_group()
+
+
+VOS = "edgetam_train.data.datasets.vos.VOSDataset"
 
 
 def test_val_scores_sum_over_ranks_with_unequal_counts(tmp_path):
@@ -121,11 +124,11 @@ def test_val_sets_items_and_errors(project, tmp_path):
     assert next(iter(loaders[0])) == {"kind": "padding"}  # 1 video on 2 ranks: rank 1 gets the filler
     assert isinstance(next(iter(loaders[1]))["image"], np.ndarray)  # numpy kept (no tensor conversion)
     assert build_val_sets(None) == [] and build_val_sets({"vos": {"root": None}}) == []
-    video_dm = VideoDataModule({"davis": {"root": sample / "davis"}}, image_size=64, clip_len=2, num_workers=0,
+    video_dm = VideoDataModule({"davis": {"_target_": VOS, "root": sample / "davis"}}, image_size=64, clip_len=2, num_workers=0,
                                val={"vos": {"root": sample / "davis"}, "miou": {"root": None}})
     (loader,) = video_dm.val_dataloader()  # the stage-2 data module reads the same data.val
     assert isinstance(loader.dataset, VOSValDataset) and len(loader) == 1
-    assert VideoDataModule({"davis": {"root": sample / "davis"}}).val_dataloader() == []
+    assert VideoDataModule({"davis": {"_target_": VOS, "root": sample / "davis"}}).val_dataloader() == []
     with pytest.raises(ValueError, match="max_frames"):
         VOSValDataset(sample / "davis", max_frames=2)
     with pytest.raises(FileNotFoundError, match="mask_dir"):
@@ -136,7 +139,7 @@ def test_val_sets_items_and_errors(project, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- validation step
 def test_perfect_prediction_scores_one_through_the_validation_step(project, monkeypatch):
-    from edgetam_train.losses import DistillationLoss
+    from edgetam_train.distill.losses import DistillationLoss
     from edgetam_train.models.build import build_model
 
     module = lightning_module.DistillationModule(build_model("edgetam", image_size=256), None, DistillationLoss())
@@ -154,7 +157,7 @@ def test_perfect_prediction_scores_one_through_the_validation_step(project, monk
 
 
 def test_fit_with_validation_logs_scores_and_keeps_best_checkpoint(project):
-    from edgetam_train.training import train
+    from edgetam_train.run.train import train
 
     register_resolvers()
     overrides = ["experiment=edgetam_distill", "debug=quickstart", f"paths.root_dir={project}",

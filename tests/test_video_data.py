@@ -17,26 +17,14 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset, DistributedSampler
 
-from edgetam_train.data.clips import (
-    ClipAugment,
-    RawClip,
-    SA1BClipDataset,
-    collate_clips,
-    finish_clip,
-    sample_window,
-)
 from edgetam_train.data.datamodule import VideoDataModule
+from edgetam_train.data.datasets.clips import RawClip, SA1BClipDataset, collate_clips, finish_clip, sample_window
+from edgetam_train.data.datasets.sav import SAVDataset
+from edgetam_train.data.datasets.vos import VOSDataset
+from edgetam_train.data.formats.sav import FRAMES_DIRNAME, iter_mp4_frames, mp4_info, read_mp4_frames, scan_annotations
 from edgetam_train.data.mixture import MixtureBatchSampler, MixtureDataset
-from edgetam_train.data.sav import (
-    FRAMES_DIRNAME,
-    SAVDataset,
-    iter_mp4_frames,
-    mp4_info,
-    read_mp4_frames,
-    scan_annotations,
-)
 from edgetam_train.data.skips import REASONS, BadSample
-from edgetam_train.data.vos import VOSDataset
+from edgetam_train.data.transforms import ClipAugment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -490,10 +478,12 @@ def test_mixture_ranks_draw_the_same_dataset_and_different_samples():
 
 
 def test_video_datamodule_two_ranks(sample, tmp_path, monkeypatch):
-    datasets = {"sav": {"root": str(sample / "sav"), "weight": 1.0},
-                "sa1b": {"root": str(sample / "sa1b"), "weight": 0.5, "index_cache": str(tmp_path / "idx.txt")},
-                "davis": {"root": str(sample / "davis"), "weight": 0.5},
-                "mose": {"root": None, "weight": 0.1}}
+    pkg = "edgetam_train.data.datasets"
+    datasets = {"sav": {"_target_": f"{pkg}.sav.SAVDataset", "root": str(sample / "sav"), "weight": 1.0},
+                "sa1b": {"_target_": f"{pkg}.clips.SA1BClipDataset", "root": str(sample / "sa1b"), "weight": 0.5,
+                         "index_cache": str(tmp_path / "idx.txt")},
+                "davis": {"_target_": f"{pkg}.vos.VOSDataset", "root": str(sample / "davis"), "weight": 0.5},
+                "mose": {"_target_": f"{pkg}.vos.VOSDataset", "root": None, "weight": 0.1}}
     kw = dict(image_size=64, clip_len=4, batch_size=1, num_workers=0, pin_memory=False, seed=0, steps_per_epoch=8,
               augment={"hflip_p": 0.5, "degrees": 25.0, "shear": 20.0})
     batches = []
@@ -518,8 +508,10 @@ def test_video_datamodule_two_ranks(sample, tmp_path, monkeypatch):
     assert [b["paths"] for b in batches[0]] != [b["paths"] for b in batches[1]]
     with pytest.raises(ValueError, match="data.datasets"):
         VideoDataModule({"sav": {"root": None}})
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match=r"data\.datasets\.lvos has no _target_: name its dataset class"):
         VideoDataModule({"lvos": {"root": "/x"}})
+    with pytest.raises(ValueError, match=r"data\.datasets\.lvos\._target_=no\.such\.Dataset cannot be imported"):
+        VideoDataModule({"lvos": {"_target_": "no.such.Dataset", "root": "/x"}})
 
 
 def test_video_mixture_config_composes(sample, tmp_path):
@@ -537,6 +529,27 @@ def test_video_mixture_config_composes(sample, tmp_path):
     assert set(dm.weights) == {"sav", "sa1b", "davis"}
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].shape[-3:] == (3, 64, 64)
+
+
+class RenamedVOS(VOSDataset):
+    """A dataset class the project has never heard of: only its import path appears in the config."""
+
+
+def test_a_new_dataset_is_a_class_and_one_config_entry(sample, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    entry = f"{{_target_:test_video_data.RenamedVOS,root:'{sample / 'davis'}',weight:1.0}}"
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "data=video_mixture", "model.student.image_size=64", "data.datasets.sav.root=null",
+            "data.datasets.sa1b.root=null", f"+data.datasets.mine={entry}", "data.clip_len=2",
+            "data.num_workers=0", "data.pin_memory=false", "data.steps_per_epoch=1"])
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    assert dm.weights == {"mine": 1.0} and isinstance(dm.train_set.datasets[0], RenamedVOS)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["dataset"] == "mine" and batch["images"].shape[1:] == (2, 3, 64, 64)
 
 
 # ------------------------------------------------------------------------------------------------ extraction script

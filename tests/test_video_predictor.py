@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 import torch
+from hf_reference import Click, VideoScenario, default_video_scenario, hf_video_track, random_official_state_dict
 from PIL import Image
 
 from edgetam_train.models.build import build_model
@@ -23,11 +24,14 @@ from edgetam_train.predictor import VideoPredictor
 from edgetam_train.predictor.preprocess import frame_to_input
 from edgetam_train.predictor.video import fill_holes
 
-from hf_reference import Click, VideoScenario, default_video_scenario, hf_video_track, random_official_state_dict
-
 S = 256  # EdgeTAM needs a multiple of 256 (perceiver windows)
 T = 4
 TOL = 1e-4
+# SAM 2.1-T (4 memory-attention layers, Hiera trunk) vs transformers: up to 2.1e-4 (late-object scenario 1.06e-4) on
+# an Intel Xeon host (2026-12-05) with transformers 5.24 / 5.25 and timm 1.0.20 / 1.0.31 alike, <= 1e-4 on the AMD
+# host before: float32 kernel rounding of the host CPU growing over tracked frames, not a semantic difference (a
+# wrong memory or pointer rule moves logits by 1e-2 and more).
+TOL_BY_MODEL = {"edgetam": TOL, "sam2.1_hiera_tiny": 5e-4}
 # transformers behaviour of each model family, expressed with our options
 HF_OPTIONS = {
     "edgetam": dict(correction_uses_prev_logits=False, memory_bf16=False),
@@ -109,7 +113,7 @@ def test_matches_transformers_on_click_propagate_correct(name):
     diffs = max_diffs(predictor, state, ref)
     assert len(diffs) == 2 * T
     worst = max(max(d) for d in diffs.values())
-    assert worst <= TOL, {k: tuple(f"{x:.1e}" for x in v) for k, v in diffs.items()}
+    assert worst <= TOL_BY_MODEL[name], {k: tuple(f"{x:.1e}" for x in v) for k, v in diffs.items()}
     # the scenario exercises the paths: absent objects would make every mask -1024 and hide differences
     for frame in range(T):
         for obj_id in (1, 2):
@@ -125,7 +129,7 @@ def test_late_object_starts_tracking_on_its_first_clicked_frame():
     state = run_ours(predictor, late_object_scenario())
     ref = hf_result(name, "late_object")
     diffs = max_diffs(predictor, state, ref)
-    assert max(max(d) for d in diffs.values()) <= TOL
+    assert max(max(d) for d in diffs.values()) <= TOL_BY_MODEL[name]
     assert predictor.get_output(state, 0, 2) is None and predictor.get_output(state, 1, 2) is None
     assert predictor.get_output(state, 2, 2).is_conditioning
     assert not predictor.get_output(state, 3, 2).is_conditioning

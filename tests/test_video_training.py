@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import edgetam_train.prompting as prompting
+import edgetam_train.distill.prompting as prompting
 from edgetam_train.config import CONFIG_DIR, register_resolvers
 from edgetam_train.models.memory_bank import MemoryBank
 

@@ -9,7 +9,7 @@ Both DataModules save the training data position in checkpoints and resume mid-e
 (:mod:`edgetam_train.data.resume`).
 
 Validation (both modules, config ``data.val``): a DAVIS-format VOS set scored by J&F and SA-1B-format images scored by
-1-click mIoU, one video / image per batch, each rank a disjoint shard (:mod:`edgetam_train.data.val`).
+1-click mIoU, one video / image per batch, each rank a disjoint shard (:mod:`edgetam_train.data.datasets.val`).
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import cv2
+import hydra
 import lightning as L
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from edgetam_train.data.clips import SA1BClipDataset, collate_clips
+from edgetam_train.data.datasets.clips import ClipDataset, collate_clips
+from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
+from edgetam_train.data.datasets.val import build_val_sets, plain_config, val_loaders
+from edgetam_train.data.formats.sa1b import load_index, read_split_file
 from edgetam_train.data.mixture import MixtureBatchSampler, MixtureDataset
 from edgetam_train.data.resume import ResumableDataModule, ResumableSampler
-from edgetam_train.data.sa1b import SA1BDataset, collate_sa1b, load_index, read_split_file
-from edgetam_train.data.sav import SAVDataset
 from edgetam_train.data.teacher_cache import TeacherCache
-from edgetam_train.data.val import build_val_sets, plain_config, val_loaders
-from edgetam_train.data.vos import VOSDataset
+from edgetam_train.distributed import world_and_rank
 
 
 class EpochShuffleSampler(ResumableSampler, Sampler[int]):
@@ -80,15 +80,6 @@ class EpochDistributedSampler(ResumableSampler, DistributedSampler):
 def init_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: one OpenCV thread per worker (the workers already run in parallel)."""
     cv2.setNumThreads(1)
-
-
-def world_and_rank(trainer: L.Trainer | None) -> tuple[int, int]:
-    """(world size, global rank) from ``trainer``, else from torch.distributed, else (1, 0)."""
-    if trainer is not None:
-        return trainer.world_size, trainer.global_rank
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 def split_files(files: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
@@ -141,7 +132,7 @@ class SA1BDataModule(DataModuleBase):
         pin_memory: pin batches for faster host-to-GPU copies.
         val_fraction: fraction of images held out from training (hash split); they are the 1-click mIoU
             validation images unless ``val.miou.root`` is set.
-        val: validation sets (config ``data.val``; see :func:`edgetam_train.data.val.build_val_sets`).
+        val: validation sets (config ``data.val``; see :func:`edgetam_train.data.datasets.val.build_val_sets`).
         index_cache, split_file: see ``SA1BDataset``.
         seed: base seed of sampling, flips and shuffling.
         prefetch_factor: batches prefetched per worker.
@@ -181,8 +172,7 @@ class SA1BDataModule(DataModuleBase):
 
     def prepare_data(self) -> None:
         """Build the file-index cache once (Lightning calls this on one process per node, before ``setup``)."""
-        if self.hparams.split_file is None:
-            load_index(self.hparams.root, self.hparams.index_cache)
+        SA1BDataset.prepare(self.hparams.root, self.hparams.index_cache, self.hparams.split_file)
 
     def setup(self, stage: str | None = None) -> None:
         """Create the datasets (reads the cached index)."""
@@ -241,11 +231,6 @@ class SA1BDataModule(DataModuleBase):
 # Stage 2: the clip mixture
 # --------------------------------------------------------------------------------------------------------------------
 
-# config key -> dataset class; entries of other names set ``kind`` (one of these keys, or "vos")
-DATASET_KINDS: dict[str, type] = {"sav": SAVDataset, "sa1b": SA1BClipDataset, "vos": VOSDataset}
-DEFAULT_KIND: dict[str, str] = {"sav": "sav", "sa1b": "sa1b", "davis": "vos", "mose": "vos", "ytvos": "vos"}
-
-
 class VideoDataModule(DataModuleBase):
     """Stage-2 training clips from a weighted mixture of datasets; batches come from ``collate_clips``.
 
@@ -253,12 +238,13 @@ class VideoDataModule(DataModuleBase):
     or only 1-frame SA-1B clips; under DDP each rank gets different samples of that dataset.
 
     Args:
-        datasets: {name: {"root": path or None, "weight": float, "kind": optional, **dataset arguments}} (config
-            ``data.datasets``). Entries whose root is None or whose weight is 0 are left out. Names "sav", "sa1b",
-            "davis", "mose", "ytvos" imply their kind (``SAVDataset``, ``SA1BClipDataset``, ``VOSDataset``); other
-            names need ``kind`` ("sav", "sa1b" or "vos"). The remaining keys go to the dataset class (e.g.
-            ``frames_root``, ``source``, ``annotations`` for SA-V; ``image_dir``, ``mask_dir``, ``split_file`` for
-            VOS; ``index_cache``, ``split_file`` for SA-1B), and may override ``max_objects``.
+        datasets: {name: {"_target_": dataset class, "root": path or None, "weight": float, **dataset arguments}}
+            (config ``data.datasets``). Entries whose root is None or whose weight is 0 are left out. The class is
+            any dataset of clip items: a :class:`ClipDataset` subclass (``SAVDataset``, ``VOSDataset``; it also gets
+            ``clip_len`` and ``reverse_p``) or ``SA1BClipDataset`` (1-frame clips). The remaining keys go to the
+            class (e.g. ``frames_root``, ``source``, ``annotations`` for SA-V; ``image_dir``, ``mask_dir``,
+            ``split_file`` for VOS; ``index_cache``, ``split_file`` for SA-1B), and may override ``max_objects``.
+            A new dataset is a class plus one entry here; nothing is registered.
         image_size: output side S.
         clip_len: frames per video clip (SA-1B clips have 1).
         max_objects: objects per clip (paper: 3).
@@ -269,7 +255,7 @@ class VideoDataModule(DataModuleBase):
         max_skip_rate: the ``SkipCounter`` threshold, per dataset.
         seed: base seed of the mixture choices, orders, sampling and augmentation.
         steps_per_epoch: mixture steps per epoch (default: total samples // (batch_size x world size)).
-        val: validation sets (config ``data.val``; see :func:`edgetam_train.data.val.build_val_sets`).
+        val: validation sets (config ``data.val``; see :func:`edgetam_train.data.datasets.val.build_val_sets`).
     """
 
     def __init__(
@@ -299,39 +285,50 @@ class VideoDataModule(DataModuleBase):
 
     @staticmethod
     def _active_entries(datasets: Mapping[str, Mapping[str, Any] | None]) -> dict[str, dict[str, Any]]:
-        """{name: entry with "kind"} of the entries that have a root and a positive weight; checks names and kinds."""
+        """{name: entry} of the entries that have a root and a positive weight; checks that each names an importable
+        dataset class (``_target_``)."""
         active = {}
         for name, entry in (datasets or {}).items():
             entry = dict(entry or {})
             if entry.get("root") is None or float(entry.get("weight", 1.0)) <= 0:
                 continue
-            kind = entry.get("kind", DEFAULT_KIND.get(name))
-            if kind not in DATASET_KINDS:
-                raise ValueError(f"data.datasets.{name}: unknown kind {kind!r}; set kind to one of "
-                                 f"{sorted(DATASET_KINDS)}")
-            entry["kind"] = kind
+            target = entry.get("_target_")
+            if not target:
+                raise ValueError(f"data.datasets.{name} has no _target_: name its dataset class, e.g. "
+                                 f"edgetam_train.data.datasets.vos.VOSDataset for a DAVIS-layout folder")
+            try:
+                hydra.utils.get_class(target)
+            except Exception as e:  # noqa: BLE001 - reported with the config key
+                raise ValueError(f"data.datasets.{name}._target_={target} cannot be imported: {e}") from e
             active[name] = entry
         if not active:
             raise ValueError("data.datasets has no dataset with a root and a positive weight; set e.g. "
                              "data.datasets.sav.root")
         return active
 
+    @staticmethod
+    def _arguments(entry: Mapping[str, Any]) -> tuple[type, dict[str, Any]]:
+        """(dataset class, its own arguments) of a ``data.datasets`` entry."""
+        kwargs = {k: v for k, v in entry.items() if k not in ("_target_", "weight", "root")}
+        return hydra.utils.get_class(entry["_target_"]), kwargs
+
     def prepare_data(self) -> None:
-        """Build the SA-1B file-index caches once (Lightning calls this on one process per node)."""
+        """Per dataset, what must happen once per node before ``setup`` (the SA-1B file-index cache)."""
         for entry in self.entries.values():
-            if entry["kind"] == "sa1b" and entry.get("split_file") is None:
-                load_index(entry["root"], entry.get("index_cache"))
+            cls, kwargs = self._arguments(entry)
+            if hasattr(cls, "prepare"):
+                cls.prepare(entry["root"], **kwargs)
 
     def build_dataset(self, name: str, entry: Mapping[str, Any]):
         """The dataset of one ``data.datasets`` entry."""
         hp = self.hparams
-        kwargs = {k: v for k, v in entry.items() if k not in ("kind", "weight", "root")}
+        cls, kwargs = self._arguments(entry)
         kwargs.setdefault("max_objects", hp.max_objects)
         common = dict(image_size=hp.image_size, augment=None if hp.augment is None else dict(hp.augment),
                       seed=hp.seed, max_skip_rate=hp.max_skip_rate, name=name)
-        if entry["kind"] != "sa1b":
+        if issubclass(cls, ClipDataset):
             common.update(clip_len=hp.clip_len, reverse_p=hp.reverse_p)
-        return DATASET_KINDS[entry["kind"]](entry["root"], **common, **kwargs)
+        return cls(entry["root"], **common, **kwargs)
 
     def setup(self, stage: str | None = None) -> None:
         """Create the datasets and the mixture."""

@@ -41,9 +41,9 @@ from typing import Any
 
 import torch
 
-from edgetam_train.data.sa1b import build_augment, build_resize
 from edgetam_train.config import flatten_dict
 from edgetam_train.data.skips import BadSample
+from edgetam_train.data.transforms import transform_spec
 
 log = logging.getLogger(__name__)
 
@@ -63,33 +63,6 @@ class TeacherCacheMismatch(ValueError):
 # --------------------------------------------------------------------------------------------------------------------
 # What identifies a cache
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def transform_spec(image_size: int) -> dict[str, Any]:
-    """The deterministic part of the stage-1 image transform (``sa1b.build_resize`` + ``build_augment``), read from
-    the transform objects themselves, so a change to the loader's pipeline changes the spec (and old caches are
-    refused). The horizontal flip is described by the cached views instead. Raises ``ValueError`` if the pipeline
-    holds a transform other than HorizontalFlip, Normalize and PadIfNeeded: a random geometric or colour augmentation
-    would change the teacher's input in every epoch, and a cache of fixed views could not follow it.
-    """
-    resize = build_resize(image_size)
-    spec: dict[str, Any] = {"resize": {"transform": type(resize).__name__, "max_size": resize.max_size,
-                                       "interpolation": int(resize.interpolation),
-                                       "area_for_downscale": str(resize.area_for_downscale)}}
-    for t in build_augment(image_size, hflip_p=0.0).transforms:
-        name = type(t).__name__
-        if name == "HorizontalFlip":
-            continue
-        if name == "Normalize":
-            spec["normalize"] = {"mean": [float(v) for v in t.mean], "std": [float(v) for v in t.std],
-                                 "max_pixel_value": float(t.max_pixel_value)}
-        elif name == "PadIfNeeded":
-            spec["pad"] = {"size": [t.min_height, t.min_width], "position": str(t.position),
-                           "border_mode": int(t.border_mode), "fill": float(t.fill)}
-        else:
-            raise ValueError(f"the stage-1 transform (edgetam_train.data.sa1b.build_augment) holds {name}: a teacher "
-                             "cache supports only the deterministic resize/normalise/pad plus the horizontal flip")
-    return spec
 
 
 def image_set_fingerprint(files: Sequence[str]) -> str:
@@ -116,7 +89,7 @@ def teacher_arch(net_cfg: Mapping[str, Any]) -> str:
         return str(net_cfg["image_encoder"]["trunk"]["name"])
     except (KeyError, TypeError):
         raise ValueError("teacher config has no image_encoder.trunk.name (expected a SAM 2.1 model tree such as "
-                         "configs/model/sam2.1_hiera_b+.yaml)") from None
+                         "configs/arch/sam2.1_hiera_b+.yaml)") from None
 
 
 def checkpoint_id(checkpoint: str | Path | None) -> str:

@@ -21,15 +21,15 @@ Ties are broken by the first pixel in row-major order. mIoU after k clicks = the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from ..data.sa1b import read_image, read_record, scan_pairs
+from ..data.formats.images import read_image
+from ..data.formats.rle import decode_annotations
+from ..data.formats.sa1b import read_record, scan_pairs
 from ..predictor.image import ImagePredictor
 
 
@@ -103,20 +103,6 @@ class MIoUResult:
         return "\n".join(f"clicks={k} mIoU={v:.4f}" for k, v in enumerate(self.miou, start=1))
 
 
-def decode_masks(annotations: Sequence[dict], h: int, w: int) -> list[np.ndarray]:
-    """SA-1B annotations -> (H, W) bool masks (pycocotools RLE)."""
-    masks = []
-    for ann in annotations:
-        seg = ann["segmentation"]
-        rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str)
-               else seg["counts"]}
-        mask = mask_utils.decode(rle).astype(bool)
-        if mask.shape != (h, w):
-            raise ValueError(f"annotation {ann.get('id')} is {mask.shape}, image is {(h, w)}")
-        masks.append(mask)
-    return masks
-
-
 def evaluate_miou(predictor: ImagePredictor, data_dir: str | Path, num_clicks: int, max_images: int | None = None,
                   max_masks: int | None = None, progress: bool = True) -> MIoUResult:
     """N-click mIoU over the SA-1B-format images under ``data_dir`` (see the module docstring).
@@ -148,7 +134,7 @@ def evaluate_miou(predictor: ImagePredictor, data_dir: str | Path, num_clicks: i
         h, w = image.shape[:2]
         annotations = annotations[:max_masks] if max_masks else annotations
         predictor.set_image(image)
-        for k, gt in enumerate(decode_masks(annotations, h, w)):
+        for k, gt in enumerate(decode_annotations(annotations, h, w, jpg.with_suffix(".json"))):
             if not gt.any():
                 continue
             result.per_mask.append(simulate_clicks(predictor, gt, num_clicks))

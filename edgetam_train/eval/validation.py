@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from ..data.vos import object_ids
+from edgetam_train.data.formats.vos import object_ids
+
 from ..models.sam2_model import SAM2Model
 from ..predictor.image import ImagePredictor
 from ..predictor.video import VideoPredictor
@@ -98,7 +99,7 @@ def track_video(model: SAM2Model, frames: np.ndarray, first_labels: np.ndarray) 
 
 
 def score_video(item: dict[str, Any], pred_labels: np.ndarray) -> list[ObjectScore]:
-    """J and F of each object of a ``data.val`` VOS item (see :mod:`edgetam_train.data.val`) against predicted ids
+    """J and F of each object of a ``data.val`` VOS item (see :mod:`edgetam_train.data.datasets.val`) against predicted ids
     (T, H, W); DAVIS 2017 protocol: objects 1..max id of the first GT frame, first and last frames not scored."""
     labels, names = item["labels"], item["frame_names"]
     if pred_labels.shape != labels.shape:

@@ -8,7 +8,7 @@ Usage::
     edgetam-export teacher.pt --model sam2.1_hiera_b+ --format hf --out sam2.1-b+-hf/
 
 ``CKPT`` is a Lightning checkpoint written by ``train.py`` (the student's weights, under ``student.``), an official
-``{"model": state_dict}`` file or a bare state_dict. ``--model`` names the architecture (a ``configs/model`` name:
+``{"model": state_dict}`` file or a bare state_dict. ``--model`` names the architecture (a ``configs/arch`` name:
 ``edgetam`` by default, ``sam2.1_hiera_t`` / ``_s`` / ``_b+`` / ``_l`` for teachers); ``--image-size`` the input side
 (default 1024; the official models use 1024).
 

@@ -40,12 +40,12 @@ from .official import TORCH_TOLERANCE, ExportCheckError, ExportReport, fixed_inp
 # tracked frame's logits by up to ~1e-4 on random weights: the tracked-frame check of SAM 2.1 gets this tolerance.
 BF16_MEMORY_TOLERANCE = 1e-3
 
-# configs/model names -> transformers-side names used by hf_mapping
+# configs/arch names -> transformers-side names used by hf_mapping
 HF_NAMES = {ours: theirs for theirs, ours in ALIASES.items()} | {"edgetam": "edgetam"}
 
 
 def hf_name(model_name: str) -> str:
-    """The :mod:`hf_mapping` name of a ``configs/model`` name or alias (``sam2.1_hiera_t`` -> ``sam2.1_hiera_tiny``)."""
+    """The :mod:`hf_mapping` name of a ``configs/arch`` name or alias (``sam2.1_hiera_t`` -> ``sam2.1_hiera_tiny``)."""
     if model_name in MODELS:
         return model_name
     if model_name not in HF_NAMES:
@@ -160,7 +160,7 @@ def export_hf(model: SAM2Model, out_dir: str | Path, model_name: str = "edgetam"
     Args:
         model: the source model (unfused, official keys), eval mode.
         out_dir: the directory to write (created).
-        model_name: ``configs/model`` name (``edgetam``, ``sam2.1_hiera_t``, ...) or its transformers alias.
+        model_name: ``configs/arch`` name (``edgetam``, ``sam2.1_hiera_t``, ...) or its transformers alias.
     Returns:
         an :class:`ExportReport` with the max differences per check (tolerance 1e-4).
     """

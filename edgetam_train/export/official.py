@@ -126,7 +126,7 @@ def image_outputs(model: SAM2Model, pixels: Tensor, points: Tensor, labels: Tens
 
 
 def guess_model(state_dict: dict[str, Tensor]) -> str | None:
-    """The ``configs/model`` name an official-layout state_dict looks like (from its trunk keys), or None.
+    """The ``configs/arch`` name an official-layout state_dict looks like (from its trunk keys), or None.
 
     RepViT trunk keys -> ``edgetam``; Hiera by patch-embedding width and block count: 96 wide with 12 blocks ->
     ``sam2.1_hiera_t``, 16 -> ``_s``; 112 -> ``_b+``; 144 -> ``_l``.
@@ -144,7 +144,7 @@ def guess_model(state_dict: dict[str, Tensor]) -> str | None:
 
 
 def load_model(checkpoint: str | Path, model: str = "edgetam", image_size: int | None = None) -> SAM2Model:
-    """Build model ``model`` (a ``configs/model`` name) at ``image_size`` and load ``checkpoint`` strictly (eval).
+    """Build model ``model`` (a ``configs/arch`` name) at ``image_size`` and load ``checkpoint`` strictly (eval).
 
     ``checkpoint``: a Lightning training checkpoint (keys under ``student.``), an official ``{"model": sd}`` file or
     a bare state_dict. Raises :class:`~edgetam_train.models.checkpoint.CheckpointMismatchError` listing the
@@ -174,7 +174,7 @@ def export_official(model: SAM2Model, out: str | Path, model_name: str = "edgeta
     Args:
         model: the source model (unfused; its state_dict has the official keys).
         out: the ``.pt`` file to write (parent directories are created).
-        model_name: the ``configs/model`` name ``model`` was built from (for the reload).
+        model_name: the ``configs/arch`` name ``model`` was built from (for the reload).
     """
     path = save_checkpoint(model, out)
     reloaded = load_model(path, model_name, image_size=model.image_size)

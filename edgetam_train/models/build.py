@@ -1,4 +1,4 @@
-"""Build SAM 2-family models by name from ``configs/model/<name>.yaml``.
+"""Build SAM 2-family models by name from ``configs/arch/<name>.yaml``.
 
 Names: ``edgetam`` (student) and ``sam2.1_hiera_{t,s,b+,l}`` (teachers); aliases such as ``sam2.1_hiera_base_plus``
 are accepted. Inside a Hydra run the model tree comes from the composed config instead (``hydra.utils.instantiate``).
@@ -16,7 +16,7 @@ from ..config import CONFIG_DIR, register_resolvers
 from .checkpoint import load_checkpoint
 from .sam2_model import SAM2Model
 
-MODEL_DIR = CONFIG_DIR / "model"
+ARCH_DIR = CONFIG_DIR / "arch"
 ALIASES = {
     "sam2.1_hiera_tiny": "sam2.1_hiera_t", "sam2.1_hiera_small": "sam2.1_hiera_s",
     "sam2.1_hiera_base_plus": "sam2.1_hiera_b+", "sam2.1_hiera_large": "sam2.1_hiera_l",
@@ -24,12 +24,8 @@ ALIASES = {
 
 
 def available_models() -> list[str]:
-    """Model names with a config under configs/model/ (files whose root builds a SAM2Model)."""
-    names = []
-    for path in sorted(MODEL_DIR.glob("*.yaml")):
-        if "sam2_model.SAM2Model" in path.read_text() or path.stem.startswith("sam2.1_hiera_"):
-            names.append(path.stem)
-    return names
+    """Architecture names with a config under configs/arch/ (``_*.yaml`` are shared parts, not models)."""
+    return [path.stem for path in sorted(ARCH_DIR.glob("*.yaml")) if not path.stem.startswith("_")]
 
 
 def _load_with_defaults(path: Path) -> DictConfig:
@@ -54,7 +50,7 @@ def model_config(name: str, image_size: int | None = None) -> DictConfig:
         raise ValueError(f"unknown model variant {name!r}; valid: {', '.join(available_models())} "
                          f"(aliases: {', '.join(ALIASES)})")
     register_resolvers()
-    cfg = _load_with_defaults(MODEL_DIR / f"{key}.yaml")
+    cfg = _load_with_defaults(ARCH_DIR / f"{key}.yaml")
     if image_size is not None:
         cfg.image_size = image_size  # SAM2Model checks it (multiple of 32; of 256 with EdgeTAM's perceiver)
     return cfg

@@ -251,7 +251,7 @@ def read_frames(path: Path) -> VideoFrames:
         raise FileNotFoundError(f"--frames {path} does not exist (expected a frame folder or a video file)")
     import av
 
-    from ..data.sav import AV_ERRORS, iter_mp4_frames
+    from edgetam_train.data.formats.sav import AV_ERRORS, iter_mp4_frames
 
     try:
         frames = [rgb for _, rgb in iter_mp4_frames(path)]
@@ -320,7 +320,7 @@ def run_video(args: argparse.Namespace) -> int:
     """``edgetam-predict video``: prompt frame K, track through the video, write PNGs, masks.npz and overlay.gif."""
     from tqdm import tqdm
 
-    from ..data.vos import voc_palette
+    from edgetam_train.data.formats.vos import voc_palette
 
     points, labels, box = parse_prompts(args)
     if not 1 <= args.obj_id <= 254:

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def check_image(image: np.ndarray | Tensor | Image.Image, name: str = "image") -> np.ndarray:

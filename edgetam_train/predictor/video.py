@@ -9,93 +9,16 @@ Example::
     for frame_idx, obj_ids, video_logits in predictor.propagate(state):   # video_logits (n_obj, H, W)
         masks = predictor.masks_from_logits(video_logits)                 # bool (n_obj, H, W)
 
-Model of the computation (the transformers ``Sam2VideoModel`` / ``EdgeTamVideoModel`` semantics, item numbers
-refer to the list in ``tests/hf_reference.py``):
-
-* Each object has its own :class:`~edgetam_train.models.memory_bank.MemoryBank` and is run with batch size 1
-  (objects are never batched, so results do not depend on which other objects exist, except through
-  ``binarize_all_objects_on_prompted_frames``). Image features are computed once per frame and shared by all
-  objects (item 1).
-* A prompt (clicks, box or mask) is run *immediately* on its frame for that one object (official style; the
-  transformers session instead records inputs and runs them on the next ``model(session, frame_idx)``). The frame is
-  an *initial conditioning frame* iff the object has not been tracked on it yet: it is then segmented without
-  memory (no-memory embedding added to F16) and stored as a conditioning frame. A prompt on a frame that was
-  already tracked is a *correction*: segmented from memory with the prompts, stored as a non-conditioning frame
-  (item 3). The memory of a prompted frame is encoded right away from the binarised mask (items 7, 14).
-* Multimask output (3 masks, the best predicted IoU kept, its token makes the object pointer) on 0- or 1-point
-  frames, i.e. also on tracked frames; with >= 2 points a single mask with the decoder's dynamic-stability fallback
-  (item 5). Objects predicted absent get -1024 logits and the no-object pointer (item 6).
-* :meth:`VideoPredictor.propagate` visits frames in order; per object, a conditioning frame is never recomputed, a
-  frame whose output came from a prompt since the last visit ("fresh") is kept once, every other frame is recomputed
-  from memory and overwrites the previous non-conditioning output -- so a corrected frame that is propagated over a
-  second time is re-tracked and loses its correction, as in transformers and official SAM 2.1 (item 8). Memory is
-  encoded right after each frame (sigmoid of the high-res logits, ``* 20 - 10``) (item 7).
-* Memory read by frame t: all conditioning frames, then the non-conditioning frames t-1 .. t-6 (t+1 .. t+6 in
-  reverse); object pointers from conditioning frames not in the future and the last 15 frames (items 9-11; done by
-  :meth:`SAM2Model.read_memory`).
-* Default start of propagation: the earliest conditioning frame of the propagated objects; ``max_frames`` has the
-  official ``max_frame_num_to_track`` meaning (the start frame plus up to ``max_frames`` more); ``reverse=True`` from
-  frame 0 yields nothing, as in the official code (item 13). An object whose first prompt is on frame 2 is tracked
-  on frames 0, 1 too when a propagation starts there (from its frame-2 memory, as in transformers and the official
-  code); ``propagate(state, start_frame_idx=2)`` starts its tracking at frame 2.
-
-Options and divergences from the official predictors (``sam2`` 1.1.0 ``SAM2VideoPredictor`` and EdgeTAM's
-SAM 2.0-style predictor; see also the end of ``tests/hf_reference.py``'s docstring):
-
-* ``correction_uses_prev_logits`` (default True = official): a prompt on a frame where the object already has an
-  output (a correction, or more clicks on a conditioning frame) feeds that output's low-res logits, clamped to
-  [-32, 32], as the mask prompt together with the clicks. transformers never does (False).
-* ``memory_bf16`` (default True = both official predictors and ``Sam2VideoModel``): memory features are rounded to
-  bfloat16 when stored (we store the rounded values as float32, so only the numerics, not the storage size, follow the
-  official code). ``EdgeTamVideoModel`` keeps float32 (False).
-* ``binarize_all_objects_on_prompted_frames`` (default False = official 1.1.0 and ``EdgeTamVideoModel``): when
-  True, every object recomputed by a propagation on a frame where another object has a fresh prompted output gets its
-  memory encoded from the binarised mask (``Sam2VideoModel._batch_encode_memories`` uses ``any`` over the objects of
-  the frame; the official EdgeTAM predictor similarly re-encodes all objects of a clicked frame binarised).
-* ``fill_hole_area`` (default 0 = transformers; the official video builders use 8): background holes of at most
-  that many pixels in the low-res mask are set to logit 0.1 (official ``fill_holes_in_mask_scores``), in the returned
-  logits, in the stored logits a later correction feeds back, and (through them) in the memory of prompted frames;
-  tracked frames encode the unfilled decoder output (official). Connected components come from OpenCV
-  (``cv2.connectedComponentsWithStats``, 8-connectivity like the official CUDA kernel): one C++ call gives labels and
-  areas, and OpenCV is already installed as a dependency of albumentations (scipy.ndimage would need a second pass
-  for the areas).
-* Memory of prompted frames is encoded right away, not in a consolidation step before propagation (official), but
-  from the same input: the stored low-res logits upsampled to S x S and binarised (for clicks this equals the
-  decoder's high-res logits that transformers encodes); no non-overlap constraint.
-* Mask prompts (``add_mask``) follow the official code, not transformers: transformers encodes the memory from the
-  full-resolution mask instead of the upsampled low-res logits, and computes the object pointer with a *multimask*
-  decoder pass (its ``_single_frame_forward`` default) where the official ``_forward_sam_heads`` uses one mask;
-  measured: 1e-3 .. 2e-2 logit differences on the following frames.
-* A correction is kept by the first propagation over it only (transformers); the official EdgeTAM predictor keeps
-  it for good (``consolidated_frame_inds``), official 1.1.0 re-tracks it on every propagation, the first one
-  included (facebookresearch/sam2 issues #719, #731).
-* ``add_clicks(clear_old=False)`` appends to the object's earlier clicks on that frame (official and transformers
-  default to clearing); a box must come before any click, so a box with ``clear_old=False`` is refused only when
-  earlier clicks exist. Each call is processed on its own (transformers needs all objects clicked on a frame in one
-  call).
-* Image features: an LRU cache of ``feature_cache_size`` frames (default 4; transformers caches 1 frame, the official
-  predictor the most recent one): propagation and interactive clicks on one frame never recompute features.
-* Frames: a list of (H, W, 3) uint8 RGB arrays, a (T, H, W, 3) uint8 array, or a folder of .jpg/.jpeg/.png files
-  (all-integer names sorted numerically like the official loader, otherwise by name), each resized as uint8 with PIL
-  to S x S, /255, ImageNet mean/std (official video preprocessing). Frames are decoded lazily when their features
-  are needed. Outputs are float32 torch tensors on the model's device.
-
-Verified (random official-layout weights, S = 256, 4 frames, 2 objects, clicks / propagate / correction /
-propagate): low-res logits, IoUs and object scores equal transformers ``EdgeTamVideoModel`` / ``Sam2VideoModel``
-within 1.2e-5 with the transformers options (``tests/test_video_predictor.py``); with the default options the
-video-resolution logits equal the official ``sam2`` 1.1.0 predictor (SAM 2.1-T, two objects) and the official
-EdgeTAM predictor (one object: it fails with two, see ``tests/hf_reference.py``) within 3e-5, including the
-correction that feeds the previous logits; a two-object mask-prompt scenario matches official 1.1.0 within 6e-5, and
-with ``fill_hole_area`` 8 or 30 (official connected components replaced by OpenCV in the scratch check) within
-1.1e-4.
+The model of the computation (per-object memory banks, conditioning vs correction frames, what propagation
+recomputes), every option and every divergence from the official and transformers predictors, and what was verified
+against them: docs/video_predictor.md. Per-video state: :mod:`edgetam_train.predictor.video_state`.
 """
 
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,77 +27,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ..models.memory_bank import FrameOutput, MemoryBank
-from ..models.sam2_model import ImageFeatures, SAM2Model
+from ..models.memory_bank import FrameOutput
+from ..models.outputs import ImageFeatures
+from ..models.sam2_model import SAM2Model
 from .image import fuse_for_inference
 from .preprocess import check_image, frame_to_input, scale_points
+from .video_state import ObjectOutput, VideoState, _TrackedObject, frame_files
 
-FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 HOLE_FILL_LOGIT = 0.1  # official fill_holes_in_mask_scores value
 PREV_LOGITS_CLAMP = 32.0  # official clamp of previous logits fed back with correction clicks
-
-
-@dataclass
-class ObjectOutput:
-    """Stored result of one object on one frame.
-
-    Attributes:
-        low_res_logits: (1, S/4, S/4) mask logits (after hole filling when enabled).
-        iou: (1,) predicted IoU of the kept mask (1 for mask prompts).
-        object_score_logit: (1,) object-presence logit (> 0: present).
-        is_conditioning: True on the object's initial conditioning frames.
-    """
-
-    low_res_logits: Tensor
-    iou: Tensor
-    object_score_logit: Tensor
-    is_conditioning: bool
-
-
-@dataclass
-class _TrackedObject:
-    """Per-object tracking state: memory bank, prompts and which frames were tracked (and in which direction)."""
-
-    obj_id: int
-    bank: MemoryBank = field(default_factory=MemoryBank)
-    points: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # frame -> ((1,N,2) S-px xy, (1,N))
-    masks: dict[int, Tensor] = field(default_factory=dict)  # frame -> (1, 1, S, S) binary float
-    tracked: dict[int, bool] = field(default_factory=dict)  # frame -> tracked in reverse
-    fresh: set[int] = field(default_factory=set)  # prompted frames not yet visited by a propagation
-
-
-@dataclass(eq=False)
-class VideoState:
-    """Everything :class:`VideoPredictor` knows about one video (create with ``init_state*``).
-
-    Attributes:
-        num_frames: T.
-        video_hw: (H, W) of the original frames; clicks, boxes, masks and returned logits use it.
-        objects: obj_id -> tracking state, in order of first prompt.
-    """
-
-    num_frames: int
-    video_hw: tuple[int, int]
-    objects: dict[int, _TrackedObject] = field(default_factory=dict, repr=False)
-    # per-frame uint8 arrays / file paths, or (T, 3, S, S) normalised pixels
-    _source: list | Tensor | None = field(default=None, repr=False)
-    _features: OrderedDict = field(default_factory=OrderedDict, repr=False)  # frame -> ImageFeatures (LRU)
-    # memory position encoding: depends only on the size, so one tensor is shared by all stored frames
-    _memory_pos: Tensor | None = field(default=None, repr=False)
-
-    @property
-    def obj_ids(self) -> list[int]:
-        return list(self.objects)
-
-
-def frame_files(folder: Path) -> list[Path]:
-    """Image files of a frame folder, numerically sorted when every stem is an integer, else by name."""
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS]
-    if not files:
-        raise ValueError(f"no {'/'.join(FRAME_EXTENSIONS)} frames found in {str(folder)!r}")
-    if all(p.stem.isdigit() for p in files):
-        return sorted(files, key=lambda p: (int(p.stem), p.name))
-    return sorted(files, key=lambda p: p.name)
 
 
 def fill_holes(logits: Tensor, max_area: int) -> Tensor:

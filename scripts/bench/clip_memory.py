@@ -28,11 +28,11 @@ def one_step(size: int, frames: int, objects: int, teacher_name: str, device: st
     """Build student + teacher, run one clip step with backward; report memory in bytes."""
     import torch
 
-    from edgetam_train.losses import DistillationLoss
-    from edgetam_train.lightning_module import DistillationModule
+    from edgetam_train.distill.losses import DistillationLoss
+    from edgetam_train.distill.module import DistillationModule
+    from edgetam_train.distill.prompting import PromptConfig
+    from edgetam_train.distill.teacher import FrozenTeacher
     from edgetam_train.models.build import build_model
-    from edgetam_train.prompting import PromptConfig
-    from edgetam_train.teacher import FrozenTeacher
 
     torch.manual_seed(0)
     student = build_model("edgetam", image_size=size).to(device)

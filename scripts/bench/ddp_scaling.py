@@ -43,9 +43,9 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from edgetam_train.config import CONFIG_DIR, register_resolvers  # noqa: E402
-from edgetam_train.data.sa1b import SA1BDataset, collate_sa1b  # noqa: E402
-from edgetam_train.lightning_module import DistillationModule  # noqa: E402
-from edgetam_train.optim import build_optimizer  # noqa: E402
+from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
+from edgetam_train.distill.module import DistillationModule
+from edgetam_train.distill.optim import build_optimizer
 
 
 def write_sample_images(out: Path, images: int, masks: int) -> Path:
@@ -63,7 +63,7 @@ def build_module(image_size: int, teacher: str, clicks: int) -> DistillationModu
     """The quick-start DistillationModule at ``image_size`` with a randomly initialised ``teacher`` (seed 0)."""
     register_resolvers()
     overrides = ["experiment=edgetam_distill", "debug=quickstart", "paths.root_dir=/tmp/unused",
-                 "paths.output_dir=/tmp/unused/out", f"model@model.teacher.net={teacher}",
+                 "paths.output_dir=/tmp/unused/out", f"arch@model.teacher.net={teacher}",
                  f"model.student.image_size={image_size}", f"model.teacher.net.image_size={image_size}",
                  f"model.prompts.num_correction_clicks={clicks}"]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--masks", type=int, default=3, help="masks per image")
     p.add_argument("--clicks", type=int, default=7, help="correction clicks (decoder passes = 1 + clicks)")
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--teacher", default="sam2.1_hiera_t", help="teacher config (configs/model/<name>.yaml)")
+    p.add_argument("--teacher", default="sam2.1_hiera_t", help="teacher config (configs/arch/<name>.yaml)")
     p.add_argument("--steps", type=int, default=6, help="timed steps per side")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")

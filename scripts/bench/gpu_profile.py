@@ -43,9 +43,9 @@ sys.path.insert(0, str(BENCH_DIR))
 from run_all import DOC, update_section  # noqa: E402
 from teacher_cache import build_module, step_flops, synthetic_batch  # noqa: E402
 
-from edgetam_train import cache_teacher  # noqa: E402
-from edgetam_train.optim import build_optimizer  # noqa: E402
-from edgetam_train.teacher import FrozenTeacher  # noqa: E402
+from edgetam_train.distill import cache_teacher  # noqa: E402
+from edgetam_train.distill.optim import build_optimizer
+from edgetam_train.distill.teacher import FrozenTeacher
 
 # dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets; first match wins
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=1, help="images per step")
     p.add_argument("--masks", type=int, default=64, help="masks per image (paper: 64)")
     p.add_argument("--clicks", type=int, default=7, help="correction clicks (decoder passes = 1 + clicks)")
-    p.add_argument("--teacher", default="sam2.1_hiera_b+", help="teacher model (configs/model/<name>.yaml)")
+    p.add_argument("--teacher", default="sam2.1_hiera_b+", help="teacher model (configs/arch/<name>.yaml)")
     p.add_argument("--modes", default="live,cached", help="live (teacher runs), cached (teacher F16 in the batch)")
     p.add_argument("--compile", choices=["none", "encoder", "student"], default="student",
                    help="what of the student torch.compile builds (default: encoder, prompt encoder, mask decoder)")

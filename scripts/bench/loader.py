@@ -35,8 +35,10 @@ from torch.utils.data import DataLoader, RandomSampler
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from edgetam_train.data.sa1b import SA1BDataset, check_rle, collate_sa1b, resize_mask_colmajor, resized_hw  # noqa: E402
+from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
+from edgetam_train.data.formats.rle import check_rle, resize_mask_colmajor
 from edgetam_train.data.skips import BadSample  # noqa: E402
+from edgetam_train.data.transforms import resized_hw
 
 GOAL = 5.0
 

@@ -53,12 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _timing.py
 sys.path.insert(0, str(REPO / "tests"))  # hf_reference: random official weights + the transformers session recipe
 
 from _timing import interleaved  # noqa: E402
+from hf_reference import Click, _add_clicks, _processor, _session, random_official_state_dict  # noqa: E402
+
 from edgetam_train.export.hf_mapping import build_hf_model  # noqa: E402
 from edgetam_train.models.build import build_model  # noqa: E402
 from edgetam_train.models.memory_bank import MemoryBank  # noqa: E402
 from edgetam_train.models.sam2_model import SAM2Model  # noqa: E402
 from edgetam_train.predictor.image import ImagePredictor, fuse_for_inference  # noqa: E402
-from hf_reference import Click, _add_clicks, _processor, _session, random_official_state_dict  # noqa: E402
 
 GOAL = 0.8
 NUM_FRAMES = 8  # frame 7 reads frame 0 (conditioning) + frames 1-6: a full 7-frame memory bank

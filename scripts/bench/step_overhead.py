@@ -44,10 +44,10 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from edgetam_train.config import CONFIG_DIR, register_resolvers  # noqa: E402
-from edgetam_train.data.fixed_batch import FixedBatch  # noqa: E402
-from edgetam_train.data.sa1b import SA1BDataset, collate_sa1b  # noqa: E402
-from edgetam_train.lightning_module import DistillationModule  # noqa: E402
-from edgetam_train.training import _instantiate_list  # noqa: E402
+from edgetam_train.data.datasets.fixed_batch import FixedBatch
+from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
+from edgetam_train.distill.module import DistillationModule
+from edgetam_train.run.train import _instantiate_list
 
 GOAL = 1.05
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> bool:
     p.add_argument("--masks", type=int, default=3, help="masks per image")
     p.add_argument("--clicks", type=int, default=7, help="correction clicks (decoder passes = 1 + clicks)")
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--teacher", default="sam2.1_hiera_t", help="teacher config (configs/model/<name>.yaml)")
+    p.add_argument("--teacher", default="sam2.1_hiera_t", help="teacher config (configs/arch/<name>.yaml)")
     p.add_argument("--accelerator", default="cpu", help="cpu or gpu")
     p.add_argument("--precision", default="32-true", help="Lightning precision (e.g. bf16-mixed on a GPU)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default); 1 keeps the timings "
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> bool:
 
         total = args.steps + args.warmup + 1
         overrides = ["experiment=edgetam_distill", "debug=quickstart", f"paths.root_dir={tmp}",
-                     f"paths.output_dir={tmp / 'run'}", f"model@model.teacher.net={args.teacher}",
+                     f"paths.output_dir={tmp / 'run'}", f"arch@model.teacher.net={args.teacher}",
                      f"model.student.image_size={args.image_size}", f"model.teacher.net.image_size={args.image_size}",
                      f"model.prompts.num_correction_clicks={args.clicks}", f"trainer.max_steps={total}",
                      f"trainer.accelerator={args.accelerator}", f"trainer.precision={args.precision}",

@@ -46,15 +46,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _timing.py
 from _timing import interleaved  # noqa: E402
 from lightning.fabric.utilities.throughput import measure_flops  # noqa: E402
 
-from edgetam_train import cache_teacher  # noqa: E402
-from edgetam_train.data.sa1b import SA1BDataset, collate_sa1b  # noqa: E402
-from edgetam_train.data.teacher_cache import TeacherCache  # noqa: E402
-from edgetam_train.lightning_module import DistillationModule  # noqa: E402
-from edgetam_train.losses import DistillationLoss, TaskLoss  # noqa: E402
+from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
+from edgetam_train.data.teacher_cache import TeacherCache
+from edgetam_train.distill import cache_teacher  # noqa: E402
+from edgetam_train.distill.losses import DistillationLoss, TaskLoss
+from edgetam_train.distill.module import DistillationModule
+from edgetam_train.distill.optim import build_optimizer
+from edgetam_train.distill.prompting import PromptConfig
+from edgetam_train.distill.teacher import FrozenTeacher
 from edgetam_train.models.build import build_model  # noqa: E402
-from edgetam_train.optim import build_optimizer  # noqa: E402
-from edgetam_train.prompting import PromptConfig  # noqa: E402
-from edgetam_train.teacher import FrozenTeacher  # noqa: E402
 
 GOAL = 0.35
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> bool:
     """Run the benchmark; returns True when the first configuration's ratio meets the goal."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--teacher", default="sam2.1_hiera_b+", help="teacher model (configs/model/<name>.yaml)")
+    p.add_argument("--teacher", default="sam2.1_hiera_b+", help="teacher model (configs/arch/<name>.yaml)")
     p.add_argument("--images", type=int, default=1, help="images per batch")
     p.add_argument("--masks", type=int, nargs="+", default=[64, 4],
                    help="masks per image, one configuration each (the first is the reported ratio)")

@@ -1,8 +1,5 @@
 """What multi-process and cluster runs need beyond Lightning's own plumbing.
 
-- ``env_rank_is_zero``: whether this process is global rank 0, from the launcher's environment variables, before any
-  Trainer exists (Hydra writes the run directory's ``.hydra/`` and log file before ``train.py`` runs: only rank 0
-  should, see ``configs/hydra/default.yaml``).
 - ``newest_resume_checkpoint``: ``ckpt_path=auto`` resumes from the newest of ``checkpoints/last.ckpt`` and the
   ``hpc_ckpt_N.ckpt`` that Lightning's SLURM auto-requeue saves on the requeue signal.
 - ``assign_wandb_run_ids``: one W&B run per training run: the id is stored in the run directory on a fresh start and
@@ -24,35 +21,15 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from edgetam_train.distributed import env_rank_is_zero
+
 log = logging.getLogger(__name__)
 
-# launcher variables that hold a global, node or local rank: torchrun (RANK, LOCAL_RANK, GROUP_RANK), Lightning's
-# subprocess launcher (LOCAL_RANK, NODE_RANK), srun (SLURM_PROCID = global rank)
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
 WANDB_ID_FILE = "wandb_run_id.txt"
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
 # config keys that name credentials (matched on the last key component, case-insensitive)
 SECRET_KEY = re.compile(r"(^|_)(api_?key|apikey|token|secret|password|passwd)$", re.IGNORECASE)
 SECRET_ENV = ("WANDB_API_KEY",)
-
-
-def env_rank_is_zero(environ: dict[str, str] | None = None) -> bool:
-    """True unless a launcher variable (``RANK_VARIABLES``) says this process has a non-zero global, node or local
-    rank. A plain ``python train.py`` is rank 0; so is the process that Lightning's launcher starts the others from."""
-    env = os.environ if environ is None else environ
-    for name in RANK_VARIABLES:
-        value = env.get(name, "0").strip() or "0"
-        try:
-            if int(value) != 0:
-                return False
-        except ValueError:
-            raise ValueError(f"environment variable {name}={value!r}: expected an integer rank") from None
-    return True
-
-
-def rank_zero_or(value: Any, other: Any = None) -> Any:
-    """``value`` on global rank 0, else ``other`` (OmegaConf resolver ``${rank_zero_or:value,other}``)."""
-    return value if env_rank_is_zero() else other
 
 
 def newest_resume_checkpoint(output_dir: str | Path) -> Path | None:

@@ -32,23 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import albumentations as A
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edgetam_train.data.sa1b import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SA1BDataset,
-    build_resize,
-)
+from edgetam_train.data.datasets.sa1b import SA1BDataset
 from edgetam_train.data.skips import BadSample, SkipCounter, first_readable
-
-# Affine fill: the mean colour, so filled corners become ~0 after normalisation, like the padding.
-MEAN_RGB: tuple[int, int, int] = tuple(round(255 * m) for m in IMAGENET_MEAN)  # (124, 116, 104)
-
+from edgetam_train.data.transforms import ClipAugment, as_augment, normalize_pad
 
 # --------------------------------------------------------------------------------------------------------------------
 # Temporal and object sampling
@@ -98,119 +88,6 @@ def sample_objects(candidates: np.ndarray, max_objects: int, rng: np.random.Gene
 # --------------------------------------------------------------------------------------------------------------------
 # Augmentation: one random draw for the whole clip
 # --------------------------------------------------------------------------------------------------------------------
-
-
-class ClipAugment:
-    """The stage-2 augmentation, identical on every frame of a clip (``normalize_pad`` then makes the tensors).
-
-    Pipeline (albumentations, after the loaders resized the frames to longest side S): HorizontalFlip(hflip_p) ->
-    Affine(rotate ±degrees, x-shear ±shear, bilinear, mean-colour fill; masks nearest, 0 fill) -> ColorJitter
-    (brightness, contrast, saturation, hue) -> ToGray(grayscale_p). The paper's recipe is the default (hflip,
-    affine 25° / shear 20, colour jitter 0.1, grayscale 0.05).
-
-    Frames 1..T-1 are ``additional_targets`` of frame 0, so albumentations draws the parameters once per clip; every
-    object mask of every frame rides along as one ``masks`` stack. The affine is applied after the resize rather than
-    before (SAM 2's order): rotation and shear about the centre commute with an aspect-preserving resize, so only the
-    interpolation differs, and the warp runs on S-sized instead of full-size frames.
-
-    Args:
-        image_size: output side S (``normalize_pad`` pads to it).
-        hflip_p, degrees, shear, brightness, contrast, saturation, hue, grayscale_p: see above (0 disables a step).
-    """
-
-    def __init__(
-        self,
-        image_size: int,
-        hflip_p: float = 0.5,
-        degrees: float = 25.0,
-        shear: float = 20.0,
-        brightness: float = 0.1,
-        contrast: float = 0.1,
-        saturation: float = 0.1,
-        hue: float = 0.0,
-        grayscale_p: float = 0.05,
-    ) -> None:
-        self.image_size = image_size
-        self.hflip_p, self.degrees, self.shear, self.grayscale_p = hflip_p, degrees, shear, grayscale_p
-        self.jitter = (brightness, contrast, saturation, hue)
-        self._pipelines: dict[tuple[int, bool], A.Compose] = {}
-
-    @classmethod
-    def identity(cls, image_size: int) -> ClipAugment:
-        """No augmentation (validation, tests): frames and masks pass through unchanged."""
-        return cls(image_size, hflip_p=0.0, degrees=0.0, shear=0.0, brightness=0.0, contrast=0.0, saturation=0.0,
-                   hue=0.0, grayscale_p=0.0)
-
-    @property
-    def has_geometry(self) -> bool:
-        """True when the affine step can move pixels (what ``finish_clip`` retries or leaves out)."""
-        return self.degrees > 0 or self.shear > 0
-
-    def pipeline(self, num_frames: int, geometric: bool = True) -> A.Compose:
-        """The albumentations Compose for ``num_frames`` frames (cached); ``geometric=False`` leaves out the affine."""
-        key = (num_frames, geometric and self.has_geometry)
-        if key not in self._pipelines:
-            steps: list[A.BasicTransform] = []
-            if self.hflip_p > 0:
-                steps.append(A.HorizontalFlip(p=self.hflip_p))
-            if key[1]:
-                steps.append(A.Affine(rotate=(-self.degrees, self.degrees),
-                                      shear={"x": (-self.shear, self.shear), "y": (0.0, 0.0)},
-                                      interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
-                                      border_mode=cv2.BORDER_CONSTANT, fill=MEAN_RGB, fill_mask=0, p=1.0))
-            if any(self.jitter):
-                b, c, s, h = self.jitter
-                steps.append(A.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h, p=1.0))
-            if self.grayscale_p > 0:
-                steps.append(A.ToGray(num_output_channels=3, p=self.grayscale_p))
-            extra = {f"image{t}": "image" for t in range(1, num_frames)}
-            self._pipelines[key] = A.Compose(steps, additional_targets=extra)
-        return self._pipelines[key]
-
-    def __call__(
-        self, frames: Sequence[np.ndarray], masks: np.ndarray, seed: int, geometric: bool = True
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Augment a clip with the parameters drawn from ``seed``.
-
-        Args:
-            frames: T uint8 (h, w, 3) frames of one size, h and w <= S.
-            masks: uint8 (T, K, h, w) 0/1 object masks.
-            seed: seeds albumentations' draw (same seed, same parameters).
-            geometric: False leaves out the affine.
-        Returns:
-            uint8 (T, h, w, 3) frames; uint8 (T, K, h, w) masks.
-        """
-        t, k, h, w = masks.shape
-        pipe = self.pipeline(len(frames), geometric)
-        if not pipe.transforms:
-            return np.stack(frames), masks
-        pipe.set_random_seed(int(seed))
-        inputs = {f"image{i}": frame for i, frame in enumerate(frames[1:], start=1)}
-        out = pipe(image=frames[0], masks=masks.reshape(t * k, h, w), **inputs)
-        images = np.stack([out["image"]] + [out[f"image{i}"] for i in range(1, len(frames))])
-        return images, np.asarray(out["masks"]).reshape(t, k, h, w)
-
-
-_MEAN_255 = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
-_STD_255 = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
-
-
-def normalize_pad(frames: np.ndarray, masks: np.ndarray, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (T, h, w, 3) frames and (T, K, h, w) masks -> float32 (T, 3, S, S) ImageNet-normalised frames and bool
-    (T, K, S, S) masks, padded bottom/right with 0 (after normalisation: the mean colour; SAM's convention).
-
-    Written straight into the padded channel-first tensors (one pass per frame, no float HWC intermediate).
-    """
-    t, h, w, _ = frames.shape
-    images = torch.empty(t, 3, image_size, image_size)  # each element written once: padding zeroed, the rest copied
-    images[:, :, h:].zero_()
-    images[:, :, :h, w:].zero_()
-    valid = images[:, :, :h, :w]
-    valid.copy_(torch.from_numpy(frames).permute(0, 3, 1, 2))
-    valid.sub_(_MEAN_255).div_(_STD_255)
-    out_masks = torch.zeros(t, masks.shape[1], image_size, image_size, dtype=torch.bool)
-    out_masks[:, :, :h, :w] = torch.from_numpy(np.ascontiguousarray(masks)).view(torch.bool)
-    return images, out_masks
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -284,33 +161,9 @@ def finish_clip(
     }
 
 
-def resize_frames(frames: Sequence[np.ndarray], image_size: int) -> list[np.ndarray]:
-    """Each uint8 (H, W, 3) frame resized to longest side ``image_size`` (area when shrinking, as for SA-1B)."""
-    resize = build_resize(image_size)
-    return [resize(image=f)["image"] for f in frames]
-
-
-def resize_label(label: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an (H, W) integer map to ``out_hw`` (what resizing each object mask gives)."""
-    if label.shape == tuple(out_hw):
-        return label
-    return cv2.resize(label, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_NEAREST)
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Datasets
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def as_augment(augment: ClipAugment | Mapping[str, Any] | None, image_size: int) -> ClipAugment:
-    """A ``ClipAugment`` from an instance, a dict of its arguments (config ``data.augment``), or None (identity)."""
-    if augment is None:
-        return ClipAugment.identity(image_size)
-    if isinstance(augment, ClipAugment):
-        if augment.image_size != image_size:
-            raise ValueError(f"ClipAugment pads to {augment.image_size} but the dataset's image_size is {image_size}")
-        return augment
-    return ClipAugment(image_size, **dict(augment))
 
 
 class ClipDataset(Dataset):

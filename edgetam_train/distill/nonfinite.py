@@ -26,6 +26,9 @@ from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
+# trainer.max_consecutive_nonfinite when the trainer does not set it (edgetam_train.run.trainer.Trainer)
+DEFAULT_MAX_CONSECUTIVE_NONFINITE = 5
+
 
 class NonFiniteLossError(RuntimeError):
     """Raised after ``trainer.max_consecutive_nonfinite`` skipped steps in a row."""

@@ -1,19 +1,4 @@
-"""DAVIS / MOSE / YouTube-VOS style clips: ``JPEGImages/<video>/<frame>.jpg`` + ``Annotations/<video>/<frame>.png``.
-
-Each annotation is an indexed PNG (palette "P" mode, or 8-bit grey "L"): pixel value = object id, 0 = background,
-255 = void (DAVIS marks uncertain borders with it; never an object, not part of any mask). The annotated frames of
-a video are the frames that have both a jpg and a png (YouTube-VOS train annotates every 5th frame; DAVIS and MOSE
-every frame); clips take ``clip_len`` consecutive annotated frames. Frame files are ordered by their number when all
-names are numbers, else by name.
-
-Layouts: MOSE and YouTube-VOS (``train/``) use the default ``image_dir="JPEGImages"``, ``mask_dir="Annotations"``;
-DAVIS 2017 has a resolution level (``image_dir="JPEGImages/480p"``, ``mask_dir="Annotations/480p"``) and split
-lists (``split_file=ImageSets/2017/train.txt``).
-
-Bad videos are skipped and counted: fewer annotated frames than the clip (too_short), a video or frame that is
-missing (missing_frame), a corrupt jpg (corrupt_image) or png (corrupt_mask), a png that is not indexed
-(bad_annotation), png and jpg sizes that disagree (size_mismatch), no clip whose first frame has an object (no_masks).
-"""
+"""DAVIS / MOSE / YouTube-VOS clip dataset (stage 2) over the layout read by :mod:`edgetam_train.data.formats.vos`."""
 
 from __future__ import annotations
 
@@ -22,66 +7,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
 
-from edgetam_train.data.clips import ClipDataset, RawClip, clip_positions, resize_frames, resize_label, sample_objects
-from edgetam_train.data.sa1b import read_image, resized_hw
+from edgetam_train.data.datasets.clips import ClipDataset, RawClip, clip_positions, sample_objects
+from edgetam_train.data.formats.images import read_image
+from edgetam_train.data.formats.vos import frame_order, list_stems, object_ids, read_label
 from edgetam_train.data.skips import BadSample
-
-VOID_ID = 255
-
-
-def voc_palette() -> list[int]:
-    """The 256-colour PASCAL VOC palette DAVIS annotations use, as ``Image.putpalette`` takes it (768 ints: index 1 =
-    dark red, 2 = green, ..., 255 = cream)."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-def list_stems(directory: Path, ext: str) -> dict[str, str]:
-    """{stem: file name} of the non-hidden ``*<ext>`` files in ``directory``. Raises ``BadSample`` missing_frame."""
-    try:
-        with os.scandir(directory) as it:
-            return {e.name[: -len(ext)]: e.name for e in it if e.name.endswith(ext) and not e.name.startswith(".")}
-    except (FileNotFoundError, NotADirectoryError):
-        raise BadSample("missing_frame", str(directory), "directory missing") from None
-
-
-def frame_order(stems: Sequence[str]) -> list[str]:
-    """``stems`` sorted by their number when all are numbers (``"5"`` before ``"10"``), else by name."""
-    if all(s.isdigit() for s in stems):
-        return sorted(stems, key=int)
-    return sorted(stems)
-
-
-def read_label(path: Path) -> np.ndarray:
-    """uint8 (H, W) object ids of an indexed PNG. Raises ``BadSample`` missing_frame / corrupt_mask / bad_annotation."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("P", "L"):
-                raise BadSample("bad_annotation", str(path),
-                                f"expected an indexed (palette 'P' or grey 'L') PNG of object ids, got mode {im.mode}")
-            return np.asarray(im)
-    except FileNotFoundError:
-        raise BadSample("missing_frame", str(path), "annotation missing") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise BadSample("corrupt_mask", str(path), f"{type(e).__name__}: {e}") from None
-
-
-def object_ids(label: np.ndarray, ignore: Sequence[int] = (0, VOID_ID)) -> np.ndarray:
-    """Sorted int64 ids present in ``label`` other than background and void."""
-    ids = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
-    return ids[~np.isin(ids, ignore)].astype(np.int64)
+from edgetam_train.data.transforms import resize_frames, resize_label, resized_hw
 
 
 class VOSDataset(ClipDataset):

@@ -138,7 +138,7 @@ def feature_distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------- task loss
 def _step_field(step: Any, key: str) -> Tensor:
-    """``step[key]`` for a mapping, ``step.key`` otherwise (e.g. :class:`edgetam_train.prompting.PromptStep`)."""
+    """``step[key]`` for a mapping, ``step.key`` otherwise (e.g. :class:`edgetam_train.distill.prompting.PromptStep`)."""
     if isinstance(step, Mapping):
         if key not in step:
             raise KeyError(f"prompting step output has no '{key}' (keys: {sorted(step)}); expected 'multimasks' "

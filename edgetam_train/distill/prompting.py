@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .models.memory_bank import FrameOutput, MemoryBank
-from .models.sam2_model import ImageFeatures, SAM2Model
+from edgetam_train.models.memory_bank import FrameOutput, MemoryBank
+from edgetam_train.models.sam2_model import ImageFeatures, SAM2Model
 
 
 @dataclass
@@ -275,21 +275,3 @@ def run_clip(model: SAM2Model, frame_feats: list[ImageFeatures], gt: Tensor, pla
         bank.add(t, out, is_cond=is_init or (corrected and cfg.corrected_frames_are_cond))
         records.append(FrameRecord(t, steps, mem_mask, out.pix_feat, read_memory=not is_init))
     return records
-
-
-def image_prompt_steps(model: SAM2Model, feats: ImageFeatures, gt: Tensor, cfg: PromptConfig,
-                       kind: str | None = None) -> list[PromptStep]:
-    """Interactive segmentation of N objects on their images (a clip of one frame), as SAM 2 trains on images.
-
-    Args:
-        model: the model whose decoder is trained.
-        feats: per-object image features (``ImageFeatures.select(obj_to_img)``), N rows.
-        gt: (N, 1, S, S) bool ground-truth masks at model-input size.
-        cfg: prompt settings; ``kind`` forces the first prompt type.
-    Returns:
-        1 + ``cfg.num_correction_clicks`` :class:`PromptStep`, in order.
-    """
-    plan = plan_clip(1, cfg)
-    if kind is not None:
-        plan.first_kind = kind
-    return run_clip(model, [feats], gt[None], plan, cfg)[0].steps

@@ -1,7 +1,7 @@
 """What ``python train.py`` does: compose -> instantiate data, model, callbacks, loggers, trainer -> fit.
 
 Lightning does the plumbing (strategies, precision, checkpointing, logging); this file only wires the Hydra config
-to it, resolves ``ckpt_path: auto`` to the run's last checkpoint (or the newer SLURM requeue checkpoint), keeps one
+to it, checks the config before anything is built, resolves ``ckpt_path: auto`` to the run's last checkpoint (or the newer SLURM requeue checkpoint), keeps one
 W&B run id per run directory, refuses credentials in the config, and turns config mistakes into clear errors.
 """
 
@@ -16,8 +16,9 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from edgetam_train.config import CONFIG_DIR, register_resolvers
+
 from .cluster import assign_wandb_run_ids, check_no_secrets, newest_resume_checkpoint
-from .config import CONFIG_DIR, register_resolvers
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +46,9 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     return str(ckpt_path)
 
 
-def _model_choice() -> str | None:
-    """The option picked for the ``model`` group (``model=<name>``) when running under Hydra, else None."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
-    except Exception:  # noqa: BLE001 - only used to word an error message
-        return None
-
-
 def check_model_config(model_cfg: DictConfig | None) -> None:
-    """Fail before anything is built when the ``model`` group does not select a LightningModule.
-
-    ``model=edgetam`` (an architecture) is the usual mistake: the model group picks the training module
-    (``model=distill_image``) and the architectures go under ``model.student`` / ``model.teacher.net``.
-    """
+    """Fail before anything is built when ``model._target_`` is not a LightningModule (the ``model`` group holds the
+    training modules; architectures are the ``arch`` group, under ``model.student`` / ``model.teacher.net``)."""
     target = model_cfg.get("_target_") if isinstance(model_cfg, DictConfig) else None
     cls = None
     if target:
@@ -69,26 +57,24 @@ def check_model_config(model_cfg: DictConfig | None) -> None:
         except Exception as e:  # noqa: BLE001 - reported below with the config key
             raise ValueError(f"model._target_={target} cannot be imported: {e}") from e
     if cls is None or not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
-        choice = _model_choice()
-        picked = f"model={choice} selects {target}" if choice else f"model._target_={target}"
-        raise ValueError(f"{picked}, which is not a LightningModule: the model group selects the training module "
+        raise ValueError(f"model._target_={target}, which is not a LightningModule: the model group selects the training module "
                          f"(model=distill_image, or model=distill_video); architectures (edgetam, "
-                         f"sam2.1_hiera_t/s/b+/l) go under it: model@model.student=edgetam, "
-                         f"model@model.teacher.net=sam2.1_hiera_t")
+                         f"sam2.1_hiera_t/s/b+/l) go under it: arch@model.student=edgetam, "
+                         f"arch@model.teacher.net=sam2.1_hiera_t")
 
 
-def teacher_cache_overrides(cfg: DictConfig) -> dict[str, Any]:
-    """``{"teacher": None}`` (build no teacher) when ``data.teacher_cache`` is set, after checking that the cache was
-    made by the configured ``model.teacher``; ``{}`` otherwise. The data side (image size, transform, image list,
-    views) is checked by the DataModule."""
+def check_teacher_choice(cfg: DictConfig) -> None:
+    """Refuse a teacher cache without the cached teacher and the reverse, before anything is built: the SA-1B loader
+    reads ``data.teacher_cache`` and ``model/teacher=cached`` consumes what it read."""
     cache = cfg.get("data", {}).get("teacher_cache")
-    if not cache:
-        return {}
-    from .data.teacher_cache import check_teacher_config
-
-    check_teacher_config(cache, cfg.model.get("teacher"))
-    log.info("teacher F16 read from the cache %s: no teacher is built", cache)
-    return {"teacher": None}
+    teacher = cfg.get("model", {}).get("teacher")
+    cached = isinstance(teacher, DictConfig) and str(teacher.get("_target_", "")).endswith(".CachedTeacher")
+    if cache and not cached:
+        raise ValueError(f"data.teacher_cache={cache} is set but model.teacher is not the cached teacher: add "
+                         f"model/teacher=cached (or drop data.teacher_cache to run the teacher live)")
+    if cached and not cache:
+        raise ValueError("model/teacher=cached reads the teacher's F16 from data.teacher_cache: set "
+                         "data.teacher_cache=<dir written by edgetam-cache-teacher>")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -96,11 +82,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     register_resolvers()
     check_no_secrets(cfg)  # before anything writes the config (config_resolved.yaml, logger hyper-parameters)
     check_model_config(cfg.get("model"))
+    check_teacher_choice(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    model = hydra.utils.instantiate(cfg.model, _convert_="partial", **teacher_cache_overrides(cfg))
+    model = hydra.utils.instantiate(cfg.model, _convert_="partial")
     output_dir = cfg.paths.output_dir
     ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     # W&B: the run id stored in the run directory when resuming, else a new one (configs/logger/wandb.yaml)

@@ -23,7 +23,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins import TorchCheckpointIO
 
-from .models.checkpoint import atomic_torch_save
+from edgetam_train.models.checkpoint import atomic_torch_save
 
 log = logging.getLogger(__name__)
 

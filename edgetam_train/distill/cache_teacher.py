@@ -38,10 +38,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from edgetam_train.data import teacher_cache as tc
-from edgetam_train.data.sa1b import build_augment, build_resize, load_index, read_image, read_split_file
+from edgetam_train.data.formats.images import read_image
+from edgetam_train.data.formats.sa1b import load_index, read_split_file
 from edgetam_train.data.skips import BadSample
+from edgetam_train.data.transforms import build_augment, build_resize
+from edgetam_train.distributed import env_rank_and_world
 
-log = logging.getLogger("edgetam_train.cache_teacher")
+log = logging.getLogger("edgetam_train.distill.cache_teacher")
 
 
 class CacheViews(Dataset):
@@ -76,18 +79,6 @@ class CacheViews(Dataset):
             return torch.from_numpy(pipeline(image=image)["image"]).permute(2, 0, 1).contiguous()
 
         return {"row": row, "orig": view(self.plain), "flip": view(self.flipped) if self.flip else blank, "ok": True}
-
-
-def rank_and_world(rank: int | None, world: int | None) -> tuple[int, int]:
-    """(rank, world size) from the arguments, else torchrun's RANK/WORLD_SIZE, else SLURM's, else (0, 1)."""
-    env = os.environ
-    if rank is None:
-        rank = int(env.get("RANK", env.get("SLURM_PROCID", 0)))
-    if world is None:
-        world = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
-    if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} outside world size {world}")
-    return rank, world
 
 
 def pick_device(name: str) -> torch.device:
@@ -173,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="SA-1B directory tree (data.root)")
     p.add_argument("--out", required=True, type=Path, help="cache directory (then train with data.teacher_cache=OUT)")
-    p.add_argument("--teacher", default="sam2.1_hiera_b+", help="teacher model (configs/model/<name>.yaml)")
+    p.add_argument("--teacher", default="sam2.1_hiera_b+", help="teacher model (configs/arch/<name>.yaml)")
     weights = p.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", help="official SAM 2.1 checkpoint of the teacher (its sha256 is recorded)")
     weights.add_argument("--random-init-seed", type=int, help="random teacher weights drawn with this seed "
@@ -200,7 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from edgetam_train.models.build import model_config
 
     t_start = time.perf_counter()
-    rank, world = rank_and_world(args.rank, args.world_size)
+    rank, world = env_rank_and_world(args.rank, args.world_size)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.image_size % tc.F16_STRIDE:

@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-DEFAULT_MAX_CONSECUTIVE_NONFINITE = 5
+from edgetam_train.distill.nonfinite import DEFAULT_MAX_CONSECUTIVE_NONFINITE
 
 
 class Trainer(pl.Trainer):

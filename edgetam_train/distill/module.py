@@ -9,7 +9,7 @@ is segmented from memory; the teacher replays the student's prompts with its own
 Logged every step: ``train/loss`` and each term (``train/loss_task``, ``loss_f16``, ``loss_fm``, ``loss_mask``,
 ``loss_dice``, ``loss_iou``, ``loss_class``), ``train/num_objects``, and the running totals of bad samples the loaders
 skipped, ``data/skipped`` and ``data/skipped_<reason>`` (summed over steps and ranks, kept across resume), and
-``train/nonfinite_steps``: steps skipped (no update) because a loss term was NaN/inf (:mod:`edgetam_train.nonfinite`).
+``train/nonfinite_steps``: steps skipped (no update) because a loss term was NaN/inf (:mod:`edgetam_train.distill.nonfinite`).
 Validation (``data.val``, every ``trainer.val_check_interval`` batches) logs ``val/J&F``, ``val/J``, ``val/F`` and
 ``val/mIoU_1click`` (:meth:`DistillationModule.validation_step`).
 
@@ -30,16 +30,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data.skips import REASONS
-from .eval.validation import ValScores, one_click_ious, score_video, track_video
+from edgetam_train.data.skips import REASONS
+from edgetam_train.eval.validation import ValScores, one_click_ious, score_video, track_video
+from edgetam_train.models.checkpoint import check_state_dict, read_state_dict
+from edgetam_train.models.sam2_model import SAM2Model
+
 from .losses import DistillationLoss, sum_loss_dicts
-from .models.checkpoint import check_state_dict, read_state_dict
-from .models.sam2_model import SAM2Model
-from .nonfinite import NonFiniteGuard, zero_loss
+from .nonfinite import DEFAULT_MAX_CONSECUTIVE_NONFINITE, NonFiniteGuard, zero_loss
 from .optim import build_optimizer, build_scheduler
 from .prompting import PromptConfig, plan_clip, run_clip
-from .teacher import FrozenTeacher
-from .trainer import DEFAULT_MAX_CONSECUTIVE_NONFINITE
+from .teacher import ClipReplay, Teacher, TeacherTargets, memory_features
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,16 @@ class DistillationModule(pl.LightningModule):
 
     Args:
         student: the model being trained.
-        teacher: frozen teacher; None with a teacher cache (batches carry ``teacher_f16``, see
-            ``data.teacher_cache``), else None trains without feature distillation.
+        teacher: supplies the distillation targets (:mod:`edgetam_train.distill.teacher`: the live
+            ``FrozenTeacher`` or a ``CachedTeacher`` reading F16 from the batch); None trains on the task loss only.
         loss: combines the task loss and the feature terms (weights λ_F, λ_M).
         prompts: prompt-simulation settings.
-        optimizer / scheduler: dicts for :func:`edgetam_train.optim.build_optimizer` / ``build_scheduler``.
+        optimizer / scheduler: dicts for :func:`edgetam_train.distill.optim.build_optimizer` / ``build_scheduler``.
         init_from: a checkpoint (official or training) whose weights initialise the student (student keys only).
         vis_every_n_steps: how often the step returns mask-picture tensors for ``MaskPicturesCallback``.
     """
 
-    def __init__(self, student: SAM2Model, teacher: FrozenTeacher | None, loss: DistillationLoss,
+    def __init__(self, student: SAM2Model, teacher: Teacher | None, loss: DistillationLoss,
                  prompts: PromptConfig | dict | None = None, optimizer: dict | None = None,
                  scheduler: dict | None = None, init_from: str | None = None, vis_every_n_steps: int = 500) -> None:
         super().__init__()
@@ -77,8 +77,8 @@ class DistillationModule(pl.LightningModule):
         self.skip_totals = dict.fromkeys(SKIP_KEYS, 0)  # bad samples skipped so far, all ranks; saved in checkpoints
         self.nonfinite = NonFiniteGuard()  # NaN/inf-loss steps skipped (trainer.max_consecutive_nonfinite)
         self.val_scores = ValScores()  # validation sums and counts (no persistent state: not in checkpoints)
-        if teacher is not None and teacher.net.image_size != student.image_size:
-            raise ValueError(f"teacher image_size {teacher.net.image_size} != student image_size "
+        if teacher is not None and teacher.image_size is not None and teacher.image_size != student.image_size:
+            raise ValueError(f"teacher image_size {teacher.image_size} != student image_size "
                              f"{student.image_size}: both must see the same images (set both model.*.image_size)")
         if init_from:
             sd = read_state_dict(init_from)
@@ -128,42 +128,26 @@ class DistillationModule(pl.LightningModule):
         """Loss on a batch of clips (images are 1-frame clips): returns (loss terms, tensors for the pictures).
 
         L = Σ_frames L_task + λ_F·MSE(F16_t, F16_s) over all frames + λ_M·MSE(F_M_t, F_M_s) over frames that read
-        memory. The teacher replays the student's prompts with its own memory bank, encoding the student's masks so
-        that both memories hold the same masks; it only runs the clip when λ_M > 0 (stage 1 needs F16 alone).
+        memory. The teacher replays the clip through memory only when λ_M > 0 (stage 1 needs F16 alone).
         """
         images, gt, obj_to_img = self.as_clip(batch)
         b, t = images.shape[:2]
         frames = images.transpose(0, 1).reshape(t * b, *images.shape[2:])  # frame-major: row = frame * B + image
-        feats = self.student.encode_image(frames)
         rows = [i * b + obj_to_img for i in range(t)]
+        feats = self.student.encode_image(frames)
         plan = plan_clip(t, self.prompts)
         records = run_clip(self.student, [feats.select(r) for r in rows], gt, plan, self.prompts)
-        f16_teacher = fm_student = fm_teacher = None
-        teacher_records = None
-        cached_f16 = batch.get("teacher_f16")  # data.teacher_cache: the teacher's F16 read from disk (stage 1)
-        if cached_f16 is not None and t > 1:
-            raise ValueError("batch['teacher_f16'] (a teacher cache) is for stage-1 images; clips need the teacher")
-        if cached_f16 is not None:
-            f16_teacher = cached_f16
-        elif self.teacher is not None:
-            t_feats = self.teacher.encode_image(frames)
-            f16_teacher = t_feats.f16
-            if self.loss.lambda_fm > 0 and t > 1:
-                with torch.no_grad():
-                    teacher_records = run_clip(self.teacher.net, [t_feats.select(r) for r in rows], gt, plan,
-                                               self.prompts, replay=records,
-                                               memory_masks={r.frame_idx: r.memory_mask.detach() for r in records})
-                pairs = [(s.pix_feat, q.pix_feat) for s, q in zip(records, teacher_records) if s.read_memory]
-                if pairs:
-                    fm_student = torch.stack([s for s, _ in pairs])
-                    fm_teacher = torch.stack([q for _, q in pairs])
+        targets = TeacherTargets()
+        if self.teacher is not None:
+            replay = ClipReplay(frames, rows, gt, plan, self.prompts, records)
+            targets = self.teacher.targets(batch, replay, with_memory=self.loss.lambda_fm > 0 and t > 1)
         num_objects = self._global_num_objects(gt.shape[1])
         task = sum_loss_dicts(self.loss.task_loss(r.steps, gt[r.frame_idx], num_objects) for r in records)
-        losses = self.loss(task_losses=task, f16_student=feats.f16, f16_teacher=f16_teacher,
-                           fm_student=fm_student, fm_teacher=fm_teacher)
-        first = records[0]  # frame plan.order[0] = 0, an initial conditioning frame
-        return losses, {"images": images[:, 0], "gt": gt[0], "obj_to_img": obj_to_img, "steps": first.steps,
-                        "teacher_steps": None if teacher_records is None else teacher_records[0].steps}
+        with_fm = targets.records is not None
+        losses = self.loss(task_losses=task, f16_student=feats.f16, f16_teacher=targets.f16,
+                           fm_student=memory_features(records) if with_fm else None, fm_teacher=targets.fm)
+        return losses, {"images": images[:, 0], "gt": gt[0], "obj_to_img": obj_to_img, "steps": records[0].steps,
+                        "teacher_steps": None if targets.records is None else targets.records[0].steps}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         losses, aux = self.clip_step(batch)
@@ -183,7 +167,7 @@ class DistillationModule(pl.LightningModule):
         return out
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """No update from a batch whose loss was non-finite (:mod:`edgetam_train.nonfinite`)."""
+        """No update from a batch whose loss was non-finite (:mod:`edgetam_train.distill.nonfinite`)."""
         self.nonfinite.drop_grads(optimizer)
 
     def _log_skips(self, skips: Mapping[str, int] | None, batch_size: int) -> None:
@@ -226,21 +210,17 @@ class DistillationModule(pl.LightningModule):
         if aux["teacher_steps"] is not None:
             teacher = best_mask(aux["teacher_steps"][0])
         elif self.teacher is not None:
-            net = self.teacher.net
-            tf = net.encode_image(images)
             coords = None if step0.point_coords is None else step0.point_coords[first]
             labels = None if step0.point_labels is None else step0.point_labels[first]
-            num = 0 if labels is None else labels.shape[1]
-            t_out = net.decode(net.condition(tf, None), tf.high_res, coords, labels,
-                               multimask_output=net.use_multimask(True, num))
-            teacher = F.interpolate(t_out.low_res_masks.float(), size=(size, size), mode="bilinear",
-                                    align_corners=False)[:, 0]
+            low = self.teacher.first_prompt_masks(images, coords, labels)
+            if low is not None:
+                teacher = F.interpolate(low.float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
         return {"vis_images": images, "vis_gt": aux["gt"][first, 0], "vis_student": best_mask(step0),
                 "vis_teacher": teacher}
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Score one ``data.val`` item (:mod:`edgetam_train.data.val`) with the student, add it to ``val_scores``.
+        """Score one ``data.val`` item (:mod:`edgetam_train.data.datasets.val`) with the student, add it to ``val_scores``.
 
         VOS video: every object prompted with its first-frame GT mask and tracked (:func:`track_video`), J and F
         per object (DAVIS 2017). Image: 1-click IoU per mask. Padding items (equal batch counts on all ranks) add
@@ -255,7 +235,7 @@ class DistillationModule(pl.LightningModule):
             self.val_scores.update(ious=one_click_ious(self.student, batch["image"], batch["masks"]))
         elif kind != "padding":
             raise ValueError(f"validation batch of kind {kind!r}: expected a data.val item (vos, miou or padding) "
-                             f"from edgetam_train.data.val")
+                             f"from edgetam_train.data.datasets.val")
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val/J&F``, ``val/J``, ``val/F`` (when videos were scored) and ``val/mIoU_1click`` (when images were).

@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from edgetam_train.data.sa1b import read_image, read_record, scan_pairs
-from edgetam_train.data.vos import frame_order, list_stems, read_label
+from edgetam_train.data.formats.images import read_image
+from edgetam_train.data.formats.rle import decode_annotations
+from edgetam_train.data.formats.sa1b import read_record, scan_pairs
+from edgetam_train.data.formats.vos import frame_order, list_stems, read_label
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +131,13 @@ class MIoUValDataset(Dataset):
 
     def __getitem__(self, index: int | None) -> dict[str, Any]:
         """One image and its non-empty masks; ``None`` gives the padding item."""
-        from edgetam_train.eval.miou import decode_masks  # eval imports the predictors; keep the data package light
-
         if index is None:
             return dict(PADDING)
         jpg = self.root / self.files[index]
         _, annotations = read_record(jpg.with_suffix(".json"))
         image = read_image(jpg)
         annotations = annotations[: self.max_masks] if self.max_masks else annotations
-        masks = [m for m in decode_masks(annotations, *image.shape[:2]) if m.any()]
+        masks = [m for m in decode_annotations(annotations, *image.shape[:2], jpg.with_suffix(".json")) if m.any()]
         stacked = np.stack(masks) if masks else np.zeros((0, *image.shape[:2]), dtype=bool)
         return {"kind": "miou", "name": self.files[index], "image": image, "masks": stacked}
 
