@@ -24,7 +24,9 @@ from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.data.formats.rle import rle_runs
 from edgetam_train.data.formats.sa1b import default_index_cache, load_index
 from edgetam_train.data.skips import BadSample, SkipCounter
-from edgetam_train.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_reference_transform, resized_hw
+from PIL import Image
+
+from edgetam_train.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 @pytest.fixture(scope="module")
@@ -112,31 +114,35 @@ def test_item_shapes_dtypes_and_normalisation(sample_root, tmp_path):
         assert masks.dtype == torch.bool and masks.ndim == 3 and masks.shape[1:] == (256, 256)
         assert 1 <= len(masks) <= 8 and item["ann_ids"].shape == (len(masks),)
         h, w = item["orig_hw"].tolist()
-        vh, vw = item["valid_hw"].tolist()
-        assert (vh, vw) == resized_hw(h, w, 256) and max(vh, vw) == 256
-        assert (img[:, vh:] == 0).all() and (img[:, :, vw:] == 0).all()  # padding is 0 after normalisation
-        assert not masks[:, vh:].any() and not masks[:, :, vw:].any()
+        assert (h, w) != (256, 256) and "valid_hw" not in item  # stretched to the square: no padded region
         assert masks.flatten(1).any(1).all()
         rgb = cv2.cvtColor(cv2.imread(item["path"]), cv2.COLOR_BGR2RGB)
-        small = torch.from_numpy(cv2.resize(rgb, (vw, vh), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)
-        torch.testing.assert_close(img[:, :vh, :vw], (small / 255.0 - mean) / std, atol=1e-5, rtol=0)
+        # SAM 2 training's resize: the PIL image to S x S, bilinear (torchvision F.resize on a PIL image)
+        small = torch.from_numpy(np.array(Image.fromarray(rgb).resize((256, 256), Image.BILINEAR))).permute(2, 0, 1)
+        torch.testing.assert_close(img, (small / 255.0 - mean) / std, atol=1e-5, rtol=0)
         assert item["path"].endswith(".jpg") and item["skips"] == {}
 
 
 @pytest.mark.parametrize("hflip_p", [0.0, 1.0])
-def test_item_equals_plain_albumentations_pipeline(sample_root, tmp_path, hflip_p):
-    """The column-major per-mask resize gives exactly what LongestMaxSize+HorizontalFlip+Normalize+Pad gives."""
+def test_item_equals_plain_square_resize_pipeline(sample_root, tmp_path, hflip_p):
+    """The column-major per-mask resize gives exactly what resizing the row-major full masks to S x S (pixel-centre
+    nearest), PIL-bilinear resizing the image to S x S, flipping and normalising give."""
     ds = SA1BDataset(sample_root, image_size=200, max_masks=4, hflip_p=hflip_p, index_cache=tmp_path / "idx.txt")
-    ref = build_reference_transform(200, hflip_p)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     for i in (1, 2, 6):
         item = ds[i]
         record = json.loads(Path(item["path"]).with_suffix(".json").read_text())
         by_id = {a["id"]: a for a in record["annotations"]}
-        full = np.stack([mask_utils.decode(by_id[int(k)]["segmentation"]) for k in item["ann_ids"]])
+        full = [np.ascontiguousarray(mask_utils.decode(by_id[int(k)]["segmentation"])) for k in item["ann_ids"]]
+        masks = np.stack([cv2.resize(m, (200, 200), interpolation=cv2.INTER_NEAREST_EXACT) for m in full])
         rgb = cv2.cvtColor(cv2.imread(item["path"]), cv2.COLOR_BGR2RGB)
-        out = ref(image=rgb, masks=full)
-        torch.testing.assert_close(item["image"], torch.from_numpy(out["image"]).permute(2, 0, 1), atol=0, rtol=0)
-        assert torch.equal(item["masks"], torch.from_numpy(out["masks"]).bool())
+        image = np.asarray(Image.fromarray(rgb).resize((200, 200), Image.BILINEAR))
+        if hflip_p:
+            image, masks = image[:, ::-1], masks[..., ::-1]
+        ref = (torch.from_numpy(image.copy()).permute(2, 0, 1) / 255.0 - mean) / std
+        torch.testing.assert_close(item["image"], ref, atol=1e-6, rtol=0)
+        assert item["flipped"] == bool(hflip_p)
+        assert torch.equal(item["masks"], torch.from_numpy(masks.copy()).bool())
 
 
 def test_hflip_flips_image_and_masks_together(sample_root, tmp_path):
@@ -147,10 +153,8 @@ def test_hflip_flips_image_and_masks_together(sample_root, tmp_path):
     for i in range(len(plain)):
         a, b, c = plain[i], flipped[i], random_flip[i]
         assert torch.equal(a["ann_ids"], b["ann_ids"])  # same masks sampled, only the flip differs
-        vh, vw = a["valid_hw"].tolist()
-        assert torch.equal(b["image"][:, :vh, :vw], a["image"][:, :vh, :vw].flip(-1))
-        assert torch.equal(b["masks"][:, :vh, :vw], a["masks"][:, :vh, :vw].flip(-1))
-        assert (b["image"][:, vh:] == 0).all() and (b["image"][:, :, vw:] == 0).all()  # padding stays bottom/right
+        assert torch.equal(b["image"], a["image"].flip(-1))  # the whole S x S image: nothing is padded
+        assert torch.equal(b["masks"], a["masks"].flip(-1))
         img_flipped = torch.equal(c["image"], b["image"])
         assert img_flipped or torch.equal(c["image"], a["image"])
         assert torch.equal(c["masks"], (b if img_flipped else a)["masks"])  # image and masks flip together
@@ -343,13 +347,13 @@ def test_skip_counter_merge_and_reduce():
 def test_collate_varying_object_counts(sample_root, tmp_path):
     def fake(k, path):
         return {"image": torch.randn(3, 32, 32), "masks": torch.rand(k, 32, 32) > 0.5,
-                "valid_hw": torch.tensor([32, 24]), "orig_hw": torch.tensor([64, 48]), "ann_ids": torch.arange(k), "path": path, "skips": {"bad_rle": 1}}
+                "orig_hw": torch.tensor([64, 48]), "ann_ids": torch.arange(k), "path": path, "skips": {"bad_rle": 1}}
 
     batch = collate_sa1b([fake(3, "a"), fake(1, "b"), fake(5, "c")])
     assert batch["images"].shape == (3, 3, 32, 32) and batch["masks"].shape == (9, 32, 32)
     assert batch["obj_to_img"].tolist() == [0, 0, 0, 1, 2, 2, 2, 2, 2]
     assert batch["num_objects"].tolist() == [3, 1, 5] and batch["paths"] == ["a", "b", "c"]
-    assert batch["skips"] == {"bad_rle": 3} and batch["valid_hw"].shape == (3, 2)
+    assert batch["skips"] == {"bad_rle": 3} and batch["orig_hw"].shape == (3, 2)
     per_image = batch["masks"].split(batch["num_objects"].tolist())
     assert [len(m) for m in per_image] == [3, 1, 5]
     ds = SA1BDataset(sample_root, image_size=64, max_masks=12, index_cache=tmp_path / "idx.txt")
@@ -395,3 +399,18 @@ def test_epoch_reaches_persistent_workers(sample_root, tmp_path):
         ref = SA1BDataset(sample_root, image_size=64, max_masks=2, index_cache=tmp_path / "idx.txt")
         ref.set_epoch(epoch)
         assert got == collate_sa1b([ref[i] for i in range(8)])["ann_ids"].tolist()
+
+
+def test_training_resize_is_the_image_predictors_resize(sample_root, tmp_path):
+    """One S×S geometry for training and inference: a stage-1 item equals the image predictor's input up to the
+    uint8 rounding of the resized image (PIL bilinear = torch's antialiased bilinear)."""
+    from edgetam_train.predictor.preprocess import image_to_input
+
+    ds = SA1BDataset(sample_root, image_size=128, max_masks=2, hflip_p=0.0, index_cache=tmp_path / "idx.txt")
+    for i in (0, 3):
+        item = ds[i]
+        rgb = cv2.cvtColor(cv2.imread(item["path"]), cv2.COLOR_BGR2RGB)
+        pred = image_to_input(rgb, 128)[0]
+        step = 1.0 / 255 / min(IMAGENET_STD)  # one uint8 level after normalisation
+        assert (item["image"] - pred).abs().max() <= 1.01 * step
+        assert (item["image"] - pred).abs().mean() < 0.3 * step

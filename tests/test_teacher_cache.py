@@ -78,7 +78,8 @@ def test_manifest_records_teacher_size_transform_and_image_set(cache, sa1b):
     assert manifest["info"]["random_init_seed"] == 0 and manifest["info"]["precision"] == "fp32"
     assert manifest["image_size"] == SIZE and manifest["feature"]["shape"] == [256, SIZE // 16, SIZE // 16]
     assert manifest["transform"]["normalize"]["mean"] == [0.485, 0.456, 0.406]
-    assert manifest["transform"]["pad"]["position"] == "top_left" and manifest["views"] == ["orig", "flip"]
+    assert manifest["transform"]["resize"]["size"] == [SIZE, SIZE] and manifest["views"] == ["orig", "flip"]
+    assert manifest["transform"]["resize"]["aspect"] == "stretched" and "pad" not in manifest["transform"]
     files = sorted(p.name for p in sa1b.glob("*.jpg"))
     assert manifest["images"] == {"count": 4, "fingerprint": tc.image_set_fingerprint(files)}
     assert sorted(tc.written_shards(cache)) == [0, 1]
@@ -183,7 +184,7 @@ def test_mismatches_are_refused_naming_field_cache_and_expected_value(cache, sa1
     dm = SA1BDataModule(sa1b, image_size=512, num_workers=0, pin_memory=False, teacher_cache=str(cache))
     with pytest.raises(tc.TeacherCacheMismatch, match=r"image_size: cache has 256, expected 512") as err:
         dm.setup("fit")
-    assert "transform.resize.max_size: cache has 256, expected 512" in str(err.value)
+    assert "transform.resize.size: cache has [256, 256], expected [512, 512]" in str(err.value)
     # image set: a split file listing 3 of the 4 images
     split = tmp_path / "split.txt"
     split.write_text("\n".join(sorted(p.stem for p in sa1b.glob("*.jpg"))[:3]))
@@ -246,3 +247,19 @@ def test_fit_with_teacher_cache_builds_and_runs_no_teacher(project, cache, monke
         metrics = train(cfg)
     assert metrics["train/loss_f16"] > 0 and metrics["train/loss"] > metrics["train/loss_task"]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_letterbox_cache_of_earlier_versions_is_refused_with_rebuild_message(cache, sa1b, tmp_path):
+    """A cache built with the old longest-side + pad transform holds F16 of letterboxed images: refused, and the
+    message says to rebuild it."""
+    old = shutil.copytree(cache, tmp_path / "old")
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["transform"] = {"resize": {"transform": "LongestMaxSize", "max_size": SIZE, "interpolation": 1,
+                                        "area_for_downscale": "image"},
+                             "normalize": manifest["transform"]["normalize"],
+                             "pad": {"size": [SIZE, SIZE], "position": "top_left", "border_mode": 0, "fill": 0.0}}
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    dm = SA1BDataModule(sa1b, image_size=SIZE, num_workers=0, pin_memory=False, teacher_cache=str(old))
+    with pytest.raises(tc.TeacherCacheMismatch, match="old letterbox transform") as err:
+        dm.setup("fit")
+    assert "Rebuild it with edgetam-cache-teacher" in str(err.value)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -24,7 +25,7 @@ from edgetam_train.data.datasets.vos import VOSDataset
 from edgetam_train.data.formats.sav import FRAMES_DIRNAME, iter_mp4_frames, mp4_info, read_mp4_frames, scan_annotations
 from edgetam_train.data.mixture import MixtureBatchSampler, MixtureDataset
 from edgetam_train.data.skips import REASONS, BadSample
-from edgetam_train.data.transforms import ClipAugment
+from edgetam_train.data.transforms import ClipAugment, affine_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,12 +175,12 @@ def test_mp4_and_extracted_frames_give_the_same_clip(sample, reverse_p):
         step = -4 if reverse_p else 4
         assert all(f % 4 == 0 for f in frames) and np.diff(frames).tolist() == [step] * 7
         assert a["masks"][0].flatten(1).any(1).all()  # every object is visible on the first clip frame
-        assert a["valid_hw"].tolist() == [192, 256] and a["orig_hw"].tolist() == [240, 320]
+        assert "valid_hw" not in a and a["orig_hw"].tolist() == [240, 320]  # 320x240 stretched to 256², no padding
         assert a["dataset"] == "sav" and a["video"] == f"sav_00000{i + 1}" and a["skips"] == {}
 
 
 def test_sav_masks_equal_the_drawn_masks_and_occlusion_targets(sample):
-    """Full-length clip at the native size, no augmentation: masks are the drawn ones; object 0 leaves and returns."""
+    """Full-length clip, no augmentation: masks are the drawn ones on the S×S grid; object 0 leaves and returns."""
     for i in range(3):
         scene, _, _ = msd.make_sav_item(SEED, i, (320, 240), _annotated(i))
         ds = SAVDataset(sample / "sav", files=[f"sav_000/sav_00000{i + 1}_manual.json"], source="mp4",
@@ -187,8 +188,9 @@ def test_sav_masks_equal_the_drawn_masks_and_occlusion_targets(sample):
         item = ds[0]
         assert item["frame_idx"].tolist() == list(range(0, 4 * _annotated(i), 4))
         drawn = scene.visible[::4][:, item["obj_ids"].numpy()]  # (T, K, 240, 320)
-        np.testing.assert_array_equal(item["masks"][:, :, :240].numpy(), drawn)
-        assert not item["masks"][:, :, 240:].any()
+        square = [[cv2.resize(m.astype(np.uint8), (320, 320), interpolation=cv2.INTER_NEAREST_EXACT) for m in f]
+                  for f in drawn]  # stretched to 320x320 like the frame
+        np.testing.assert_array_equal(item["masks"].numpy(), np.array(square, dtype=bool))
         assert 0 in item["obj_ids"].tolist()  # object 0 starts in the middle of frame 0
         present = item["masks"][:, item["obj_ids"].tolist().index(0)].flatten(1).any(1).tolist()
         first_gone = present.index(False)
@@ -222,10 +224,11 @@ def test_davis_palette_loading_ignores_void(sample, tmp_path):
         assert item["frame_idx"].tolist() == list(range(n)) and item["dataset"] == "vos"
         ids = item["obj_ids"].tolist()
         assert set(ids) <= {1, 2, 3} and 255 not in ids
-        labels = np.stack([np.asarray(Image.open(p)) for p in sorted((root / "Annotations" / name).glob("*.png"))])
+        labels = np.stack([cv2.resize(np.asarray(Image.open(p)), (320, 320), interpolation=cv2.INTER_NEAREST_EXACT)
+                           for p in sorted((root / "Annotations" / name).glob("*.png"))])  # the S×S grid
         for k, obj in enumerate(ids):
-            np.testing.assert_array_equal(item["masks"][:, k, :240].numpy(), labels == obj)
-        assert not (item["masks"][:, :, :240].any(1).numpy() & (labels == 255)).any()
+            np.testing.assert_array_equal(item["masks"][:, k].numpy(), labels == obj)
+        assert not (item["masks"].any(1).numpy() & (labels == 255)).any()
         if 1 in ids:  # id 1 leaves the frame and re-enters
             present = item["masks"][:, ids.index(1)].flatten(1).any(1).tolist()
             assert present[0] and not all(present) and any(present[present.index(False):])
@@ -248,42 +251,73 @@ def test_davis_palette_loading_ignores_void(sample, tmp_path):
 
 
 def test_augmentation_is_identical_across_frames():
+    """Flip, affine, clip jitter and grayscale: one draw per clip (the per-frame jitter is off here)."""
     rng = np.random.default_rng(0)
-    frame = rng.integers(0, 255, size=(96, 128, 3), dtype=np.uint8)
-    masks = np.zeros((1, 2, 96, 128), dtype=np.uint8)
+    frame = rng.integers(0, 255, size=(128, 128, 3), dtype=np.uint8)
+    masks = np.zeros((1, 2, 128, 128), dtype=np.uint8)
     masks[0, 0, 20:60, 30:70], masks[0, 1, 50:90, 60:120] = 1, 1
-    aug = ClipAugment(128, grayscale_p=0.5)
+    aug = ClipAugment(128, grayscale_p=0.5, frame_brightness=0, frame_contrast=0, frame_saturation=0)
     outputs = set()
     for seed in range(12):
-        images, out = aug([frame] * 6, np.repeat(masks, 6, axis=0), seed=seed)
-        assert images.shape == (6, 96, 128, 3) and out.shape == (6, 2, 96, 128)
+        images, out = aug([frame] * 6, np.repeat(masks, 6, axis=0), seed=seed, orig_hw=(96, 128))
+        assert images.shape == (6, 128, 128, 3) and out.shape == (6, 2, 128, 128)
         assert all(np.array_equal(images[t], images[0]) for t in range(6))
         assert all(np.array_equal(out[t], out[0]) for t in range(6))
-        single, single_masks = aug([frame], masks, seed=seed)  # the draw depends on the seed only
+        single, single_masks = aug([frame], masks, seed=seed, orig_hw=(96, 128))  # the draw depends on the seed only
         assert np.array_equal(single[0], images[0]) and np.array_equal(single_masks[0], out[0])
         outputs.add(images[0].tobytes())
     assert len(outputs) == 12  # every seed draws different parameters
 
 
+def test_per_frame_jitter_changes_colours_not_geometry():
+    """SAM 2's second colour jitter draws again for every frame; flip and affine stay one draw per clip."""
+    frame = np.random.default_rng(1).integers(40, 200, size=(64, 64, 3), dtype=np.uint8)
+    masks = np.zeros((4, 1, 64, 64), dtype=np.uint8)
+    masks[:, 0, 10:40, 5:30] = 1
+    aug = ClipAugment(64, brightness=0, contrast=0, saturation=0, grayscale_p=0)  # per-frame jitter only (defaults)
+    images, out = aug([frame] * 4, masks, seed=3)
+    assert len({images[t].tobytes() for t in range(4)}) == 4
+    assert all(np.array_equal(out[t], out[0]) for t in range(4))
+    # the defaults are SAM 2's: clip jitter (0.1, 0.03, 0.03), per-frame jitter (0.1, 0.05, 0.05), affine fill
+    default = ClipAugment(64)
+    assert default.jitter == (0.1, 0.03, 0.03, 0.0) and default.frame_jitter == (0.1, 0.05, 0.05, 0.0)
+
+
+def test_affine_matrix_is_sam2s_geometry_on_the_square():
+    """Warp-then-stretch (SAM 2: affine at the original size) and stretch-then-warp with the conjugated matrix move
+    a point to the same place."""
+    h, w, s = 90, 160, 64
+    angle, shear = 17.0, -11.0
+    square = affine_matrix(angle, shear, (h, w), s)
+    rot, sx = np.radians(angle), np.radians(shear)
+    rss = np.array([[np.cos(rot), -np.cos(rot) * np.tan(sx) - np.sin(rot)],
+                    [np.sin(rot), -np.sin(rot) * np.tan(sx) + np.cos(rot)]])
+    centre = np.array([(w - 1) / 2, (h - 1) / 2])
+    p = np.array([20.0, 70.0])  # a pixel (x, y) of the original frame
+    moved = rss @ (p - centre) + centre
+    to_square = lambda q: (q + 0.5) * np.array([s / w, s / h]) - 0.5  # noqa: E731
+    np.testing.assert_allclose(square[:, :2] @ to_square(p) + square[:, 2], to_square(moved), atol=1e-9)
+
+
 def test_masks_move_with_the_image():
     """A white square on black: after flip + affine its mask still covers the white pixels."""
-    frame = np.zeros((120, 160, 3), dtype=np.uint8)
+    frame = np.zeros((160, 160, 3), dtype=np.uint8)
     frame[30:80, 20:70] = 255
     mask = (frame[..., 0] > 0).astype(np.uint8)[None, None]
-    aug = ClipAugment(160, hflip_p=0.5, degrees=25, shear=20, brightness=0, contrast=0, saturation=0, grayscale_p=0)
+    aug = ClipAugment(160, hflip_p=0.5, degrees=25, shear=20, brightness=0, contrast=0, saturation=0, grayscale_p=0,
+                      frame_brightness=0, frame_contrast=0, frame_saturation=0)
     flips = 0
     for seed in range(10):
-        images, masks = aug([frame, frame], np.repeat(mask, 2, axis=0), seed=seed)
+        images, masks = aug([frame, frame], np.repeat(mask, 2, axis=0), seed=seed, orig_hw=(120, 160))
         white, m = images[1, ..., 0] > 127, masks[1, 0].astype(bool)
         assert (white & m).sum() / (white | m).sum() > 0.9
         flips += int(m[:, 80:].sum() > m[:, :80].sum())  # the square starts on the left
     assert 0 < flips < 10
-    # finish_clip: normalised, padded tensors; the square's pixels are white after de-normalisation
+    # finish_clip: normalised S×S tensors; the square's pixels are white after de-normalisation
     raw = RawClip(frames=[frame] * 3, masks=np.repeat(mask, 3, axis=0), obj_ids=np.array([5]),
                   frame_idx=np.array([0, 4, 8]), orig_hw=(120, 160), video="v", path="p")
     item = finish_clip(raw, aug, np.random.default_rng(0), "test")
     assert item["images"].shape == (3, 3, 160, 160) and item["masks"].shape == (3, 1, 160, 160)
-    assert (item["images"][:, :, 120:] == 0).all() and not item["masks"][:, :, 120:].any()
     std, mean = torch.tensor([0.229, 0.224, 0.225]), torch.tensor([0.485, 0.456, 0.406])
     rgb = item["images"][0].permute(1, 2, 0) * std + mean
     assert (rgb[item["masks"][0, 0]] > 0.5).float().mean() > 0.9
@@ -405,7 +439,7 @@ def test_skip_rate_error_names_the_threshold(sample, tmp_path):
 
 def _fake_item(t: int, k: int, name: str, s: int = 32) -> dict:
     return {"images": torch.randn(t, 3, s, s), "masks": torch.rand(t, k, s, s) > 0.5, "obj_ids": torch.arange(k),
-            "frame_idx": torch.arange(t) * 4, "valid_hw": torch.tensor([s, s - 8]), "orig_hw": torch.tensor([60, 80]),
+            "frame_idx": torch.arange(t) * 4, "orig_hw": torch.tensor([60, 80]),
             "video": name, "path": f"/{name}", "dataset": "sav", "skips": {"too_short": 1}}
 
 

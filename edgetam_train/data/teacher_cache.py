@@ -3,7 +3,7 @@ SA-1B loader instead of running the teacher in every training step (config ``dat
 
 In stage 1 the teacher only supplies F16 (the stride-16 image-encoder map, (256, S/16, S/16)); the task loss uses the
 ground truth. F16 depends on the image alone, and the only random stage-1 augmentation is the horizontal flip, so two
-views per image cover every training sample: ``orig`` (the deterministic resize + normalise + pad) and ``flip`` (the
+views per image cover every training sample: ``orig`` (the deterministic S×S resize + normalise) and ``flip`` (the
 teacher run on the flipped image; the feature map of the original is *not* flipped, the encoder is not equivariant).
 
 Layout of a cache directory::
@@ -261,6 +261,13 @@ class TeacherCache:
                     "images": {"count": len(files), "fingerprint": image_set_fingerprint(files)}}
         hint = (f"the SA-1B data (data.image_size={image_size}, {len(files)} images from data.root / "
                 "data.split_file)")
+        if "pad" in self.manifest.get("transform", {}):
+            raise TeacherCacheMismatch(
+                f"teacher cache {self.directory / MANIFEST} was built with the old letterbox transform (longest side "
+                f"to {self.manifest.get('image_size')}, padded bottom/right); training now resizes every image to "
+                f"{image_size}x{image_size} (stretched, as SAM 2 trains), so its F16 no longer matches the student's "
+                "input. Rebuild it with edgetam-cache-teacher (same arguments, a new --out), or set "
+                "data.teacher_cache=null to run the teacher live.")
         raise_on_mismatch(self.directory / MANIFEST, self.manifest, expected, hint)
         if hflip_p > 0 and "flip" not in self.views:
             raise TeacherCacheMismatch(

@@ -41,7 +41,7 @@ from edgetam_train.data import teacher_cache as tc
 from edgetam_train.data.formats.images import read_image
 from edgetam_train.data.formats.sa1b import load_index, read_split_file
 from edgetam_train.data.skips import BadSample
-from edgetam_train.data.transforms import build_augment, build_resize
+from edgetam_train.data.transforms import build_augment, resize_square
 from edgetam_train.distributed import env_rank_and_world
 
 log = logging.getLogger("edgetam_train.distill.cache_teacher")
@@ -49,7 +49,7 @@ log = logging.getLogger("edgetam_train.distill.cache_teacher")
 
 class CacheViews(Dataset):
     """The teacher inputs of the images at ``rows`` of ``files``: the original and (optionally) the flipped view,
-    transformed exactly as ``SA1BDataset`` transforms a training image (resize, [flip,] normalise, pad).
+    transformed exactly as ``SA1BDataset`` transforms a training image (S×S resize, [flip,] normalise).
 
     Item: {"row": int, "orig": float32 (3, S, S), "flip": float32 (3, S, S) (zeros when ``flip`` is False),
     "ok": bool (False: the jpg could not be read; the images are zeros)}.
@@ -59,8 +59,7 @@ class CacheViews(Dataset):
                  flip: bool) -> None:
         self.root, self.files, self.rows = Path(root), files, np.asarray(rows, dtype=np.int64)
         self.image_size, self.flip = image_size, flip
-        self.resize = build_resize(image_size)
-        self.plain, self.flipped = build_augment(image_size, 0.0), build_augment(image_size, 1.0)
+        self.plain, self.flipped = build_augment(0.0), build_augment(1.0)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -70,7 +69,7 @@ class CacheViews(Dataset):
         s = self.image_size
         blank = torch.zeros(3, s, s)
         try:
-            image = self.resize(image=read_image(self.root / self.files[row]))["image"]
+            image = resize_square(read_image(self.root / self.files[row]), s)
         except BadSample as bad:
             log.warning("unreadable image stored as zeros: %s", bad)
             return {"row": row, "orig": blank, "flip": blank, "ok": False}

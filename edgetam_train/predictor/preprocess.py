@@ -1,7 +1,12 @@
 """Input checks and the official preprocessing (so our predictors agree with the official ones on official weights).
 
 Image predictor: RGB uint8 -> float [0, 1] -> square bilinear (antialiased) resize to S×S -> ImageNet mean/std.
-Video predictor: each frame resized as uint8 with PIL to S×S, then /255 and mean/std.
+Video predictor: each frame resized as uint8 with PIL to S×S (``transforms.resize_square``, bicubic: PIL's default
+filter, which the official loader uses), then /255 and mean/std.
+
+Training uses the same S×S geometry: ``transforms.resize_square`` (PIL bilinear, SAM 2 training's filter) resizes
+every training image and frame; torch's antialiased bilinear here is the same filter on the float image, so a
+training image and the image predictor's input differ only by the uint8 rounding (checked in the tests).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_square
 
 
 def check_image(image: np.ndarray | Tensor | Image.Image, name: str = "image") -> np.ndarray:
@@ -51,8 +56,8 @@ def image_to_input(image: np.ndarray, size: int, device: torch.device | str = "c
 
 def frame_to_input(frame: np.ndarray, size: int) -> Tensor:
     """Video-predictor preprocessing of an (H, W, 3) uint8 frame -> (3, size, size) (PIL uint8 resize first)."""
-    resized = np.array(Image.fromarray(frame).resize((size, size)))  # writable copy for torch.from_numpy
-    x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].float() / 255.0
+    resized = np.array(resize_square(frame, size, "bicubic"))  # writable copy for torch.from_numpy
+    x = torch.from_numpy(resized).permute(2, 0, 1)[None].float() / 255.0
     return normalize(x)[0]
 
 

@@ -36,9 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
-from edgetam_train.data.formats.rle import check_rle, resize_mask_colmajor
+from edgetam_train.data.formats.rle import check_rle
 from edgetam_train.data.skips import BadSample  # noqa: E402
-from edgetam_train.data.transforms import resized_hw
+from edgetam_train.data.transforms import resize_mask_square
 
 GOAL = 5.0
 
@@ -54,8 +54,7 @@ class DecodeAllSA1BDataset(SA1BDataset):
             raise BadSample("bad_rle", str(json_path), str(e)) from None
         chosen = np.arange(len(anns)) if len(anns) <= self.max_masks else np.sort(
             rng.choice(len(anns), size=self.max_masks, replace=False))
-        out_hw = resized_hw(h, w, self.image_size)
-        masks = np.stack([resize_mask_colmajor(every[:, :, i], out_hw) for i in chosen])
+        masks = np.stack([resize_mask_square(every[:, :, i], self.image_size) for i in chosen])
         return masks, np.asarray([anns[i].get("id", -1) for i in chosen], dtype=np.int64)
 
 

@@ -2,23 +2,21 @@
 
 A clip is T frames of one video (``clip_len``, 8 in the paper) with up to ``max_objects`` objects tracked through it;
 SA-1B images enter stage 2 as clips of one frame (``SA1BClipDataset``). The loaders (``sav.SAVDataset``,
-``vos.VOSDataset``, ``SA1BClipDataset``) read a ``RawClip`` (uint8 frames and masks already resized to longest side
-S); ``finish_clip`` applies the same random augmentation to every frame, drops objects that vanished, normalises and
-pads to S x S.
+``vos.VOSDataset``, ``SA1BClipDataset``) read a ``RawClip`` (uint8 frames and masks already resized to S x S, stretched, as
+SAM 2 trains); ``finish_clip`` applies the clip augmentation, drops objects that vanished and normalises.
 
 Temporal sampling follows SAM 2 training (``RandomUniformSampler``): ``clip_len`` consecutive annotated frames,
 played backwards with probability ``reverse_p``, whose first clip frame shows at least one object; the objects are
 drawn among those visible on that first frame.
 
 Item (``ClipDataset[i]``), S = ``image_size``, T frames, K objects (1 <= K <= max_objects):
-    images: float32 (T, 3, S, S), ImageNet-normalised, zero (after normalisation) outside the valid region.
+    images: float32 (T, 3, S, S), ImageNet-normalised.
     masks: bool (T, K, S, S). An empty ``masks[t, k]`` means object k is absent on frame t (occluded or out of view):
         a valid target, the object-score head learns it. Every object is visible on frame 0 (where it is prompted)
         unless ``require_first_visible`` is off; objects visible on no frame are always dropped.
     obj_ids: int64 (K,) object ids in the source (SA-V masklet index, palette index, SA-1B annotation id).
     frame_idx: int64 (T,) frame numbers in the source video in clip order (SA-V: index in the 24 fps video;
         DAVIS-style: the number in the file name, else the position; images: 0).
-    valid_hw: int64 (2,) = (h, w) of the resized, unpadded frames (top-left corner).
     orig_hw: int64 (2,) = (H, W) of the source frames.
     video: str video id; path: str the file or directory read; dataset: str the dataset name.
     skips: dict reason -> count of samples skipped while producing this item (usually empty).
@@ -38,7 +36,7 @@ from torch.utils.data import Dataset
 
 from edgetam_train.data.datasets.sa1b import SA1BDataset
 from edgetam_train.data.skips import BadSample, SkipCounter, first_readable
-from edgetam_train.data.transforms import ClipAugment, as_augment, normalize_pad
+from edgetam_train.data.transforms import ClipAugment, as_augment, resize_square, to_tensors
 
 # --------------------------------------------------------------------------------------------------------------------
 # Temporal and object sampling
@@ -97,10 +95,10 @@ def sample_objects(candidates: np.ndarray, max_objects: int, rng: np.random.Gene
 
 @dataclass
 class RawClip:
-    """A clip as read, before augmentation; frames and masks already resized to longest side S.
+    """A clip as read, before augmentation; frames and masks already resized to S x S.
 
-    frames: T uint8 (h, w, 3) RGB frames in clip order.
-    masks: uint8 (T, K, h, w) 0/1 masks of the sampled objects.
+    frames: T uint8 (S, S, 3) RGB frames in clip order.
+    masks: uint8 (T, K, S, S) 0/1 masks of the sampled objects.
     obj_ids: int64 (K,); frame_idx: int64 (T,); orig_hw: (H, W) of the source; video: id; path: what was read.
     """
 
@@ -118,15 +116,15 @@ def finish_clip(
     augment: ClipAugment,
     rng: np.random.Generator,
     dataset: str,
-    affine_tries: int = 3,
+    affine_tries: int = 1,
     require_first_visible: bool = True,
 ) -> dict[str, Any]:
-    """Augment, drop vanished objects, normalise and pad ``raw`` into an item (see the module docstring).
+    """Augment, drop vanished objects and normalise ``raw`` into an item (see the module docstring).
 
     Objects already invisible on frame 0 after the resize (too small) are dropped first. The augmentation is drawn up
     to ``affine_tries`` times until every object keeps a pixel on frame 0 (``require_first_visible``) or on some frame;
-    if no draw works the clip gets the draw without the affine (SAM 2 likewise skips the affine then). Objects still
-    failing the rule are dropped. Raises ``BadSample`` empty_after_transform when no object is left.
+    if no draw works the clip gets the last draw without the affine (SAM 2: one try, then the affine is skipped).
+    Objects still failing the rule are dropped. Raises ``BadSample`` empty_after_transform when no object is left.
     """
     masks, obj_ids = raw.masks, raw.obj_ids
     keep = masks[0].reshape(len(obj_ids), -1).any(1) if require_first_visible else masks.any((0, 2, 3))
@@ -135,9 +133,12 @@ def finish_clip(
     if len(obj_ids) == 0:
         raise BadSample("empty_after_transform", raw.path, "every sampled object vanished when resized")
     tries = max(1, affine_tries) if augment.has_geometry else 1
+    seed = 0
     for attempt in range(tries + 1):
         geometric = attempt < tries
-        images, out_masks = augment(raw.frames, masks, seed=int(rng.integers(2**31)), geometric=geometric)
+        if geometric:  # the fallback keeps the last draw's flip and colours, without the affine
+            seed = int(rng.integers(2**31))
+        images, out_masks = augment(raw.frames, masks, seed=seed, orig_hw=raw.orig_hw, geometric=geometric)
         visible = out_masks.reshape(*out_masks.shape[:2], -1).any(2)  # (T, K)
         keep = visible[0] if require_first_visible else visible.any(0)
         if keep.all() or not augment.has_geometry:
@@ -146,14 +147,12 @@ def finish_clip(
         raise BadSample("empty_after_transform", raw.path, f"all {len(keep)} objects vanished after augmentation")
     if not keep.all():
         out_masks, obj_ids = out_masks[:, keep], obj_ids[keep]
-    h, w = raw.frames[0].shape[:2]
-    images, masks_t = normalize_pad(images, out_masks, augment.image_size)
+    images, masks_t = to_tensors(images, out_masks)
     return {
         "images": images,
         "masks": masks_t,
         "obj_ids": torch.as_tensor(obj_ids, dtype=torch.int64),
         "frame_idx": torch.as_tensor(raw.frame_idx, dtype=torch.int64),
-        "valid_hw": torch.tensor((h, w), dtype=torch.int64),
         "orig_hw": torch.tensor(raw.orig_hw, dtype=torch.int64),
         "video": raw.video,
         "path": raw.path,
@@ -175,7 +174,7 @@ class ClipDataset(Dataset):
         image_size: output side S.
         clip_len: frames per clip (T).
         max_objects: most objects per clip (paper: 3).
-        augment: a ``ClipAugment``, a dict of its arguments, or None for none (normalise and pad only).
+        augment: a ``ClipAugment``, a dict of its arguments, or None for none (normalise only).
         reverse_p: probability of playing a clip backwards.
         affine_tries, require_first_visible: see ``finish_clip``.
         seed: base seed; an item depends only on (seed, epoch, index).
@@ -194,7 +193,7 @@ class ClipDataset(Dataset):
         max_objects: int = 3,
         augment: ClipAugment | Mapping[str, Any] | None = None,
         reverse_p: float = 0.0,
-        affine_tries: int = 3,
+        affine_tries: int = 1,
         require_first_visible: bool = True,
         seed: int = 0,
         max_skip_rate: float = 0.05,
@@ -268,7 +267,7 @@ class SA1BClipDataset(SA1BDataset):
         root: str | Path,
         max_objects: int = 3,
         augment: ClipAugment | Mapping[str, Any] | None = None,
-        affine_tries: int = 3,
+        affine_tries: int = 1,
         require_first_visible: bool = True,
         name: str | None = None,
         **kwargs: Any,
@@ -285,7 +284,7 @@ class SA1BClipDataset(SA1BDataset):
         rng = np.random.default_rng([self.seed, epoch, index])
         jpg, image, masks, ids = self.read_sample(index, rng)
         h, w = image.shape[:2]
-        raw = RawClip(frames=[self.resize(image=image)["image"]], masks=masks[None], obj_ids=ids,
+        raw = RawClip(frames=[resize_square(image, self.image_size)], masks=masks[None], obj_ids=ids,
                       frame_idx=np.zeros(1, dtype=np.int64), orig_hw=(h, w), video=jpg.stem, path=str(jpg))
         return finish_clip(raw, self.clip_augment, rng, self.name, self.affine_tries, self.require_first_visible)
 
@@ -303,7 +302,7 @@ def collate_clips(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         masks: bool (T, N, S, S): frame-major, clip 0's objects first, then clip 1's, ...
         obj_to_img: int64 (N,), the clip index of each object (gathers per-clip features for every object).
         num_objects: int64 (B,) = K_i (``masks.split(num_objects.tolist(), dim=1)`` gives the per-clip stacks).
-        obj_ids: int64 (N,); frame_idx: int64 (B, T); valid_hw: int64 (B, 2); orig_hw: int64 (B, 2).
+        obj_ids: int64 (N,); frame_idx: int64 (B, T); orig_hw: int64 (B, 2).
         videos, paths, datasets: list[str] (B); dataset: the datasets' common name ("mixed" if they differ;
             ``MixtureBatchSampler`` batches always come from one dataset).
         skips: dict reason -> count of samples skipped while producing this batch (as ``collate_sa1b``): this
@@ -328,7 +327,6 @@ def collate_clips(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "num_objects": counts,
         "obj_ids": torch.cat([item["obj_ids"] for item in batch]),
         "frame_idx": torch.stack([item["frame_idx"] for item in batch]),
-        "valid_hw": torch.stack([item["valid_hw"] for item in batch]),
         "orig_hw": torch.stack([item["orig_hw"] for item in batch]),
         "videos": [item["video"] for item in batch],
         "paths": [item["path"] for item in batch],

@@ -1,13 +1,13 @@
-"""SA-1B image dataset for stage-1 distillation: lazy RLE decoding of the sampled masks, flip, normalise, pad.
+"""SA-1B image dataset for stage-1 distillation: lazy RLE decoding of the sampled masks, S×S resize, flip, normalise.
 
 Files and index: :mod:`edgetam_train.data.formats.sa1b`; transforms: :mod:`edgetam_train.data.transforms`.
 
 Item (``SA1BDataset[i]``), S = ``image_size``:
-    image: float32 (3, S, S), ImageNet-normalised, zero (after normalisation) outside the valid region.
+    image: float32 (3, S, S), ImageNet-normalised; the jpg stretched to S×S (``transforms.resize_square``, SAM 2's
+        square resize; no padding).
     flipped: bool, whether the horizontal flip was applied.
     teacher_f16: float16 (256, S/16, S/16), only with a ``teacher_cache``: the cached teacher F16 of this view.
     masks: bool (K, S, S), 1 <= K <= max_masks, one object per mask.
-    valid_hw: int64 (2,) = (h, w) of the resized, unpadded image in the top-left corner.
     orig_hw: int64 (2,) = (H, W) of the jpg.
     ann_ids: int64 (K,) SA-1B annotation ids of ``masks``.
     path: str, the jpg path.
@@ -29,7 +29,7 @@ from edgetam_train.data.formats.images import read_image
 from edgetam_train.data.formats.rle import decode_resized
 from edgetam_train.data.formats.sa1b import load_index, read_record, read_split_file, sample_annotations
 from edgetam_train.data.skips import BadSample, SkipCounter, first_readable
-from edgetam_train.data.transforms import build_augment, build_resize, resized_hw, transform_spec
+from edgetam_train.data.transforms import build_augment, resize_square, transform_spec
 
 if TYPE_CHECKING:
     from edgetam_train.data.teacher_cache import TeacherCache
@@ -39,7 +39,7 @@ class SA1BDataset(Dataset):
 
     Args:
         root: directory tree of ``*.jpg`` + sibling ``*.json``.
-        image_size: output side S (images are resized to longest side S and padded bottom/right to S x S).
+        image_size: output side S (images and masks are resized to S x S, stretched, as SAM 2 trains).
         max_masks: most masks sampled per image (paper: 64).
         hflip_p: horizontal flip probability (the only stage-1 augmentation).
         index_cache: file caching the file list (default ``default_index_cache(root)``).
@@ -84,8 +84,7 @@ class SA1BDataset(Dataset):
         if len(self._files) == 0:
             raise FileNotFoundError(f"no SA-1B images (*.jpg with a sibling *.json) under {self.root} (data.root)")
         self.image_size, self.max_masks, self.hflip_p, self.seed = image_size, max_masks, hflip_p, seed
-        self.resize = build_resize(image_size)
-        self.augment = build_augment(image_size, hflip_p)
+        self.augment = build_augment(hflip_p)
         self.skips = SkipCounter(max_skip_rate=max_skip_rate, min_attempts=min_attempts, name=type(self).__name__)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.teacher_cache = teacher_cache
@@ -128,17 +127,17 @@ class SA1BDataset(Dataset):
     def decode_selected(self, anns: list, h: int, w: int, rng: np.random.Generator, json_path: Path):
         """Sample up to ``max_masks`` annotations, decode and resize only those.
 
-        Returns (uint8 (K, h', w') masks at the resized size, int64 (K,) annotation ids).
+        Returns (uint8 (K, S, S) masks, int64 (K,) annotation ids).
         """
         chosen = sample_annotations(len(anns), self.max_masks, rng)
         picked = [anns[i] for i in chosen]
         ids = np.asarray([a.get("id", -1) if isinstance(a, dict) else -1 for a in picked], dtype=np.int64)
         rles = [a.get("segmentation") if isinstance(a, dict) else None for a in picked]
-        return decode_resized(rles, h, w, resized_hw(h, w, self.image_size), json_path), ids
+        return decode_resized(rles, h, w, self.image_size, json_path), ids
 
     def read_sample(self, index: int, rng: np.random.Generator) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
-        """Image ``index`` and its sampled masks, untransformed: (jpg path, uint8 (H, W, 3) image, uint8 (K, h', w')
-        masks at the resized size, int64 (K,) annotation ids). Raises ``BadSample`` (unreadable files, a jpg whose
+        """Image ``index`` and its sampled masks, untransformed: (jpg path, uint8 (H, W, 3) image, uint8 (K, S, S)
+        masks, int64 (K,) annotation ids). Raises ``BadSample`` (unreadable files, a jpg whose
         size disagrees with its json, no masks)."""
         jpg, json_path = self.paths(index)
         info, anns = read_record(json_path)
@@ -159,7 +158,7 @@ class SA1BDataset(Dataset):
             raise BadSample("empty_after_transform", str(jpg), f"all {len(keep)} sampled masks vanished when resized")
         if not keep.all():
             masks, ids = masks[keep], ids[keep]
-        image = self.resize(image=image)["image"]
+        image = resize_square(image, self.image_size)
         self.augment.set_random_seed(int(rng.integers(2**31)))
         out = self.augment(image=image, masks=masks)
         flipped = any(name == "HorizontalFlip" for name, _ in out["applied_transforms"])
@@ -167,7 +166,6 @@ class SA1BDataset(Dataset):
             "image": torch.from_numpy(out["image"]).permute(2, 0, 1).contiguous(),
             "flipped": flipped,
             "masks": torch.from_numpy(out["masks"]).view(torch.bool),  # values are 0/1: reinterpret, no copy
-            "valid_hw": torch.tensor(image.shape[:2], dtype=torch.int64),
             "orig_hw": torch.tensor((h, w), dtype=torch.int64),
             "ann_ids": torch.from_numpy(ids),
             "path": str(jpg),
@@ -200,7 +198,7 @@ def collate_sa1b(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         masks: bool (N, S, S), image 0's objects first, then image 1's, ...
         obj_to_img: int64 (N,), the image index of each object (to gather per-image features for every object).
         num_objects: int64 (B,) = K_i (``masks.split(num_objects.tolist())`` gives the per-image stacks).
-        valid_hw: int64 (B, 2); orig_hw: int64 (B, 2); ann_ids: int64 (N,); paths: list[str] (B).
+        orig_hw: int64 (B, 2); ann_ids: int64 (N,); paths: list[str] (B).
         flipped: bool (B,), which images were flipped.
         teacher_f16: float16 (B, 256, S/16, S/16) cached teacher F16 of each image's view (only when every item
             has one, i.e. the dataset reads a teacher cache).
@@ -218,7 +216,6 @@ def collate_sa1b(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "masks": torch.cat([item["masks"] for item in batch]),
         "obj_to_img": torch.repeat_interleave(torch.arange(len(batch)), counts),
         "num_objects": counts,
-        "valid_hw": torch.stack([item["valid_hw"] for item in batch]),
         "orig_hw": torch.stack([item["orig_hw"] for item in batch]),
         "ann_ids": torch.cat([item["ann_ids"] for item in batch]),
         "paths": [item["path"] for item in batch],

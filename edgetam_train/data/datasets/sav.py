@@ -26,7 +26,7 @@ from edgetam_train.data.formats.sav import (
     visibility,
 )
 from edgetam_train.data.skips import BadSample
-from edgetam_train.data.transforms import resize_frames, resized_hw
+from edgetam_train.data.transforms import resize_frames
 
 
 class SAVDataset(ClipDataset):
@@ -126,8 +126,7 @@ class SAVDataset(ClipDataset):
                 raise BadSample("size_mismatch", str(source_path),
                                 f"frame {int(i)} is {frame.shape[1]}x{frame.shape[0]}, the json says "
                                 f"{expected[1]}x{expected[0]}")
-        out_hw = resized_hw(h, w, self.image_size)
-        masks = np.stack([decode_masklet([masklet[p][k] for k in objects], h, w, out_hw, json_path)
+        masks = np.stack([decode_masklet([masklet[p][k] for k in objects], h, w, self.image_size, json_path)
                           for p in positions])
         return RawClip(frames=resize_frames(frames, self.image_size), masks=masks, obj_ids=objects,
                        frame_idx=frame_idx, orig_hw=(h, w), video=video_id, path=str(source_path))

@@ -12,7 +12,7 @@ from edgetam_train.data.datasets.clips import ClipDataset, RawClip, clip_positio
 from edgetam_train.data.formats.images import read_image
 from edgetam_train.data.formats.vos import frame_order, list_stems, object_ids, read_label
 from edgetam_train.data.skips import BadSample
-from edgetam_train.data.transforms import resize_frames, resize_label, resized_hw
+from edgetam_train.data.transforms import resize_frames, resize_mask_square
 
 
 class VOSDataset(ClipDataset):
@@ -92,7 +92,6 @@ class VOSDataset(ClipDataset):
         objects = sample_objects(candidates, self.max_objects, rng)
         frames = [read_image(self.image_root / video / f"{stems[p]}.jpg") for p in positions]
         h, w = frames[0].shape[:2]
-        out_hw = resized_hw(h, w, self.image_size)
         masks = []
         for p, frame in zip(positions, frames):
             lab = label(int(p))
@@ -100,7 +99,7 @@ class VOSDataset(ClipDataset):
                 raise BadSample("size_mismatch", str(self.mask_root / video / f"{stems[p]}.png"),
                                 f"frame {frame.shape[1]}x{frame.shape[0]}, mask {lab.shape[1]}x{lab.shape[0]}, "
                                 f"first frame {w}x{h}")
-            small = resize_label(lab, out_hw)
+            small = resize_mask_square(lab, self.image_size)
             masks.append(small[None] == objects[:, None, None].astype(small.dtype))
         frame_idx = np.array([int(stems[p]) if stems[p].isdigit() else int(p) for p in positions], dtype=np.int64)
         return RawClip(frames=resize_frames(frames, self.image_size), masks=np.stack(masks).astype(np.uint8),

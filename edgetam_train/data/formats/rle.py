@@ -2,7 +2,7 @@
 
 pycocotools fills a short or malformed RLE with uninitialised memory instead of failing, so every RLE is checked
 (``check_rle``: size, alphabet, runs summing to h*w) before ``pycocotools.mask.decode`` sees it. Decoded masks are
-(h, w) uint8 in Fortran order; ``resize_mask_colmajor`` resizes them without a full-size transpose.
+(h, w) uint8 in Fortran order; ``transforms.resize_mask_square`` resizes them without a full-size transpose.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from edgetam_train.data.skips import BadSample
+from edgetam_train.data.transforms import resize_mask_square
 
 
 def rle_runs(counts: str | bytes) -> np.ndarray:
@@ -75,27 +75,15 @@ def decode_rle(segmentation: Any, h: int, w: int) -> np.ndarray:
     return mask_utils.decode(check_rle(segmentation, h, w))
 
 
-def resize_mask_colmajor(mask: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an (h, w) mask as pycocotools decodes it (Fortran order) to a C-order ``out_hw``.
-
-    ``mask.T`` is a C-contiguous (w, h) view, so it is resized as the transposed image and only the small result is
-    transposed back: this skips a full-resolution transpose copy (3.4 MB per SA-1B mask). Nearest-neighbour sampling
-    works per axis, so the result equals ``cv2.resize(mask, ..., INTER_NEAREST)`` (what ``A.LongestMaxSize`` does to
-    masks) exactly.
-    """
-    oh, ow = out_hw
-    small_t = cv2.resize(mask.T, (oh, ow), interpolation=cv2.INTER_NEAREST) if mask.shape != out_hw else mask.T
-    return cv2.transpose(small_t)
-
-
-def decode_resized(rles: Sequence[Any], h: int, w: int, out_hw: tuple[int, int], path: str | Path,
+def decode_resized(rles: Sequence[Any], h: int, w: int, size: int, path: str | Path,
                    what: str = "annotation", none_is_empty: bool = False) -> np.ndarray:
-    """uint8 (K, *out_hw) masks of ``rles``: each RLE is checked, decoded (one ``pycocotools.mask.decode`` call per
-    mask) and immediately resized, so at most one full-resolution mask exists at a time. ``None`` entries are empty
+    """uint8 (K, size, size) masks of ``rles``: each RLE is checked, decoded (one ``pycocotools.mask.decode`` call
+    per mask) and immediately resized to the S×S training grid (``transforms.resize_mask_square``), so at most one
+    full-resolution mask exists at a time. ``None`` entries are empty
     masks when ``none_is_empty`` (SA-V: an absent object), else malformed. Raises ``BadSample`` bad_rle naming
     ``path`` and the ``what`` index.
     """
-    out = np.zeros((len(rles), *out_hw), dtype=np.uint8)
+    out = np.zeros((len(rles), size, size), dtype=np.uint8)
     for k, rle in enumerate(rles):
         if rle is None and none_is_empty:
             continue
@@ -103,7 +91,7 @@ def decode_resized(rles: Sequence[Any], h: int, w: int, out_hw: tuple[int, int],
             full = decode_rle(rle, h, w)
         except (ValueError, TypeError, KeyError) as e:
             raise BadSample("bad_rle", str(path), f"{what} {k}: {e}") from None
-        out[k] = resize_mask_colmajor(full, out_hw)
+        out[k] = resize_mask_square(full, size)
     return out
 
 

@@ -165,12 +165,12 @@ def visibility(masklet: list[list[Any]], path: Path) -> np.ndarray:
         raise BadSample("bad_rle", str(path), str(e)) from None
 
 
-def decode_masklet(entries: Sequence[Any], h: int, w: int, out_hw: tuple[int, int], path: Path) -> np.ndarray:
-    """uint8 (len(entries), *out_hw): each entry checked, decoded and resized (nearest); None -> zeros.
+def decode_masklet(entries: Sequence[Any], h: int, w: int, size: int, path: Path) -> np.ndarray:
+    """uint8 (len(entries), size, size): each entry checked, decoded and resized to the S×S grid; None -> zeros.
 
     Raises ``BadSample`` bad_rle (malformed RLE, or one whose size is not (h, w)).
     """
-    return decode_resized(entries, h, w, out_hw, path, what="object", none_is_empty=True)
+    return decode_resized(entries, h, w, size, path, what="object", none_is_empty=True)
 
 
 # --------------------------------------------------------------------------------------------------------------------
