@@ -558,9 +558,10 @@ def test_video_mixture_config_composes(sample, tmp_path):
             f"+data.datasets.sa1b.index_cache={tmp_path / 'idx.txt'}", f"data.datasets.davis.root={sample / 'davis'}",
             "data.num_workers=0", "data.pin_memory=false", "data.steps_per_epoch=2"])
     assert cfg.data.clip_len == 8 and cfg.data.max_objects == 3
-    assert cfg.data.datasets.sav.weight == 1.0 and cfg.data.datasets.sa1b.weight == 0.1
+    assert cfg.data.datasets.sav.weight == 1.0 and cfg.data.datasets.sa1b.share == 0.1
     dm = instantiate(cfg.data)
-    assert set(dm.weights) == {"sav", "sa1b", "davis"}
+    # SA-1B keeps 10 % of the steps with DAVIS enabled too; SA-V and DAVIS split the other 90 % by weight
+    assert dm.weights == pytest.approx({"sav": 0.9 / 1.1, "davis": 0.09 / 1.1, "sa1b": 0.1})
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].shape[-3:] == (3, 64, 64)
 

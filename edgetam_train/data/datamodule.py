@@ -290,7 +290,8 @@ class VideoDataModule(DataModuleBase):
         active = {}
         for name, entry in (datasets or {}).items():
             entry = dict(entry or {})
-            if entry.get("root") is None or float(entry.get("weight", 1.0)) <= 0:
+            weight = entry["share"] if entry.get("share") is not None else entry.get("weight", 1.0)
+            if entry.get("root") is None or float(weight) <= 0:
                 continue
             target = entry.get("_target_")
             if not target:
@@ -309,7 +310,7 @@ class VideoDataModule(DataModuleBase):
     @staticmethod
     def _arguments(entry: Mapping[str, Any]) -> tuple[type, dict[str, Any]]:
         """(dataset class, its own arguments) of a ``data.datasets`` entry."""
-        kwargs = {k: v for k, v in entry.items() if k not in ("_target_", "weight", "root")}
+        kwargs = {k: v for k, v in entry.items() if k not in ("_target_", "weight", "share", "root")}
         return hydra.utils.get_class(entry["_target_"]), kwargs
 
     def prepare_data(self) -> None:
@@ -338,8 +339,19 @@ class VideoDataModule(DataModuleBase):
 
     @property
     def weights(self) -> dict[str, float]:
-        """{name: mixture weight} of the active datasets."""
-        return {name: float(e.get("weight", 1.0)) for name, e in self.entries.items()}
+        """{name: mixture weight} of the active datasets.
+
+        An entry with ``share`` (e.g. SA-1B's 0.1) gets that fraction of the steps whatever else is enabled; the
+        entries without one split the rest in proportion to their ``weight``.
+        """
+        shares = {n: float(e["share"]) for n, e in self.entries.items() if e.get("share") is not None}
+        rest = {n: float(e.get("weight", 1.0)) for n, e in self.entries.items() if n not in shares}
+        if sum(shares.values()) >= 1.0 and rest:
+            raise ValueError(f"data.datasets shares {shares} leave nothing for {sorted(rest)}: shares must sum to < 1")
+        if not rest:
+            return shares
+        left, total = 1.0 - sum(shares.values()), sum(rest.values())
+        return {**{n: w * left / total for n, w in rest.items()}, **shares}
 
     def set_epoch(self, epoch: int) -> None:
         """Set the training epoch by hand (normally the sampler does it)."""
