@@ -216,18 +216,22 @@ def test_dynamic_multimask_fallback(heads):
     assert masks.shape == (3, 1, 8, 8) and scores.shape == (3, 1)
     torch.testing.assert_close(masks[:, 0], torch.stack((logits[0, 0], logits[1, 3], logits[2, 0])), rtol=0, atol=0)
     torch.testing.assert_close(scores[:, 0], torch.tensor([0.1, 0.9, 0.5]), rtol=0, atol=0)
-    # only in eval with single-mask output; training always returns token 0
+    # only with single-mask output and dynamic_multimask (the inference rules, models/step_rules.py), in train() or
+    # eval() alike; the training rules (dynamic_multimask=False) always return token 0
     g = 4
     args = (torch.randn(2, C, g, g), torch.randn(1, C, g, g), torch.randn(2, 2, C), torch.randn(2, C, g, g))
     high_res = [torch.randn(2, C // 8, 4 * g, 4 * g), torch.randn(2, C // 4, 2 * g, 2 * g)]
     all_masks, all_ious, *_ = dec.predict_masks(*args, False, high_res)
-    dec.train()
-    try:
-        masks, ious, tokens, _ = dec(*args, False, False, high_res)
-    finally:
-        dec.eval()
+    masks, ious, tokens, _ = dec(*args, False, False, high_res, dynamic_multimask=False)
     torch.testing.assert_close(masks, all_masks[:, :1], rtol=0, atol=0)
     torch.testing.assert_close(ious, all_ious[:, :1], rtol=0, atol=0)
+    dynamic, _ = dec._dynamic_multimask_via_stability(all_masks, all_ious)
+    dec.train()
+    try:
+        masks, *_ = dec(*args, False, False, high_res, dynamic_multimask=True)
+    finally:
+        dec.eval()
+    torch.testing.assert_close(masks, dynamic, rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------------------------- building blocks

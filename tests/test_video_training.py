@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 import edgetam_train.distill.prompting as prompting
 from edgetam_train.config import CONFIG_DIR, register_resolvers
 from edgetam_train.models.memory_bank import MemoryBank
+from edgetam_train.models.step_rules import INFERENCE
 
 S, T = 256, 3
 
@@ -118,7 +119,7 @@ def test_teacher_and_student_memory_banks_are_independent(batch, monkeypatch):
 @pytest.mark.parametrize("name", ["edgetam", "sam2.1_hiera_t"])
 def test_training_forward_equals_video_predictor_in_eval(name):
     """The training forward (prompting.run_clip) and the VideoPredictor share the frame step and the memory bank:
-    in eval mode, with the same click on frame 0 and tracking through the clip, they agree to 1e-5."""
+    under the inference rules, with the same click on frame 0 and tracking through the clip, they agree to 1e-5."""
     from edgetam_train.models.build import build_model
     from edgetam_train.predictor import VideoPredictor
 
@@ -140,7 +141,8 @@ def test_training_forward_equals_video_predictor_in_eval(name):
         feats = model.encode_image(frames)
         records = prompting.run_clip(model, [feats.select(torch.full((2,), t)) for t in range(T)],
                                      torch.zeros(T, 2, 1, S, S, dtype=torch.bool), plan, cfg,
-                                     replay=[prompting.FrameRecord(0, [first], None, None, False)])
+                                     replay=[prompting.FrameRecord(0, [first], None, None, False)],
+                                     rules=INFERENCE)
     for record in records:
         step = record.steps[-1]
         best = step.ious.argmax(dim=1)

@@ -59,11 +59,14 @@ class DistillationModule(pl.LightningModule):
         optimizer / scheduler: dicts for :func:`edgetam_train.distill.optim.build_optimizer` / ``build_scheduler``.
         init_from: a checkpoint (official or training) whose weights initialise the student (student keys only).
         vis_every_n_steps: how often the step returns mask-picture tensors for ``MaskPicturesCallback``.
+        freeze_batchnorm: keep the student's BatchNorm layers in eval mode while training (running statistics used
+            and never updated); ``debug=identity`` sets it so that student and teacher compute the same function.
     """
 
     def __init__(self, student: SAM2Model, teacher: Teacher | None, loss: DistillationLoss,
                  prompts: PromptConfig | dict | None = None, optimizer: dict | None = None,
-                 scheduler: dict | None = None, init_from: str | None = None, vis_every_n_steps: int = 500) -> None:
+                 scheduler: dict | None = None, init_from: str | None = None, vis_every_n_steps: int = 500,
+                 freeze_batchnorm: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher", "loss"])
         self.student = student
@@ -74,6 +77,7 @@ class DistillationModule(pl.LightningModule):
         self.optimizer_cfg = dict(optimizer or {})
         self.scheduler_cfg = dict(scheduler or {})
         self.vis_every_n_steps = vis_every_n_steps
+        self.freeze_batchnorm = freeze_batchnorm
         self.skip_totals = dict.fromkeys(SKIP_KEYS, 0)  # bad samples skipped so far, all ranks; saved in checkpoints
         self.nonfinite = NonFiniteGuard()  # NaN/inf-loss steps skipped (trainer.max_consecutive_nonfinite)
         self.val_scores = ValScores()  # validation sums and counts (no persistent state: not in checkpoints)
@@ -85,6 +89,25 @@ class DistillationModule(pl.LightningModule):
             check_state_dict(student, sd, str(init_from))
             student.load_state_dict(sd)
             log.info("student initialised from %s", init_from)
+        if teacher is not None:
+            teacher.bind_student(student)
+
+    def train(self, mode: bool = True) -> "DistillationModule":
+        """``nn.Module.train``, except that ``freeze_batchnorm`` keeps the student's BatchNorm layers in eval mode."""
+        super().train(mode)
+        if mode:
+            self._freeze_batchnorm()
+        return self
+
+    def on_train_start(self) -> None:
+        """Lightning does not call ``train()`` when fitting starts (modules are built in training mode)."""
+        self._freeze_batchnorm()
+
+    def _freeze_batchnorm(self) -> None:
+        if self.freeze_batchnorm:
+            for m in self.student.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     # ------------------------------------------------------------------ plumbing
     def setup(self, stage: str) -> None:

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from edgetam_train.models.memory_bank import FrameOutput, MemoryBank
 from edgetam_train.models.sam2_model import ImageFeatures, SAM2Model
+from edgetam_train.models.step_rules import TRAINING, StepRules
 
 
 @dataclass
@@ -213,9 +214,12 @@ def _first_prompt(kind: str, gt: Tensor, cfg: PromptConfig) -> tuple[Tensor | No
 
 
 def run_clip(model: SAM2Model, frame_feats: list[ImageFeatures], gt: Tensor, plan: ClipPlan, cfg: PromptConfig,
-             replay: list[FrameRecord] | None = None, memory_masks: dict[int, Tensor] | None = None
-             ) -> list[FrameRecord]:
+             replay: list[FrameRecord] | None = None, memory_masks: dict[int, Tensor] | None = None,
+             rules: StepRules = TRAINING) -> list[FrameRecord]:
     """Segment N objects through a clip with simulated prompts, building memory from the model's own masks.
+
+    Every frame step runs under ``rules`` (SAM 2's training rules by default, for the student and for the teacher
+    replaying it; see ``models/step_rules.py``), whatever ``model.training`` says.
 
     Args:
         model: student or teacher.
@@ -225,9 +229,17 @@ def run_clip(model: SAM2Model, frame_feats: list[ImageFeatures], gt: Tensor, pla
         replay: the student's records: reuse their prompts (first prompts and correction clicks) instead of sampling.
         memory_masks: frame -> (N, 1, S, S) mask logits to encode into memory instead of this model's own masks (the
             teacher can encode the student's masks so both memories hold the same masks).
+        rules: the step rules (``TRAINING`` or ``INFERENCE``).
     Returns:
         One :class:`FrameRecord` per frame, in processing order.
     """
+    with model.using_rules(rules):
+        return _run_clip(model, frame_feats, gt, plan, cfg, replay, memory_masks)
+
+
+def _run_clip(model: SAM2Model, frame_feats: list[ImageFeatures], gt: Tensor, plan: ClipPlan, cfg: PromptConfig,
+              replay: list[FrameRecord] | None, memory_masks: dict[int, Tensor] | None) -> list[FrameRecord]:
+    """:func:`run_clip`'s loop, under the rules the caller set."""
     bank = MemoryBank()
     records: list[FrameRecord] = []
     by_frame = {r.frame_idx: r for r in replay} if replay is not None else {}

@@ -4,7 +4,11 @@ A teacher turns a training batch (and the student's own pass over it, for replay
 F16 for every frame and, for clips whose frames read memory, the teacher's replay records (their F_M). Two kinds:
 
 - :class:`FrozenTeacher` (live): a frozen SAM 2.1 model encodes the frames and replays the student's prompts with its
-  own memory bank (config ``model/teacher=frozen``, the default);
+  own memory bank (config ``model/teacher=frozen``, the default), under SAM 2's training rules like the student
+  (``models/step_rules.py``) but in ``eval()`` (dropout off);
+- :class:`StudentCopyTeacher`: the student's own architecture with the student's current weights (config
+  ``model/teacher=student_copy``, used by ``debug=identity``): every feature loss must be ~0, which checks that the
+  teacher's replay computes exactly what the student's step computes;
 - :class:`CachedTeacher`: F16 was computed ahead of training by ``edgetam-cache-teacher`` and arrives in the batch
   (``batch["teacher_f16"]``, read by the SA-1B loader from ``data.teacher_cache``); stage 1 only, no model is built
   (config ``model/teacher=cached``).
@@ -27,6 +31,7 @@ from torch import Tensor, nn
 from edgetam_train.data.teacher_cache import check_teacher_config, read_manifest
 from edgetam_train.models.checkpoint import load_checkpoint
 from edgetam_train.models.sam2_model import SAM2Model
+from edgetam_train.models.step_rules import StepRules, rules_by_name
 
 from .prompting import ClipPlan, FrameRecord, PromptConfig, run_clip
 
@@ -83,6 +88,9 @@ class Teacher(nn.Module):
 
     image_size: int | None = None
 
+    def bind_student(self, student: nn.Module) -> None:
+        """Called once by the training module with its student; a teacher that needs it keeps a reference."""
+
     def targets(self, batch: Mapping[str, Any], replay: ClipReplay, with_memory: bool) -> TeacherTargets:
         """Targets for one batch; ``with_memory``: also replay the clip through memory (stage 2, λ_M > 0)."""
         raise NotImplementedError
@@ -101,11 +109,16 @@ class FrozenTeacher(Teacher):
         checkpoint: official ``{"model": state_dict}`` file (or training checkpoint) with its weights.
         allow_random_init: without a checkpoint, refuse to start unless this is True (then warn loudly: a random
             teacher distils noise; only for smoke tests and the quick start).
+        rules: the step rules of the replay, ``"training"`` (SAM 2's, the student's; the default) or ``"inference"``
+            (the predictors': binarised memory masks, past-only pointers, dynamic multimask). Only for experiments:
+            under ``"inference"`` the teacher's F_M comes from another memory than the student's.
     """
 
-    def __init__(self, net: SAM2Model, checkpoint: str | Path | None = None, allow_random_init: bool = False) -> None:
+    def __init__(self, net: SAM2Model, checkpoint: str | Path | None = None, allow_random_init: bool = False,
+                 rules: str | StepRules = "training") -> None:
         super().__init__()
         self.net = net
+        self.rules = rules_by_name(rules)
         if checkpoint:
             load_checkpoint(net, checkpoint)
             log.info("teacher weights loaded from %s", checkpoint)
@@ -149,7 +162,8 @@ class FrozenTeacher(Teacher):
         if with_memory:
             records = run_clip(self.net, [feats.select(r) for r in replay.rows], replay.gt, replay.plan,
                                replay.prompts, replay=replay.records,
-                               memory_masks={r.frame_idx: r.memory_mask.detach() for r in replay.records})
+                               memory_masks={r.frame_idx: r.memory_mask.detach() for r in replay.records},
+                               rules=self.rules)
         return TeacherTargets(feats.f16, records)
 
     @torch.no_grad()
@@ -157,9 +171,45 @@ class FrozenTeacher(Teacher):
         net = self.net
         feats = net.encode_image(images)
         num = 0 if labels is None else labels.shape[1]
-        out = net.decode(net.condition(feats, None), feats.high_res, coords, labels,
-                         multimask_output=net.use_multimask(True, num))
+        with net.using_rules(self.rules):
+            out = net.decode(net.condition(feats, None), feats.high_res, coords, labels,
+                             multimask_output=net.use_multimask(True, num))
         return out.low_res_masks
+
+
+class StudentCopyTeacher(FrozenTeacher):
+    """The student's own architecture with the student's weights, copied before every batch (``debug=identity``).
+
+    Frozen and in ``eval()`` like every live teacher and replaying under the same rules, so with the student's dropout
+    off and its BatchNorm frozen (``model.freeze_batchnorm``) every F16 and F_M target equals the student's: a
+    feature loss above float rounding means the teacher's replay differs from the student's step.
+
+    Args:
+        net: a model of the student's architecture (config: ``${model.student}``); its initial weights are replaced.
+        rules: as :class:`FrozenTeacher`.
+    """
+
+    def __init__(self, net: SAM2Model, rules: str | StepRules = "training") -> None:
+        Teacher.__init__(self)
+        self.net = net
+        self.rules = rules_by_name(rules)
+        self.net.requires_grad_(False)
+        self.eval()
+        self._student: tuple[nn.Module, ...] = ()  # a tuple: not registered, never moved or saved with the teacher
+
+    def bind_student(self, student: nn.Module) -> None:
+        self._student = (student,)
+
+    @torch.no_grad()
+    def copy_student(self) -> None:
+        """Load the student's current weights (and BatchNorm statistics) into the teacher."""
+        if not self._student:
+            raise RuntimeError("StudentCopyTeacher: no student bound (the training module calls bind_student)")
+        self.net.load_state_dict(self._student[0].state_dict())
+
+    def targets(self, batch: Mapping[str, Any], replay: ClipReplay, with_memory: bool) -> TeacherTargets:
+        self.copy_student()
+        return super().targets(batch, replay, with_memory)
 
 
 class CachedTeacher(Teacher):
@@ -170,10 +220,11 @@ class CachedTeacher(Teacher):
             ``net`` and ``checkpoint`` (architecture and weights' sha256). None: nothing to check (benchmarks, tests).
         net: the teacher's architecture config (``configs/arch/sam2.1_hiera_*.yaml``); never built.
         checkpoint, allow_random_init: the teacher's weights as the live teacher would load them.
+        rules: accepted for config symmetry with the live teacher; a cache replays nothing.
     """
 
     def __init__(self, directory: str | Path | None = None, net: Mapping[str, Any] | None = None,
-                 checkpoint: str | Path | None = None, allow_random_init: bool = False) -> None:
+                 checkpoint: str | Path | None = None, allow_random_init: bool = False, rules: str = "training") -> None:
         super().__init__()
         self.directory = directory
         if directory is not None:

@@ -22,8 +22,9 @@ class MaskDecoder(nn.Module):
         iou_head_depth / iou_head_hidden_dim: IoU-prediction MLP.
         use_high_res_features: add projected stride-4/8 features while upsampling (``conv_s0``/``conv_s1``).
         iou_prediction_use_sigmoid: IoU head outputs in [0, 1].
-        dynamic_multimask_via_stability: in eval with single-mask output, fall back to the best multimask candidate
-            when the single mask is unstable (stability score under ``..._thresh`` at logit ±``..._delta``).
+        dynamic_multimask_via_stability: with single-mask output under the inference rules (``forward``'s
+            ``dynamic_multimask``), fall back to the best multimask candidate when the single mask is unstable
+            (stability score under ``..._thresh`` at logit ±``..._delta``).
         pred_obj_scores / pred_obj_scores_mlp: object-score token and head (MLP or linear).
         use_multimask_token_for_obj_ptr: in multimask mode, return the 3 multimask tokens (for the object pointer).
     """
@@ -64,7 +65,8 @@ class MaskDecoder(nn.Module):
 
     def forward(self, image_embeddings: Tensor, image_pe: Tensor, sparse_prompt_embeddings: Tensor,
                 dense_prompt_embeddings: Tensor, multimask_output: bool, repeat_image: bool,
-                high_res_features: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                high_res_features: list[Tensor] | None = None, dynamic_multimask: bool = True
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Decode masks.
 
         Args:
@@ -72,6 +74,8 @@ class MaskDecoder(nn.Module):
             image_pe: (1, C, h, w) dense position encoding.
             sparse_prompt_embeddings: (B, N, C); dense_prompt_embeddings: (B, C, h, w).
             high_res_features: [(B, C/8, 4h, 4w), (B, C/4, 2h, 2w)], already projected by conv_s0/conv_s1.
+            dynamic_multimask: allow the stability fallback (SAM 2 does it in eval only; the model passes its
+                ``rules.dynamic_multimask``, see ``models/step_rules.py``). Needs ``dynamic_multimask_via_stability``.
         Returns:
             masks (B, M, 4h, 4w) logits, iou_pred (B, M), sam_tokens_out (B, M', C) for the object pointer,
             object_score_logits (B, 1); M = 3 in multimask mode, else 1.
@@ -81,7 +85,7 @@ class MaskDecoder(nn.Module):
             high_res_features)
         if multimask_output:
             masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]
-        elif self.dynamic_multimask_via_stability and not self.training:
+        elif self.dynamic_multimask_via_stability and dynamic_multimask:
             masks, iou_pred = self._dynamic_multimask_via_stability(masks, iou_pred)
         else:
             masks, iou_pred = masks[:, :1], iou_pred[:, :1]

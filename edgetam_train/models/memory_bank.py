@@ -7,9 +7,13 @@ model weights: :meth:`SAM2Model.read_memory` turns the frames chosen here into m
 Selection rules (SAM 2):
 - spatial memories: the (up to ``max_cond_frames``, temporally closest) conditioning frames at temporal position 0,
   then the last ``num_maskmem - 1`` frames before the current one at positions ``1 .. num_maskmem - 1`` (stride ``r``
-  in eval for r > 1), a missing frame is skipped;
-- object pointers: the selected conditioning frames (optionally only those not in the future), then up to
-  ``max_obj_ptrs - 1`` frames immediately before the current one.
+  under the inference rules for r > 1), a missing frame is skipped;
+- object pointers: the selected conditioning frames (``only_past``: only those not in the future, SAM 2's eval rule;
+  in training SAM 2 also reads conditioning frames later in the clip), then up to ``max_obj_ptrs - 1`` frames
+  immediately before the current one.
+
+The caller passes the rule (``stride``, ``only_past``); :class:`~edgetam_train.models.step_rules.StepRules` decides it
+explicitly, not ``nn.Module.training``.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ One frame step (:meth:`SAM2Model.track_step`)::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,6 +26,7 @@ from torch.nn.init import trunc_normal_
 from .memory_bank import FrameOutput, MemoryBank
 from .outputs import ImageFeatures, MemoryContext, SamOutput
 from .position_encoding import sine_pe_1d
+from .step_rules import INFERENCE, StepRules, rules_by_name
 
 # logit given to every pixel of an object predicted absent (official NO_OBJ_SCORE)
 NO_OBJ_SCORE = -1024.0
@@ -42,7 +46,13 @@ class SAM2Model(nn.Module):
         num_maskmem: memory frames read per step (1 conditioning + 6 previous).
         image_size: model input size S.
         no_obj_embed_spatial: add a learned embedding to the memory of frames where the object is absent (SAM 2.1).
-        The remaining flags are SAM 2's options with the official meaning (see configs/arch/*.yaml).
+        The remaining flags are SAM 2's options with the official meaning (see configs/arch/*.yaml); the ``*_for_eval``
+        ones and ``binarize_mask_from_pts_for_mem_enc`` apply under the inference rules (:attr:`rules`), not in
+        ``eval()``.
+
+    ``rules`` (:mod:`~edgetam_train.models.step_rules`): which of SAM 2's train/eval differences a frame step follows;
+    :data:`INFERENCE` unless a caller switches (``with model.using_rules(TRAINING): ...``). Independent of
+    ``train()`` / ``eval()``, which only switch dropout and BatchNorm.
     """
 
     def __init__(
@@ -133,6 +143,17 @@ class SAM2Model(nn.Module):
         self.fixed_no_obj_ptr = fixed_no_obj_ptr
         self.soft_no_obj_ptr = soft_no_obj_ptr
         self.high_res_in_neck = False  # set by fuse_high_res_projection (inference only)
+        self.rules: StepRules = INFERENCE
+
+    @contextmanager
+    def using_rules(self, rules: StepRules | str) -> Iterator[SAM2Model]:
+        """Run the enclosed frame steps under ``rules`` (``TRAINING`` / ``INFERENCE`` or their names); restores the
+        previous rules on exit."""
+        previous, self.rules = self.rules, rules_by_name(rules)
+        try:
+            yield self
+        finally:
+            self.rules = previous
 
     # ------------------------------------------------------------------ image
     @property
@@ -191,7 +212,7 @@ class SAM2Model(nn.Module):
     def read_memory(self, frame_idx: int, bank: MemoryBank, num_frames: int, reverse: bool = False
                     ) -> MemoryContext | None:
         """Memory tokens frame ``frame_idx`` attends to, from ``bank``; None if the bank has no memory yet."""
-        stride = 1 if self.training else self.memory_temporal_stride_for_eval
+        stride = self.memory_temporal_stride_for_eval if self.rules.eval_memory_stride else 1
         frames = bank.memory_frames(frame_idx, self.num_maskmem, self.max_cond_frames_in_attn, stride, reverse)
         frames = [(t, out) for t, out in frames if out.memory is not None]
         if not frames:
@@ -201,7 +222,7 @@ class SAM2Model(nn.Module):
         num_spatial = len(tokens)
 
         max_ptrs = min(num_frames, self.max_obj_ptrs_in_encoder)
-        only_past = not self.training and self.only_obj_ptrs_in_the_past_for_eval
+        only_past = self.rules.past_pointers_only and self.only_obj_ptrs_in_the_past_for_eval
         ptrs = bank.pointer_frames(frame_idx, num_frames, self.max_obj_ptrs_in_encoder, self.max_cond_frames_in_attn,
                                    only_past, reverse, self.use_signed_tpos_enc_to_obj_ptrs)
         num_ptr_tokens = 0
@@ -269,7 +290,7 @@ class SAM2Model(nn.Module):
         return self.sam_mask_decoder(
             image_embeddings=pix_feat, image_pe=self.sam_prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask_output,
-            repeat_image=repeat_image, high_res_features=high_res)
+            repeat_image=repeat_image, high_res_features=high_res, dynamic_multimask=self.rules.dynamic_multimask)
 
     def decode(self, pix_feat: Tensor, high_res: list[Tensor] | None, point_coords: Tensor | None = None,
                point_labels: Tensor | None = None, mask_inputs: Tensor | None = None,
@@ -336,7 +357,7 @@ class SAM2Model(nn.Module):
 
         N = H·W for SAM 2.1; EdgeTAM's spatial perceiver compresses it to 512 (256 global + 256 2D latents).
         """
-        if self.binarize_mask_from_pts_for_mem_enc and is_mask_from_pts and not self.training:
+        if self.binarize_mask_from_pts_for_mem_enc and is_mask_from_pts and self.rules.binarize_memory_masks:
             mask = (high_res_masks > 0).float()
         else:
             mask = torch.sigmoid(high_res_masks)
