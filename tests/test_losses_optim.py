@@ -254,9 +254,26 @@ def _names(model: nn.Module, group: dict) -> set[str]:
     return {n for n, p in model.named_parameters() if id(p) in ids}
 
 
-def test_param_groups_no_decay_rule():
+def test_param_groups_sam2_decay_rule_is_the_default():
+    """SAM 2.1's training config: weight decay 0 only for *bias* and torch.nn.LayerNorm; BatchNorm and LayerNorm2d
+    scales, embeddings, position tables, latents and the no-object tensors are decayed."""
     model = ToyModel()
     groups = {g["name"]: g for g in param_groups(model, weight_decay=0.1, lr=1e-3)}
+    assert set(groups) == {"decay", "no_decay"}
+    assert _names(model, groups["no_decay"]) == {
+        "image_encoder.trunk.conv.bias", "image_encoder.trunk.bn.bias", "image_encoder.neck.bias", "norm.weight",
+        "norm.bias", "ln2d.bias", "obj_ptr_tpos_proj.bias", "head.bias"}
+    assert _names(model, groups["decay"]) == {
+        "image_encoder.trunk.conv.weight", "image_encoder.trunk.bn.weight", "image_encoder.trunk.pos_embed",
+        "image_encoder.neck.weight", "ln2d.weight", "tokens.weight", "latents", "maskmem_tpos_enc", "no_obj_ptr",
+        "obj_ptr_tpos_proj.weight", "head.weight"}
+    with pytest.raises(ValueError, match="weight_decay_rule"):
+        param_groups(model, weight_decay=0.1, lr=1e-3, weight_decay_rule="timm")
+
+
+def test_param_groups_extended_decay_rule():
+    model = ToyModel()
+    groups = {g["name"]: g for g in param_groups(model, weight_decay=0.1, lr=1e-3, weight_decay_rule="extended")}
     assert set(groups) == {"decay", "no_decay"}
     assert _names(model, groups["decay"]) == {"image_encoder.trunk.conv.weight", "image_encoder.neck.weight",
                                               "obj_ptr_tpos_proj.weight", "head.weight"}
@@ -269,16 +286,21 @@ def test_param_groups_no_decay_rule():
     assert no_weight_decay(nn.LayerNorm(4), "weight", torch.zeros(4))
 
 
-def test_param_groups_trunk_lr_and_optimizer():
+def test_param_groups_vision_lr_and_optimizer():
+    """SAM 2's vision_lr covers image_encoder.* (trunk and neck); image_encoder.trunk keeps it to the trunk."""
     model = ToyModel()
-    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, trunk_lr=1e-4)
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, vision_lr=1e-4)
     groups = {g["name"]: g for g in opt.param_groups}
-    assert set(groups) == {"decay", "no_decay", "trunk_decay", "trunk_no_decay"}
-    assert _names(model, groups["trunk_decay"]) == {"image_encoder.trunk.conv.weight"}
-    assert _names(model, groups["trunk_no_decay"]) == {"image_encoder.trunk.conv.bias", "image_encoder.trunk.bn.weight",
-                                                       "image_encoder.trunk.bn.bias", "image_encoder.trunk.pos_embed"}
-    assert groups["trunk_decay"]["lr"] == 1e-4 and groups["decay"]["lr"] == 1e-3
-    assert groups["trunk_decay"]["weight_decay"] == 0.05
+    assert set(groups) == {"decay", "no_decay", "vision_decay", "vision_no_decay"}
+    assert _names(model, groups["vision_decay"]) == {"image_encoder.trunk.conv.weight", "image_encoder.trunk.bn.weight",
+                                                     "image_encoder.trunk.pos_embed", "image_encoder.neck.weight"}
+    assert _names(model, groups["vision_no_decay"]) == {"image_encoder.trunk.conv.bias", "image_encoder.trunk.bn.bias",
+                                                        "image_encoder.neck.bias"}
+    assert groups["vision_decay"]["lr"] == 1e-4 and groups["decay"]["lr"] == 1e-3
+    assert groups["vision_decay"]["weight_decay"] == 0.05
+    trunk_only = build_optimizer(model, lr=1e-3, vision_lr=1e-4, vision_prefix="image_encoder.trunk")
+    names = {g["name"]: _names(model, g) for g in trunk_only.param_groups}
+    assert "image_encoder.neck.weight" in names["decay"] and "image_encoder.trunk.conv.weight" in names["vision_decay"]
     n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
     assert sum(len(g["params"]) for g in opt.param_groups) == n_trainable  # frozen ones left out, none twice
     assert isinstance(opt, torch.optim.AdamW)
@@ -309,14 +331,14 @@ def test_cosine_schedule_key_steps():
 
 def test_build_scheduler_scales_every_group():
     model = ToyModel()
-    opt = build_optimizer(model, lr=1e-3, weight_decay=0.1, trunk_lr=1e-4)
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.1, vision_lr=1e-4)
     sched = build_scheduler(opt, "inverse_sqrt", total_steps=100, warmup_steps=10, cooldown_steps=20, timescale=10)
     assert all(g["lr"] == 0.0 for g in opt.param_groups)
     for _ in range(10):
         opt.step()
         sched.step()
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
-    assert lrs["decay"] == pytest.approx(1e-3) and lrs["trunk_decay"] == pytest.approx(1e-4)
+    assert lrs["decay"] == pytest.approx(1e-3) and lrs["vision_decay"] == pytest.approx(1e-4)
     assert build_scheduler(opt, "constant").get_last_lr()[0] == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="max_steps"):
         build_scheduler(opt, "cosine", total_steps=None)

@@ -30,7 +30,7 @@ from edgetam_train.data.datamodule import SA1BDataModule
 from edgetam_train.data.datasets.fixed_batch import FixedBatch
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.distill.module import DistillationModule
-from edgetam_train.distill.optim import inverse_sqrt_schedule, is_norm_layer
+from edgetam_train.distill.optim import inverse_sqrt_schedule
 from edgetam_train.distill.teacher import FrozenTeacher
 from edgetam_train.models.build import build_model
 from edgetam_train.models.checkpoint import read_state_dict
@@ -222,18 +222,18 @@ def test_optimizer_groups_adamw_no_decay_on_norms_and_biases(module):
     assert groups["decay"]["weight_decay"] == pytest.approx(0.1) and groups["no_decay"]["weight_decay"] == 0.0
     no_decay = {id(p) for p in groups["no_decay"]["params"]}
     decay = {id(p) for p in groups["decay"]["params"]}
-    checked = {"norm": 0, "bias": 0, "kernel": 0}
-    for mod_name, mod in module.student.named_modules():
+    checked = {"layernorm": 0, "bias": 0, "kernel": 0}
+    for mod_name, mod in module.student.named_modules():  # SAM 2's rule: only *bias* and nn.LayerNorm are exempt
         for leaf, p in mod.named_parameters(recurse=False):
-            if is_norm_layer(mod) or leaf == "bias":
+            if type(mod) is nn.LayerNorm or leaf == "bias":
                 assert id(p) in no_decay, f"{mod_name}.{leaf} ({type(mod).__name__}) is decayed"
-                checked["norm" if is_norm_layer(mod) else "bias"] += 1
+                checked["layernorm" if type(mod) is nn.LayerNorm else "bias"] += 1
             elif isinstance(mod, (nn.Conv2d, nn.Linear)) and leaf == "weight":
                 assert id(p) in decay, f"{mod_name}.{leaf} is not decayed"
                 checked["kernel"] += 1
-    assert min(checked.values()) > 20, checked
+    assert min(checked.values()) > 5, checked
     norms = [m for m in module.student.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert norms and all(id(m.weight) in no_decay for m in norms)  # the RepViT trunk's BatchNorms
+    assert norms and all(id(m.weight) in decay for m in norms)  # the RepViT trunk's BatchNorm scales, as SAM 2 would
 
 
 # ---------------------------------------------------------------------------------------------- Lightning: resume

@@ -1,6 +1,12 @@
 """Optimiser parameter groups, AdamW, and the two learning-rate schedules of the EdgeTAM recipe.
 
-Weight-decay rule (:func:`no_weight_decay`): a parameter gets **no** weight decay when
+Weight decay, rule ``"sam2"`` (the default; SAM 2.1's training config, ``sam2.1_hiera_b+_MOSE_finetune.yaml``
+``weight_decay`` options and ``training/optimizer.py``): a parameter gets **no** weight decay when its full name
+contains ``bias`` (``fnmatch('*bias*')``) or its module is exactly a ``torch.nn.LayerNorm``. Everything else is
+decayed: conv / linear kernels, BatchNorm and ``LayerNorm2d`` scales, embeddings, position tables, latents, the
+"no memory" / "no object" tensors.
+
+Rule ``"extended"`` (:func:`no_weight_decay`, the usual ViT/timm rule, ours before issue 13): **no** weight decay when
 
 1. its module is a normalisation layer (any ``BatchNorm*``/``SyncBatchNorm``/``InstanceNorm*``, ``LayerNorm``,
    ``GroupNorm``, ``LocalResponseNorm``, ``RMSNorm``, or a custom class whose name contains ``LayerNorm``,
@@ -12,8 +18,10 @@ Weight-decay rule (:func:`no_weight_decay`): a parameter gets **no** weight deca
    count) contains one of :data:`NO_DECAY_KEYWORDS`: ``pos_embed``, ``latents``, ``no_mem``, ``no_obj``, ``tpos``,
    ``embed``, ``token`` (positional tables, perceiver latents, the "no memory"/"no object" embeddings).
 
-All other weights (conv / linear kernels, including ``patch_embed.proj.weight``) are decayed. This is the usual
-ViT/timm rule; SAM 2's own training config only exempts biases and ``nn.LayerNorm``.
+All other weights (conv / linear kernels, including ``patch_embed.proj.weight``) are decayed.
+
+Learning rates: ``vision_lr`` (stage 2, SAM 2's ``vision_lr``) applies to every parameter under ``vision_prefix``,
+``image_encoder`` (trunk and neck, SAM 2's ``param_names: ['image_encoder.*']``); the rest gets ``lr``.
 
 Schedules are multiplier functions ``f(step) -> float`` for :class:`torch.optim.lr_scheduler.LambdaLR` (stepped once
 per optimiser step); :func:`build_scheduler` wraps them.
@@ -47,27 +55,39 @@ def no_weight_decay(module: nn.Module, leaf_name: str, param: torch.Tensor,
             or any(k in leaf_name for k in keywords))
 
 
+WEIGHT_DECAY_RULES: tuple[str, ...] = ("sam2", "extended")
+
+
+def sam2_no_weight_decay(module: nn.Module, full_name: str) -> bool:
+    """SAM 2's rule: exempt when the full parameter name contains ``bias`` or the module is exactly ``nn.LayerNorm``."""
+    return "bias" in full_name or type(module) is nn.LayerNorm
+
+
 def _in_prefix(name: str, prefix: str | None) -> bool:
     return bool(prefix) and (name == prefix or name.startswith(prefix + "."))
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float, trunk_lr: float | None = None,
-                 trunk_prefix: str = "image_encoder.trunk",
+def param_groups(model: nn.Module, weight_decay: float, lr: float, vision_lr: float | None = None,
+                 vision_prefix: str = "image_encoder", weight_decay_rule: str = "sam2",
                  no_decay_keywords: Sequence[str] = NO_DECAY_KEYWORDS) -> list[dict]:
     """Split the trainable parameters of ``model`` into AdamW parameter groups.
 
     Args:
         model: the module to optimise (parameters with ``requires_grad=False`` are left out; shared parameters once).
         weight_decay: decay of the "decay" groups (the "no_decay" groups get 0).
-        lr: learning rate of every group, except the trunk groups when ``trunk_lr`` is given.
-        trunk_lr: learning rate of parameters under ``trunk_prefix`` (paper stage 2: 6e-5 vs 3e-4).
-        trunk_prefix: dotted name prefix of the trunk inside ``model``.
-        no_decay_keywords: see :func:`no_weight_decay`.
+        lr: learning rate of every group, except the vision groups when ``vision_lr`` is given.
+        vision_lr: learning rate of parameters under ``vision_prefix`` (paper stage 2: 6e-5 vs 3e-4).
+        vision_prefix: dotted name prefix of the image encoder inside ``model`` (SAM 2: ``image_encoder``, trunk and
+            neck; ``image_encoder.trunk`` gives the lower rate to the trunk only).
+        weight_decay_rule: ``"sam2"`` or ``"extended"`` (module docstring).
+        no_decay_keywords: see :func:`no_weight_decay` (rule ``"extended"`` only).
     Returns:
-        list of {"name", "params", "lr", "weight_decay"}; names among "decay", "no_decay", "trunk_decay",
-        "trunk_no_decay" (the trunk ones only when ``trunk_lr`` is given); empty groups are dropped.
+        list of {"name", "params", "lr", "weight_decay"}; names among "decay", "no_decay", "vision_decay",
+        "vision_no_decay" (the vision ones only when ``vision_lr`` is given); empty groups are dropped.
     """
-    split_trunk = trunk_lr is not None
+    if weight_decay_rule not in WEIGHT_DECAY_RULES:
+        raise ValueError(f"weight_decay_rule={weight_decay_rule!r}: expected one of {list(WEIGHT_DECAY_RULES)}")
+    split_vision = vision_lr is not None
     groups: dict[str, dict] = {}
     seen: set[int] = set()
     for mod_name, module in model.named_modules():
@@ -76,22 +96,27 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float, trunk_lr: flo
                 continue
             seen.add(id(p))
             full = f"{mod_name}.{leaf}" if mod_name else leaf
-            trunk = split_trunk and _in_prefix(full, trunk_prefix)
-            decay = not no_weight_decay(module, leaf, p, no_decay_keywords)
-            key = ("trunk_" if trunk else "") + ("decay" if decay else "no_decay")
+            vision = split_vision and _in_prefix(full, vision_prefix)
+            if weight_decay_rule == "sam2":
+                decay = not sam2_no_weight_decay(module, full)
+            else:
+                decay = not no_weight_decay(module, leaf, p, no_decay_keywords)
+            key = ("vision_" if vision else "") + ("decay" if decay else "no_decay")
             if key not in groups:
-                groups[key] = {"name": key, "params": [], "lr": float(trunk_lr if trunk else lr),
+                groups[key] = {"name": key, "params": [], "lr": float(vision_lr if vision else lr),
                                "weight_decay": float(weight_decay) if decay else 0.0}
             groups[key]["params"].append(p)
-    order = ("decay", "no_decay", "trunk_decay", "trunk_no_decay")
+    order = ("decay", "no_decay", "vision_decay", "vision_no_decay")
     return [groups[k] for k in order if k in groups]
 
 
-def build_optimizer(model: nn.Module, lr: float = 4e-4, weight_decay: float = 0.1, trunk_lr: float | None = None,
-                    trunk_prefix: str = "image_encoder.trunk", betas: Sequence[float] = (0.9, 0.999),
-                    eps: float = 1e-8, fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (defaults: the paper's stage 1, lr 4e-4, weight decay 0.1)."""
-    groups = param_groups(model, weight_decay=weight_decay, lr=lr, trunk_lr=trunk_lr, trunk_prefix=trunk_prefix)
+def build_optimizer(model: nn.Module, lr: float = 4e-4, weight_decay: float = 0.1, vision_lr: float | None = None,
+                    vision_prefix: str = "image_encoder", weight_decay_rule: str = "sam2",
+                    betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                    fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` (defaults: the paper's stage 1, lr 4e-4, weight decay 0.1, SAM 2's decay rule)."""
+    groups = param_groups(model, weight_decay=weight_decay, lr=lr, vision_lr=vision_lr, vision_prefix=vision_prefix,
+                          weight_decay_rule=weight_decay_rule)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters to optimise")
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
@@ -137,7 +162,7 @@ def cosine_schedule(warmup_steps: int, total_steps: int, min_ratio: float = 0.0)
     Args:
         warmup_steps: length of the linear warmup (paper stage 2: 15k).
         total_steps: step at which the multiplier reaches ``min_ratio``.
-        min_ratio: final multiplier (SAM 2's video config decays to 0.1 of the base lr).
+        min_ratio: final multiplier (SAM 2.1's training config ends at base/10: 0.1; stage 2's default).
     Returns:
         ``step -> multiplier`` for LambdaLR.
     """
