@@ -9,7 +9,8 @@ resized to S×S, stretched (the aspect ratio is not kept), no padding, no crop. 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import albumentations as A
 import cv2
