@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,10 +210,11 @@ def build_val_sets(val: Mapping[str, Any] | None, holdout: tuple[str | Path, lis
     return sets
 
 
-def val_loaders(sets: list[Dataset], world: int, rank: int, num_workers: int = 0) -> list[DataLoader]:
+def val_loaders(sets: list[Dataset], world: int, rank: int, num_workers: int = 0,
+                worker_init_fn: Callable[[int], None] | None = None) -> list[DataLoader]:
     """One DataLoader per set: one item per batch, this rank's :class:`ShardSampler` shard, in order.
 
     Workers are started for each validation run and end with it (validation is rare; idle workers would hold memory).
     """
     return [DataLoader(s, batch_size=None, sampler=ShardSampler(s, world, rank), collate_fn=_as_is,
-                       num_workers=num_workers) for s in sets]
+                       num_workers=num_workers, worker_init_fn=worker_init_fn) for s in sets]
