@@ -131,3 +131,68 @@ def test_datamodule_applies_the_limits_in_workers(sample, tmp_path):
     set_image_limits(99, 99)
     init(0)  # what every DataLoader worker runs first (also under spawn, where module state is not inherited)
     assert images_mod.image_limits() == (1234, 3)
+
+
+# ------------------------------------------------------------------------------------------- 2: validation set
+
+
+def _davis_copy(sample: Path, dst: Path) -> Path:
+    return Path(shutil.copytree(sample / "davis", dst))
+
+
+def _first_video(root: Path) -> tuple[str, list[Path]]:
+    video = sorted(p.name for p in (root / "Annotations").iterdir())[0]
+    return video, sorted((root / "Annotations" / video).glob("*.png"))
+
+
+def test_corrupt_and_missing_validation_png_are_skipped_counted_and_named(sample, tmp_path, monkeypatch, caplog):
+    import edgetam_train.distill.module as lightning_module
+    from edgetam_train.data.datasets.val import VOSValDataset
+    from edgetam_train.distill.losses import DistillationLoss
+    from edgetam_train.models.build import build_model
+
+    corrupt = _davis_copy(sample, tmp_path / "corrupt")
+    video, pngs = _first_video(corrupt)
+    pngs[1].write_bytes(pngs[1].read_bytes()[:40])  # truncated PNG
+    item = VOSValDataset(corrupt)[0]
+    assert item["kind"] == "skipped" and item["reason"] == "corrupt_mask" and item["path"] == str(pngs[1])
+
+    missing = _davis_copy(sample, tmp_path / "missing")
+    video, pngs = _first_video(missing)
+    pngs[2].unlink()  # the jpg is still there: DAVIS annotates every frame, so the video is broken, not shorter
+    with caplog.at_level(logging.WARNING):
+        ds = VOSValDataset(missing)
+    assert str(pngs[2]) in caplog.text  # reported when the set is built
+    skipped = ds[0]
+    assert skipped["kind"] == "skipped" and skipped["reason"] == "missing_frame" and skipped["path"] == str(pngs[2])
+    assert ds[1]["kind"] == "vos"  # the other video is still scored
+
+    module = lightning_module.DistillationModule(build_model("edgetam", image_size=256), None, DistillationLoss())
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.__setitem__(name, float(value)))
+    monkeypatch.setattr(lightning_module, "track_video",
+                        lambda model, frames, first: np.stack([np.where(first == 255, 0, first)] * len(frames)))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edgetam_train.distill.module"):
+        module.validation_step(item, 0)
+        module.validation_step(skipped, 1)
+        module.validation_step(ds[1], 2)
+    assert str(pngs[2]) in caplog.text and "corrupt_mask" in caplog.text
+    module.on_validation_epoch_end()
+    assert logged["val/skipped"] == 2.0 and 0.0 <= logged["val/J&F"] <= 1.0
+
+
+def test_bad_validation_image_is_skipped(sample, tmp_path):
+    from edgetam_train.data.datasets.val import MIoUValDataset
+
+    root = _sa1b_copy(sample, tmp_path / "sa1b")
+    first = sorted(root.glob("*.jpg"))[0]
+    first.write_bytes(b"junk")
+    record = json.loads(sorted(root.glob("*.json"))[1].read_text())
+    record["annotations"][0]["segmentation"]["counts"] = "!!"
+    sorted(root.glob("*.json"))[1].write_text(json.dumps(record))
+    ds = MIoUValDataset(root)
+    bad, rle, good = ds[0], ds[1], ds[2]
+    assert (bad["kind"], bad["reason"], bad["path"]) == ("skipped", "corrupt_image", str(first))
+    assert rle["kind"] == "skipped" and rle["reason"] == "bad_rle" and rle["path"].endswith(".json")
+    assert good["kind"] == "miou"
