@@ -14,6 +14,7 @@ Validation (both modules, config ``data.val``): a DAVIS-format VOS set scored by
 
 from __future__ import annotations
 
+import signal
 import zlib
 from functools import partial
 from pathlib import Path
@@ -80,9 +81,12 @@ class EpochDistributedSampler(ResumableSampler, DistributedSampler):
 
 
 def init_worker(worker_id: int, max_image_pixels: int | None = None, min_image_side: int | None = None) -> None:
-    """DataLoader ``worker_init_fn``: one OpenCV thread per worker (the workers already run in parallel), and the
-    image size limits (``data.max_image_pixels`` / ``data.min_image_side``) also under the spawn start method."""
+    """DataLoader ``worker_init_fn``: one OpenCV thread per worker (the workers already run in parallel), the image
+    size limits (``data.max_image_pixels`` / ``data.min_image_side``, also under the spawn start method), and SIGINT
+    ignored: Ctrl-C reaches the whole process group, and the training process decides (first Ctrl-C: save and exit,
+    ``callbacks.sigterm_checkpoint``); the workers end when their DataLoader shuts them down."""
     cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_image_limits(max_image_pixels, min_image_side)
 
 

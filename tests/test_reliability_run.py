@@ -1,0 +1,135 @@
+"""Hardening of a training run (docs/reliability.md): Ctrl-C saves last.ckpt, a damaged last.ckpt does not block the
+relaunch, an unwritable or full run directory is found before the first step, config values are checked up front."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from callbacks.sigterm_checkpoint import SigtermCheckpoint
+from edgetam_train.data.datamodule import init_worker
+from edgetam_train.run.checkpoint_io import AtomicCheckpointIO
+from edgetam_train.run.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _Toy(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _CtrlCAt(pl.Callback):
+    """Sends this process ``times`` real SIGINTs (what Ctrl-C in the terminal sends) during the given step."""
+
+    def __init__(self, step: int, times: int = 1) -> None:
+        self.step, self.times = step, times
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def _fit(tmp_path: Path, *extra: pl.Callback) -> Path:
+    ckpt_dir = tmp_path / "checkpoints"
+    trainer = Trainer(max_steps=6, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=str(tmp_path), plugins=[AtomicCheckpointIO()],
+                      callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=5),
+                                 SigtermCheckpoint(ckpt_dir), *extra])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(_Toy(), torch.utils.data.DataLoader(torch.randn(16, 4), batch_size=2))
+    return ckpt_dir
+
+
+# ------------------------------------------------------------------------------------------- 3: Ctrl-C
+
+
+def test_first_ctrl_c_saves_last_checkpoint_after_the_batch(tmp_path):
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as exit_info:
+        _fit(tmp_path, _CtrlCAt(2))
+    assert exit_info.value.code in (None, 0)  # as on SIGTERM: saved, clean exit
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2  # before the first periodic save (step 5): nothing else would have been kept
+    batches = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
+    assert batches["completed"] == batches["processed"] == 2  # the interrupted batch finished first
+    with pytest.raises(KeyboardInterrupt):  # after fit, Ctrl-C interrupts as usual
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the Python handler runs between bytecodes
+            pass
+    signal.signal(signal.SIGINT, before)
+
+
+def test_second_ctrl_c_exits_at_once_without_saving(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        _fit(tmp_path, _CtrlCAt(2, times=2))
+    assert exit_info.value.code == 1  # Lightning's KeyboardInterrupt shutdown
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_dataloader_workers_ignore_ctrl_c():
+    """The terminal sends Ctrl-C to the whole process group: workers leave it to the training process."""
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        init_worker(0)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_to_train_py_process_group_saves_and_resumes(tmp_path):
+    """``python train.py`` (quick start, 1 DataLoader worker) gets Ctrl-C as from a terminal (SIGINT to its process
+    group): exit status 0, last.ckpt saved after a completed batch, and ckpt_path=auto resumes from it."""
+    project = tmp_path / "project"
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "make_sample_data.py"), "--out",
+                          str(project / "data" / "sample"), "--num-images", "4", "--formats", "sa1b"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    args = ["experiment=edgetam_distill", "debug=quickstart", "trainer.max_steps=40", "run_name=ctrlc",
+            "model.prompts.num_correction_clicks=1", "data.max_masks=2", "data.batch_size=1", "data.num_workers=1",
+            "data.val.vos.root=null", "data.val.miou.root=null", "model.vis_every_n_steps=0",
+            "callbacks.mask_pictures=null", "callbacks.model_checkpoint.save_top_k=0", "ckpt_path=auto",
+            "callbacks.model_checkpoint.every_n_train_steps=1000"]
+    env = {**os.environ, "PROJECT_ROOT": str(project), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env.pop("WANDB_API_KEY", None)
+    log = tmp_path / "train.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    metrics = project / "logs" / "train" / "runs" / "ctrlc" / "csv"
+    try:
+        import time
+
+        end = time.monotonic() + 240
+        while not any("train/loss" in p.read_text() for p in metrics.glob("version_*/metrics.csv")):
+            assert proc.poll() is None and time.monotonic() < end, log.read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "Ctrl-C: saved" in text, text[-3000:]
+    last = project / "logs" / "train" / "runs" / "ctrlc" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    batches = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
+    assert 1 <= ckpt["global_step"] < 40 and batches["completed"] == batches["processed"] == ckpt["global_step"]
