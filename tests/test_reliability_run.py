@@ -133,3 +133,51 @@ def test_ctrl_c_to_train_py_process_group_saves_and_resumes(tmp_path):
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     batches = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
     assert 1 <= ckpt["global_step"] < 40 and batches["completed"] == batches["processed"] == ckpt["global_step"]
+
+
+# ------------------------------------------------------------------------------------------- 4: damaged last.ckpt
+
+
+def _lightning_ckpt(path: Path, step: int, mtime_s: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"pytorch-lightning_version": "2.6.0", "global_step": step, "state_dict": {"w": torch.zeros(1000)}},
+               path)
+    os.utime(path, ns=(mtime_s * 10**9, mtime_s * 10**9))
+    return path
+
+
+def test_auto_resume_skips_a_truncated_last_checkpoint(tmp_path, caplog):
+    from edgetam_train.run.train import resolve_ckpt_path
+
+    step = _lightning_ckpt(tmp_path / "checkpoints" / "step_0000004.ckpt", 4, 1)
+    hpc = _lightning_ckpt(tmp_path / "hpc_ckpt_1.ckpt", 5, 2)
+    last = _lightning_ckpt(tmp_path / "checkpoints" / "last.ckpt", 6, 3)
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a full disk or a killed copy
+    os.utime(last, ns=(3 * 10**9, 3 * 10**9))
+    with caplog.at_level("WARNING", logger="edgetam_train.run.cluster"):
+        assert resolve_ckpt_path("auto", tmp_path) == str(hpc)
+    assert f"skipping {last}" in caplog.text and "truncated" in caplog.text
+    hpc.write_bytes(b"garbage")
+    os.utime(hpc, ns=(2 * 10**9, 2 * 10**9))
+    assert resolve_ckpt_path("auto", tmp_path) == str(step)  # the newest loadable one
+    step.unlink()
+    assert resolve_ckpt_path("auto", tmp_path) is None  # nothing loadable: a fresh start, said in the warnings
+
+
+# ------------------------------------------------------------------------------------------- 6: messages
+
+
+def test_ckpt_path_to_official_weights_or_garbage_names_the_file(tmp_path):
+    from edgetam_train.run.train import resolve_ckpt_path
+
+    official = tmp_path / "edgetam.pt"
+    torch.save({"model": {"w": torch.zeros(2)}}, official)
+    with pytest.raises(ValueError) as err:
+        resolve_ckpt_path(str(official), tmp_path)
+    assert str(official) in str(err.value) and "model.init_from" in str(err.value)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(os.urandom(4096))
+    with pytest.raises(ValueError) as err:
+        resolve_ckpt_path(str(garbage), tmp_path)
+    assert str(garbage) in str(err.value) and "cannot be loaded" in str(err.value)
+    assert "weights_only=False" not in str(err.value)  # never torch's unsafe advice

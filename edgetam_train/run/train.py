@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from edgetam_train.config import CONFIG_DIR, register_resolvers
 
-from .cluster import assign_wandb_run_ids, check_no_secrets, newest_resume_checkpoint
+from .cluster import assign_wandb_run_ids, check_no_secrets, newest_resume_checkpoint, training_checkpoint_problem
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
         return str(newest) if newest else None
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist (use ckpt_path=auto to resume the run's last)")
+    problem = training_checkpoint_problem(ckpt_path)
+    if problem:
+        raise ValueError(f"ckpt_path={ckpt_path}: the file {problem}")
     return str(ckpt_path)
 
 
