@@ -181,3 +181,111 @@ def test_ckpt_path_to_official_weights_or_garbage_names_the_file(tmp_path):
         resolve_ckpt_path(str(garbage), tmp_path)
     assert str(garbage) in str(err.value) and "cannot be loaded" in str(err.value)
     assert "weights_only=False" not in str(err.value)  # never torch's unsafe advice
+
+
+# ------------------------------------------------------------------------------------------- 5: run directory
+
+
+def test_unwritable_or_full_run_dir_is_found_before_the_first_step(tmp_path, monkeypatch):
+    import edgetam_train.run.preflight as preflight
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(OSError) as err:
+        preflight.check_run_dir({"paths.ckpt_dir": blocker / "checkpoints"})
+    assert "paths.ckpt_dir" in str(err.value) and str(blocker / "checkpoints") in str(err.value)
+    assert "not writable" in str(err.value)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(preflight.tempfile, "mkstemp", read_only)  # a read-only mount (root ignores chmod here)
+    with pytest.raises(PermissionError, match="paths.output_dir=.*not writable"):
+        preflight.check_run_dir({"paths.output_dir": tmp_path / "run"})
+    monkeypatch.undo()
+    with pytest.raises(OSError) as err:
+        preflight.check_run_dir({"paths.output_dir": tmp_path / "run"}, need_bytes=10**18)
+    assert "disk full" in str(err.value) and "paths.output_dir" in str(err.value) and str(tmp_path / "run") in str(
+        err.value)
+    preflight.check_run_dir({"paths.output_dir": tmp_path / "run"}, need_bytes=1)  # fine
+    assert [p.name for p in (tmp_path / "run").iterdir()] == []  # the probe file is gone
+
+
+def test_checkpoint_size_estimate_counts_weights_and_adam_moments():
+    from edgetam_train.run.preflight import checkpoint_bytes
+
+    net = torch.nn.Linear(10, 10)  # 110 float32 parameters
+    assert checkpoint_bytes(net) == 110 * 4 * 3
+
+
+def test_enospc_during_a_checkpoint_save_says_disk_full_and_where(tmp_path, monkeypatch):
+    import builtins
+
+    import edgetam_train.models.checkpoint as ckpt_mod
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    monkeypatch.setattr(ckpt_mod, "open", lambda path, mode: builtins.open("/dev/full", mode), raising=False)
+    with pytest.raises(OSError) as err:
+        ckpt_mod.atomic_torch_save({"w": torch.zeros(100_000)}, target)
+    assert err.value.errno == 28 and "disk full" in str(err.value) and str(target) in str(err.value)
+    assert not target.exists()
+
+    def torch_zip_error(obj, f):  # what torch's zip writer raises for a failed write (the errno is lost)
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 32")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(ckpt_mod.torch, "save", torch_zip_error)
+    monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda p: shutil_usage(free=1000))
+    with pytest.raises(OSError, match="disk full"):
+        ckpt_mod.atomic_torch_save({"w": torch.zeros(1)}, target)
+    monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda p: shutil_usage(free=10**12))
+    with pytest.raises(RuntimeError, match="inline_container"):  # not a full disk: torch's error as it is
+        ckpt_mod.atomic_torch_save({"w": torch.zeros(1)}, target)
+
+
+def shutil_usage(free: int):
+    import shutil
+
+    return shutil._ntuple_diskusage(10**12, 10**12 - free, free)
+
+
+# ------------------------------------------------------------------------------------------- 6: config values
+
+
+def _compose(tmp_path: Path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from edgetam_train.config import CONFIG_DIR, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose("train", overrides=["experiment=edgetam_distill", "debug=quickstart",
+                                           f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}",
+                                           *overrides])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.optimizer.lr=abc", "model.optimizer.lr"),
+    ("trainer.max_steps=abc", "trainer.max_steps"),
+    ("data.batch_size=-1", "data.batch_size"),
+    ("data.max_skip_rate=2", "data.max_skip_rate"),
+])
+def test_bad_numeric_config_is_named_before_anything_is_built(tmp_path, monkeypatch, override, key):
+    import edgetam_train.run.train as train_mod
+
+    cfg = _compose(tmp_path, override)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built something before checking the config values")
+
+    monkeypatch.setattr(train_mod.hydra.utils, "instantiate", no_build)
+    with pytest.raises(ValueError) as err:
+        train_mod.train(cfg)
+    assert f"{key}=" in str(err.value) and "expected" in str(err.value)
+
+
+def test_numeric_rules_accept_the_shipped_configs(tmp_path):
+    from edgetam_train.run.preflight import check_numeric_config
+
+    check_numeric_config(_compose(tmp_path))
+    check_numeric_config(_compose(tmp_path, "data=video_mixture", "model=distill_video"))

@@ -6,7 +6,9 @@ a bare state_dict, so every tool takes "a training checkpoint or an official .pt
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +90,27 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if _disk_full(e, path.parent):
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(errno.ENOSPC, f"disk full: could not write {path} ({free / 1e6:.0f} MB free on the "
+                                        f"filesystem of {path.parent}); free space there or write elsewhere") from e
         raise
     _fsync_dir(path.parent)
+
+
+def _disk_full(err: BaseException, directory: Path) -> bool:
+    """Whether a failed write was a full disk (or quota): ENOSPC / EDQUOT, or torch's zip writer's "file write
+    failed" (``inline_container.cc``, which drops the errno) on a filesystem with less than 64 MB left."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(err, RuntimeError) and ("write failed" in str(err) or "inline_container" in str(err)):
+        try:
+            return shutil.disk_usage(directory).free < 64 * 2**20
+        except OSError:
+            return False
+    return False
 
 
 def _fsync_dir(directory: Path) -> None:
