@@ -179,7 +179,7 @@ def test_ckpt_path_to_official_weights_or_garbage_names_the_file(tmp_path):
     garbage.write_bytes(os.urandom(4096))
     with pytest.raises(ValueError) as err:
         resolve_ckpt_path(str(garbage), tmp_path)
-    assert str(garbage) in str(err.value) and "cannot be loaded" in str(err.value)
+    assert str(garbage) in str(err.value) and "not a PyTorch checkpoint" in str(err.value)
     assert "weights_only=False" not in str(err.value)  # never torch's unsafe advice
 
 
@@ -289,3 +289,32 @@ def test_numeric_rules_accept_the_shipped_configs(tmp_path):
 
     check_numeric_config(_compose(tmp_path))
     check_numeric_config(_compose(tmp_path, "data=video_mixture", "model=distill_video"))
+
+
+def test_garbage_checkpoint_names_the_file_and_gives_no_unsafe_advice(tmp_path):
+    from edgetam_train.models.checkpoint import CheckpointMismatchError, read_state_dict
+
+    garbage = tmp_path / "weights.pt"
+    garbage.write_bytes(os.urandom(2048))
+    with pytest.raises(CheckpointMismatchError) as err:
+        read_state_dict(garbage)
+    msg = str(err.value)
+    assert str(garbage) in msg and "not a PyTorch checkpoint" in msg and "weights_only=False" not in msg
+    torch.save({"model": {"w": torch.zeros(10_000)}}, garbage)
+    garbage.write_bytes(garbage.read_bytes()[:3000])
+    with pytest.raises(CheckpointMismatchError, match="truncated"):
+        read_state_dict(garbage)
+
+
+class _Pickled:
+    """A Python object in a checkpoint: weights_only loading refuses it (it could run code when unpickled)."""
+
+
+def test_checkpoint_with_python_objects_is_refused_without_unsafe_advice(tmp_path):
+    from edgetam_train.models.checkpoint import CheckpointMismatchError, read_state_dict
+
+    path = tmp_path / "pickled.pt"
+    torch.save({"model": _Pickled()}, path)
+    with pytest.raises(CheckpointMismatchError) as err:
+        read_state_dict(path)
+    assert str(path) in str(err.value) and "unsafe" in str(err.value) and "weights_only=False" not in str(err.value)

@@ -19,11 +19,11 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from edgetam_train.distributed import env_rank_is_zero
+from edgetam_train.models.checkpoint import UnreadableCheckpointError, safe_load
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +38,9 @@ def training_checkpoint_problem(path: str | Path) -> str | None:
     """Why ``path`` cannot be resumed from (None: it can): unreadable (truncated, not a torch file) or not a
     Lightning training checkpoint. Reads only the archive's index and small objects (``mmap``), not the tensors."""
     try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        return f"cannot be read ({type(e).__name__}: {e})"
-    if magic != b"PK\x03\x04":  # every torch.save since PyTorch 1.6 (and every Lightning checkpoint) is a zip archive
-        return "cannot be loaded: it is not a PyTorch checkpoint (no zip archive header; empty, text or random bytes)"
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - any load failure means "not loadable"; the reason is reported
-        if "central directory" in str(e):
-            return "cannot be loaded: it is truncated (the zip index at its end is missing: an interrupted write or copy)"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return f"cannot be loaded ({type(e).__name__}: {first[:200]})"
+        obj = safe_load(path, mmap=True)
+    except UnreadableCheckpointError as e:
+        return e.reason
     if not isinstance(obj, dict):
         return f"holds a {type(obj).__name__}, not a Lightning training checkpoint"
     if "pytorch-lightning_version" not in obj or "state_dict" not in obj:
