@@ -196,3 +196,39 @@ def test_bad_validation_image_is_skipped(sample, tmp_path):
     assert (bad["kind"], bad["reason"], bad["path"]) == ("skipped", "corrupt_image", str(first))
     assert rle["kind"] == "skipped" and rle["reason"] == "bad_rle" and rle["path"].endswith(".json")
     assert good["kind"] == "miou"
+
+
+# ------------------------------------------------------------------------------------------- 7: silent drops
+
+
+def test_sa1b_image_without_json_is_counted_once_at_indexing(sample, tmp_path, caplog):
+    from edgetam_train.data.formats.sa1b import load_index
+
+    root = _sa1b_copy(sample, tmp_path / "sa1b")
+    orphan = sorted(root.glob("*.json"))[1]
+    orphan.unlink()
+    with caplog.at_level(logging.WARNING, logger="edgetam_train.data.formats.sa1b"):
+        files = load_index(root, tmp_path / "idx.txt")
+        assert load_index(root, tmp_path / "idx.txt") == files  # from the cache: not reported again
+    assert orphan.with_suffix(".jpg").name not in files and len(files) == 3
+    reports = [r.getMessage() for r in caplog.records if "without a sibling json" in r.getMessage()]
+    assert len(reports) == 1 and "1 jpg file(s)" in reports[0] and str(orphan.with_suffix(".jpg")) in reports[0]
+
+
+@pytest.mark.parametrize("missing", ["png", "jpg"])
+def test_davis_training_frame_without_its_jpg_or_png_is_counted(sample, tmp_path, missing):
+    from edgetam_train.data.datasets.vos import VOSDataset
+
+    root = _davis_copy(sample, tmp_path / "davis")
+    video, pngs = _first_video(root)
+    gone = pngs[2] if missing == "png" else root / "JPEGImages" / video / f"{pngs[2].stem}.jpg"
+    gone.unlink()
+    ds = VOSDataset(root, image_size=64, clip_len=2, max_skip_rate=1.0, seed=0)
+    item = ds[0]  # the broken video is skipped and counted, the next one is used
+    assert sum(item["skips"].values()) == 1 and ds.skips.counts == {"missing_frame": 1}
+    assert ds.skips.last_paths[-1] == f"{gone} [missing_frame]"
+    sparse = VOSDataset(root, image_size=64, clip_len=2, seed=0, every_frame_annotated=False)
+    if missing == "png":  # YouTube-VOS style (every 5th frame annotated): a jpg without a png is normal
+        assert sparse[0]["skips"] == {}
+    else:  # a png without its jpg is always a missing frame
+        assert sparse[0]["skips"] == {"missing_frame": 1}

@@ -96,18 +96,19 @@ class VOSValDataset(Dataset):
                 raise ValueError(f"data.val.vos: video {video!r} has {len(stems)} frames with both a jpg in "
                                  f"{self.image_root / video} and a png in {self.mask_root / video}; need >= 3")
             self.videos.append((video, stems))
-            missing = self._first_missing(video, jpgs, pngs, stems)
+            missing = self._first_missing(video, jpgs, pngs, stems if max_frames else None)
             if missing is not None:
                 self.missing[video] = missing
                 log.warning("data.val.vos: video %r is skipped at every validation: %s", video, missing)
 
-    def _first_missing(self, video: str, jpgs: Mapping[str, str], pngs: Mapping[str, str], stems: list[str]
-                       ) -> BadSample | None:
-        """The first frame (up to the last scored one) that has a jpg but no png or the reverse: DAVIS-format
-        validation sets annotate every frame, so a missing file is a broken video, not a shorter one."""
-        last = stems[-1]
+    def _first_missing(self, video: str, jpgs: Mapping[str, str], pngs: Mapping[str, str],
+                       scored: list[str] | None) -> BadSample | None:
+        """The first frame (up to the last ``scored`` one, all when None) that has a jpg but no png or the reverse:
+        DAVIS-format validation sets annotate every frame, so a missing file is a broken video, not a shorter one."""
         ordered = frame_order(list(set(jpgs) | set(pngs)))
-        for s in ordered[: ordered.index(last) + 1]:
+        if scored is not None:
+            ordered = ordered[: ordered.index(scored[-1]) + 1]
+        for s in ordered:
             if s not in pngs:
                 return BadSample("missing_frame", str(self.mask_root / video / f"{s}.png"),
                                  f"annotation missing: {self.image_root / video / jpgs[s]} has no png")
