@@ -39,7 +39,7 @@ def _default_limits():
 
 def jpeg_declaring(w: int, h: int) -> bytes:
     """A valid small JPEG whose SOF0 header is patched to declare w x h (what a hostile or broken file does)."""
-    ok, buf = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))
+    _, buf = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))
     data = bytearray(buf.tobytes())
     sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height (2), width (2)
     data[sof + 5: sof + 7] = h.to_bytes(2, "big")
@@ -141,7 +141,7 @@ def _davis_copy(sample: Path, dst: Path) -> Path:
 
 
 def _first_video(root: Path) -> tuple[str, list[Path]]:
-    video = sorted(p.name for p in (root / "Annotations").iterdir())[0]
+    video = min(p.name for p in (root / "Annotations").iterdir())
     return video, sorted((root / "Annotations" / video).glob("*.png"))
 
 
@@ -152,13 +152,13 @@ def test_corrupt_and_missing_validation_png_are_skipped_counted_and_named(sample
     from edgetam_train.models.build import build_model
 
     corrupt = _davis_copy(sample, tmp_path / "corrupt")
-    video, pngs = _first_video(corrupt)
+    _, pngs = _first_video(corrupt)
     pngs[1].write_bytes(pngs[1].read_bytes()[:40])  # truncated PNG
     item = VOSValDataset(corrupt)[0]
     assert item["kind"] == "skipped" and item["reason"] == "corrupt_mask" and item["path"] == str(pngs[1])
 
     missing = _davis_copy(sample, tmp_path / "missing")
-    video, pngs = _first_video(missing)
+    _, pngs = _first_video(missing)
     pngs[2].unlink()  # the jpg is still there: DAVIS annotates every frame, so the video is broken, not shorter
     with caplog.at_level(logging.WARNING):
         ds = VOSValDataset(missing)
@@ -186,7 +186,7 @@ def test_bad_validation_image_is_skipped(sample, tmp_path):
     from edgetam_train.data.datasets.val import MIoUValDataset
 
     root = _sa1b_copy(sample, tmp_path / "sa1b")
-    first = sorted(root.glob("*.jpg"))[0]
+    first = min(root.glob("*.jpg"))
     first.write_bytes(b"junk")
     record = json.loads(sorted(root.glob("*.json"))[1].read_text())
     record["annotations"][0]["segmentation"]["counts"] = "!!"

@@ -101,7 +101,7 @@ def test_ctrl_c_to_train_py_process_group_saves_last_checkpoint(tmp_path):
     project = tmp_path / "project"
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "make_sample_data.py"), "--out",
                           str(project / "data" / "sample"), "--num-images", "4", "--formats", "sa1b"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     args = ["experiment=edgetam_distill", "debug=quickstart", "trainer.max_steps=40", "run_name=ctrlc",
             "model.prompts.num_correction_clicks=1", "data.max_masks=2", "data.batch_size=1", "data.num_workers=1",
@@ -187,7 +187,7 @@ def test_ckpt_path_to_official_weights_or_garbage_names_the_file(tmp_path):
 
 
 def test_unwritable_or_full_run_dir_is_found_before_the_first_step(tmp_path, monkeypatch):
-    import edgetam_train.run.preflight as preflight
+    from edgetam_train.run import preflight
 
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
@@ -224,7 +224,10 @@ def test_enospc_during_a_checkpoint_save_says_disk_full_and_where(tmp_path, monk
     import edgetam_train.models.checkpoint as ckpt_mod
 
     target = tmp_path / "checkpoints" / "last.ckpt"
-    monkeypatch.setattr(ckpt_mod, "open", lambda path, mode: builtins.open("/dev/full", mode), raising=False)
+    def full_disk(path, mode):  # every write fails with ENOSPC, as on a full filesystem
+        return builtins.open("/dev/full", mode)
+
+    monkeypatch.setattr(ckpt_mod, "open", full_disk, raising=False)
     with pytest.raises(OSError) as err:
         ckpt_mod.atomic_torch_save({"w": torch.zeros(100_000)}, target)
     assert err.value.errno == 28 and "disk full" in str(err.value) and str(target) in str(err.value)

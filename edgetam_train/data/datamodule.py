@@ -29,7 +29,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from edgetam_train.data.datasets.clips import ClipDataset, collate_clips
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.data.datasets.val import build_val_sets, plain_config, val_loaders
-from edgetam_train.data.formats.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MIN_IMAGE_SIDE, set_image_limits
+from edgetam_train.data.formats.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MIN_IMAGE_SIDE,
+    set_image_limits,
+)
 from edgetam_train.data.formats.sa1b import load_index, read_split_file
 from edgetam_train.data.mixture import MixtureBatchSampler, MixtureDataset
 from edgetam_train.data.resume import ResumableDataModule, ResumableSampler

@@ -30,8 +30,8 @@ from ..models.memory_bank import FrameOutput
 from ..models.outputs import ImageFeatures
 from ..models.sam2_model import SAM2Model
 from .image import fuse_for_inference
-from .preprocess import check_image, frame_to_input, scale_points
 from .image_io import image_hw, read_rgb
+from .preprocess import check_image, frame_to_input, scale_points
 from .video_state import ObjectOutput, VideoState, _TrackedObject, frame_files
 
 HOLE_FILL_LOGIT = 0.1  # official fill_holes_in_mask_scores value

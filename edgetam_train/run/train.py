@@ -18,8 +18,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from edgetam_train.config import CONFIG_DIR, register_resolvers
 
-from .cluster import assign_wandb_run_ids, check_no_secrets, newest_resume_checkpoint, training_checkpoint_problem
-from .preflight import FREE_CHECKPOINTS, check_numeric_config, check_run_dir, checkpoint_bytes
+from .cluster import (
+    assign_wandb_run_ids,
+    check_no_secrets,
+    newest_resume_checkpoint,
+    training_checkpoint_problem,
+)
+from .preflight import (
+    FREE_CHECKPOINTS,
+    check_numeric_config,
+    check_run_dir,
+    checkpoint_bytes,
+)
 
 log = logging.getLogger(__name__)
 
