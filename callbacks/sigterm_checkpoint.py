@@ -15,8 +15,8 @@ before validation (``every_n_train_steps`` divides ``val_check_interval``) is th
 
 Ctrl-C (SIGINT): Lightning's own handling of ``KeyboardInterrupt`` saves nothing, and the interrupt lands anywhere in
 a step (mid optimizer update). While fitting, this callback installs a SIGINT handler in the main process: the first
-Ctrl-C is turned into Lightning's SIGTERM flag (the current batch finishes, every DDP rank stops at the same batch,
-``last.ckpt`` is saved as above); a second Ctrl-C raises ``KeyboardInterrupt`` at once (Lightning's shutdown, exit
+Ctrl-C is turned into Lightning's SIGTERM flag on rank 0 (the current batch finishes; Lightning broadcasts rank 0's
+flag every step, so every DDP rank stops at the same batch; ``last.ckpt`` is saved as above); a second Ctrl-C raises ``KeyboardInterrupt`` at once (Lightning's shutdown, exit
 status 1; a save in progress is abandoned and leaves the previous ``last.ckpt`` intact, the writes are atomic).
 DataLoader workers ignore SIGINT (``edgetam_train.data.datamodule.init_worker``): the terminal sends Ctrl-C to the
 whole process group, and a worker that quit would end the run before the checkpoint is written.
@@ -83,6 +83,8 @@ class SigtermCheckpoint(Callback):
             if trainer is not None:
                 log.warning("second Ctrl-C: exiting now without saving")
             raise KeyboardInterrupt
+        if trainer.world_size > 1 and trainer.global_rank != 0:
+            return  # Ctrl-C reaches every rank; rank 0's flag is broadcast each step, so all ranks stop at one batch
         trainer._signal_connector.received_sigterm = True  # the fit loop raises SIGTERMException after this batch
         log.warning("Ctrl-C: finishing the current batch, then saving %s and exiting (press Ctrl-C again to exit at "
                     "once without saving)", self.path)
@@ -91,8 +93,8 @@ class SigtermCheckpoint(Callback):
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             return
         if trainer.validating or trainer.sanity_checking:
-            log.warning("SIGTERM during validation at step %d: no checkpoint saved; the run resumes from %s as "
-                        "last written", trainer.global_step, self.path)
+            log.warning("%s during validation at step %d: no checkpoint saved; the run resumes from %s as "
+                        "last written", "Ctrl-C" if self.sigints else "SIGTERM", trainer.global_step, self.path)
             return
         # ModelCheckpoint(save_last) writing the same file: make it treat this file as its own last checkpoint (it
         # is part of the saved state), else after resuming it would write last-v1.ckpt beside it
