@@ -15,8 +15,8 @@ before validation (``every_n_train_steps`` divides ``val_check_interval``) is th
 
 Ctrl-C (SIGINT): Lightning's own handling of ``KeyboardInterrupt`` saves nothing, and the interrupt lands anywhere in
 a step (mid optimizer update). While fitting, this callback installs a SIGINT handler in the main process: the first
-Ctrl-C is turned into Lightning's SIGTERM flag on rank 0 (the current batch finishes; Lightning broadcasts rank 0's
-flag every step, so every DDP rank stops at the same batch; ``last.ckpt`` is saved as above); a second Ctrl-C raises ``KeyboardInterrupt`` at once (Lightning's shutdown, exit
+Ctrl-C is turned into Lightning's SIGTERM flag (the current batch finishes and ``last.ckpt`` is saved as above;
+under DDP the ranks agree at the end of each batch whether any of them got a Ctrl-C, so all stop at the same batch); a second Ctrl-C raises ``KeyboardInterrupt`` at once (Lightning's shutdown, exit
 status 1; a save in progress is abandoned and leaves the previous ``last.ckpt`` intact, the writes are atomic).
 DataLoader workers ignore SIGINT (``edgetam_train.data.datamodule.init_worker``): the terminal sends Ctrl-C to the
 whole process group, and a worker that quit would end the run before the checkpoint is written.
@@ -55,6 +55,7 @@ class SigtermCheckpoint(Callback):
         self.on_sigint = on_sigint
         self.saved: Path | None = None
         self.sigints = 0  # Ctrl-Cs received while fitting
+        self._stop_requested = False  # a Ctrl-C on this rank, not yet agreed on by all ranks (DDP)
         self._trainer: pl.Trainer | None = None  # set while the SIGINT handler is in charge
         self._previous_sigint: Any = None
 
@@ -62,7 +63,7 @@ class SigtermCheckpoint(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or not self.on_sigint or threading.current_thread() is not threading.main_thread():
             return
-        self.sigints, self._trainer = 0, trainer
+        self.sigints, self._trainer, self._stop_requested = 0, trainer, False
         self._previous_sigint = signal.signal(signal.SIGINT, self._handle_sigint)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -83,11 +84,23 @@ class SigtermCheckpoint(Callback):
             if trainer is not None:
                 log.warning("second Ctrl-C: exiting now without saving")
             raise KeyboardInterrupt
-        if trainer.world_size > 1 and trainer.global_rank != 0:
-            return  # Ctrl-C reaches every rank; rank 0's flag is broadcast each step, so all ranks stop at one batch
-        trainer._signal_connector.received_sigterm = True  # the fit loop raises SIGTERMException after this batch
-        log.warning("Ctrl-C: finishing the current batch, then saving %s and exiting (press Ctrl-C again to exit at "
-                    "once without saving)", self.path)
+        if trainer.world_size > 1:
+            self._stop_requested = True  # agreed on by all ranks at the end of the batch (on_train_batch_end)
+        else:
+            trainer._signal_connector.received_sigterm = True  # the fit loop raises SIGTERMException after this batch
+        if trainer.is_global_zero:
+            log.warning("Ctrl-C: finishing the current batch, then saving %s and exiting (press Ctrl-C again to exit "
+                        "at once without saving)", self.path)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Under DDP: stop every rank after this batch when any rank got a Ctrl-C (one tiny all-reduce per batch).
+        The terminal's SIGINT reaches the ranks at slightly different moments; if each rank decided alone, one could
+        stop a batch earlier than another and leave it waiting in a collective."""
+        if self._trainer is None or trainer.world_size == 1:
+            return
+        if trainer.strategy.reduce_boolean_decision(self._stop_requested, all=False):
+            trainer._signal_connector.received_sigterm = True  # the same batch on every rank
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
