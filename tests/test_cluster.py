@@ -95,9 +95,9 @@ def test_auto_resume_takes_the_newest_of_last_and_requeue_checkpoints(tmp_path):
     assert resolve_ckpt_path("auto", tmp_path) is None and newest_resume_checkpoint(tmp_path) is None
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.parent.mkdir()
-    last.write_bytes(b"x")
     hpc = tmp_path / "hpc_ckpt_1.ckpt"
-    hpc.write_bytes(b"x")
+    for path in (last, hpc):  # the smallest files that load as Lightning checkpoints (damaged ones are skipped)
+        torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": {}}, path)
     os.utime(last, ns=(1_000_000_000, 1_000_000_000))
     os.utime(hpc, ns=(2_000_000_000, 2_000_000_000))
     assert resolve_ckpt_path("auto", tmp_path) == str(hpc)    # requeued after the last step checkpoint

@@ -71,7 +71,8 @@ def test_val_scores_sum_over_ranks_with_unequal_counts(tmp_path):
     mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "pg"), str(tmp_path)), nprocs=2, start_method="spawn")
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     # exact dataset means over the 4 objects: J = 1/4, F = 0.5/4 (a mean of the per-rank means would give 0.5, 0.25)
-    expected = {"J": 0.25, "F": 0.125, "J&F": 0.1875, "mIoU_1click": 0.5, "objects": 4.0, "masks": 1.0}
+    expected = {"J": 0.25, "F": 0.125, "J&F": 0.1875, "mIoU_1click": 0.5, "objects": 4.0, "masks": 1.0,
+                "skipped": 0.0}
     for r, res in enumerate(results):
         assert res["values"] == pytest.approx(expected), (r, res)
     assert [res["local_objects"] for res in results] == [1.0, 3.0]

@@ -412,7 +412,8 @@ def test_bad_davis_inputs_are_skipped_and_counted(sample, tmp_path):
     shutil.copytree(root / "JPEGImages" / "video_000", root / "JPEGImages" / "short")
     shutil.copytree(root / "Annotations" / "video_000", root / "Annotations" / "short")
     for png in sorted((root / "Annotations" / "short").glob("*.png"))[5:]:
-        png.unlink()  # 5 annotated frames < clip_len
+        png.unlink()  # 5 frames < clip_len (jpg and png: a jpg without its png would be missing_frame)
+        (root / "JPEGImages" / "short" / f"{png.stem}.jpg").unlink()
     shutil.copytree(root / "JPEGImages" / "video_000", root / "JPEGImages" / "corrupt")
     shutil.copytree(root / "Annotations" / "video_000", root / "Annotations" / "corrupt")
     for png in (root / "Annotations" / "corrupt").glob("*.png"):

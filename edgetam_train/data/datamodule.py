@@ -14,7 +14,9 @@ Validation (both modules, config ``data.val``): a DAVIS-format VOS set scored by
 
 from __future__ import annotations
 
+import signal
 import zlib
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -27,6 +29,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from edgetam_train.data.datasets.clips import ClipDataset, collate_clips
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.data.datasets.val import build_val_sets, plain_config, val_loaders
+from edgetam_train.data.formats.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MIN_IMAGE_SIDE,
+    set_image_limits,
+)
 from edgetam_train.data.formats.sa1b import load_index, read_split_file
 from edgetam_train.data.mixture import MixtureBatchSampler, MixtureDataset
 from edgetam_train.data.resume import ResumableDataModule, ResumableSampler
@@ -77,9 +84,14 @@ class EpochDistributedSampler(ResumableSampler, DistributedSampler):
             self.dataset.set_epoch(epoch)
 
 
-def init_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one OpenCV thread per worker (the workers already run in parallel)."""
+def init_worker(worker_id: int, max_image_pixels: int | None = None, min_image_side: int | None = None) -> None:
+    """DataLoader ``worker_init_fn``: one OpenCV thread per worker (the workers already run in parallel), the image
+    size limits (``data.max_image_pixels`` / ``data.min_image_side``, also under the spawn start method), and SIGINT
+    ignored: Ctrl-C reaches the whole process group, and the training process decides (first Ctrl-C: save and exit,
+    ``callbacks.sigterm_checkpoint``); the workers end when their DataLoader shuts them down."""
     cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_image_limits(max_image_pixels, min_image_side)
 
 
 def split_files(files: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
@@ -110,6 +122,15 @@ class DataModuleBase(ResumableDataModule, L.LightningDataModule):
 
     val_sets: list
 
+    def _image_limits(self) -> None:
+        """Apply ``data.max_image_pixels`` / ``data.min_image_side`` in this process (workers: ``_worker_init``)."""
+        set_image_limits(self.hparams.max_image_pixels, self.hparams.min_image_side)
+
+    def _worker_init(self):
+        """``worker_init_fn`` of the DataLoaders: :func:`init_worker` with this module's image size limits."""
+        return partial(init_worker, max_image_pixels=self.hparams.max_image_pixels,
+                       min_image_side=self.hparams.min_image_side)
+
     def _world(self) -> tuple[int, int]:
         """(world size, global rank) from the trainer, else from torch.distributed, else (1, 0)."""
         return world_and_rank(self.trainer)
@@ -118,7 +139,7 @@ class DataModuleBase(ResumableDataModule, L.LightningDataModule):
         """One loader per validation set (VOS, then mIoU); an empty list (no validation) when there is none."""
         self.setup("validate")
         workers = int((self.hparams.val or {}).get("num_workers", 0))
-        return val_loaders(self.val_sets, *self._world(), num_workers=workers)
+        return val_loaders(self.val_sets, *self._world(), num_workers=workers, worker_init_fn=self._worker_init())
 
 
 class SA1BDataModule(DataModuleBase):
@@ -137,6 +158,8 @@ class SA1BDataModule(DataModuleBase):
         seed: base seed of sampling, flips and shuffling.
         prefetch_factor: batches prefetched per worker.
         drop_last: drop the last incomplete training batch.
+        max_image_pixels: images whose header declares more pixels are skipped (``too_large``), never decoded.
+        min_image_side: images with a shorter side are skipped (``too_small``).
         teacher_cache: directory written by ``edgetam-cache-teacher`` (config ``data.teacher_cache``): training
             items carry the cached teacher F16 of their view (``teacher_f16``), so stage 1 runs no teacher. Refused
             (``TeacherCacheMismatch``) when made for another image size, transform or image list (``split_file`` /
@@ -162,10 +185,13 @@ class SA1BDataModule(DataModuleBase):
         drop_last: bool = True,
         val: Mapping[str, Any] | None = None,
         teacher_cache: str | Path | None = None,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        min_image_side: int = DEFAULT_MIN_IMAGE_SIDE,
     ) -> None:
         super().__init__()
         val = plain_config(val)  # saved in checkpoints: no DictConfig
         self.save_hyperparameters(logger=False)
+        self._image_limits()
         self.train_set: SA1BDataset | None = None
         self.val_files: list[str] = []  # the val_fraction hold-out (relative jpg paths)
         self.val_sets: list = []
@@ -214,7 +240,7 @@ class SA1BDataModule(DataModuleBase):
             sampler=sampler,
             num_workers=workers,
             collate_fn=collate_sa1b,
-            worker_init_fn=init_worker,
+            worker_init_fn=self._worker_init(),
             pin_memory=hp.pin_memory,
             drop_last=hp.drop_last,
             persistent_workers=workers > 0,
@@ -256,6 +282,7 @@ class VideoDataModule(DataModuleBase):
         seed: base seed of the mixture choices, orders, sampling and augmentation.
         steps_per_epoch: mixture steps per epoch (default: total samples // (batch_size x world size)).
         val: validation sets (config ``data.val``; see :func:`edgetam_train.data.datasets.val.build_val_sets`).
+        max_image_pixels, min_image_side: image size limits, see ``SA1BDataModule``.
     """
 
     def __init__(
@@ -274,11 +301,14 @@ class VideoDataModule(DataModuleBase):
         steps_per_epoch: int | None = None,
         prefetch_factor: int = 2,
         val: Mapping[str, Any] | None = None,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        min_image_side: int = DEFAULT_MIN_IMAGE_SIDE,
     ) -> None:
         super().__init__()
         # saved in checkpoints: no DictConfig / ListConfig (resume loads them with weights_only=True)
         datasets, augment, val = plain_config(datasets), plain_config(augment), plain_config(val)
         self.save_hyperparameters(logger=False)
+        self._image_limits()
         self.entries = self._active_entries(datasets)
         self.train_set: MixtureDataset | None = None
         self.val_sets: list = []
@@ -373,7 +403,7 @@ class VideoDataModule(DataModuleBase):
             sampler=sampler,
             num_workers=workers,
             collate_fn=collate_clips,
-            worker_init_fn=init_worker,
+            worker_init_fn=self._worker_init(),
             pin_memory=hp.pin_memory,
             persistent_workers=workers > 0,
             prefetch_factor=hp.prefetch_factor if workers > 0 else None,

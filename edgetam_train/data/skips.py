@@ -36,6 +36,8 @@ REASONS: tuple[str, ...] = (
     "frame_count_mismatch",
     "too_short",
     "corrupt_mask",
+    "too_large",
+    "too_small",
 )
 
 

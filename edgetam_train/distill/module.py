@@ -10,8 +10,8 @@ Logged every step: ``train/loss`` and each term (``train/loss_task``, ``loss_f16
 ``loss_dice``, ``loss_iou``, ``loss_class``), ``train/num_objects``, and the running totals of bad samples the loaders
 skipped, ``data/skipped`` and ``data/skipped_<reason>`` (summed over steps and ranks, kept across resume), and
 ``train/nonfinite_steps``: steps skipped (no update) because a loss term was NaN/inf (:mod:`edgetam_train.distill.nonfinite`).
-Validation (``data.val``, every ``trainer.val_check_interval`` batches) logs ``val/J&F``, ``val/J``, ``val/F`` and
-``val/mIoU_1click`` (:meth:`DistillationModule.validation_step`).
+Validation (``data.val``, every ``trainer.val_check_interval`` batches) logs ``val/J&F``, ``val/J``, ``val/F``,
+``val/mIoU_1click`` and ``val/skipped`` (videos / images with a bad file) (:meth:`DistillationModule.validation_step`).
 
 The teacher is kept outside the registered module tree (see :meth:`DistillationModule.__init__`), so it is never in
 the optimizer, never wrapped by DDP and never in a saved checkpoint: a checkpoint holds ``student.<official key>``
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from edgetam_train.data.skips import REASONS
-from edgetam_train.eval.validation import ValScores, one_click_ious, score_video, track_video
+from edgetam_train.eval.validation import ValScores, describe_skipped, one_click_ious, score_video, track_video
 from edgetam_train.models.checkpoint import check_state_dict, read_state_dict
 from edgetam_train.models.sam2_model import SAM2Model
 
@@ -256,6 +256,9 @@ class DistillationModule(pl.LightningModule):
             self.val_scores.update(j=[s.j for s in scores], f=[s.f for s in scores])
         elif kind == "miou":
             self.val_scores.update(ious=one_click_ious(self.student, batch["image"], batch["masks"]))
+        elif kind == "skipped":  # a bad file: counted (val/skipped) and named, validation goes on
+            log.warning(describe_skipped(batch))
+            self.val_scores.update(skipped=1)
         elif kind != "padding":
             raise ValueError(f"validation batch of kind {kind!r}: expected a data.val item (vos, miou or padding) "
                              f"from edgetam_train.data.datasets.val")
@@ -273,12 +276,14 @@ class DistillationModule(pl.LightningModule):
             logged.update({f"val/{k}": values[k] for k in ("J&F", "J", "F")})
         if values["masks"] > 0:
             logged["val/mIoU_1click"] = values["mIoU_1click"]
+        if logged or values["skipped"] > 0:
+            logged["val/skipped"] = values["skipped"]
         for name, value in logged.items():
             self.log(name, value.float(), sync_dist=True)
         if logged and self.global_rank == 0:
-            log.info("validation at step %d: %s (%d objects, %d masks)", self.global_step,
+            log.info("validation at step %d: %s (%d objects, %d masks, %d skipped)", self.global_step,
                      " ".join(f"{k}={float(v):.4f}" for k, v in logged.items()), int(values["objects"]),
-                     int(values["masks"]))
+                     int(values["masks"]), int(values["skipped"]))
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -33,20 +33,23 @@ class ValScores(Metric):
     """Sums and counts of the validation scores; :meth:`compute` all-reduces them (sum) and returns the means.
 
     ``update(j=..., f=...)`` takes one J and one F per object (each the mean over the object's scored frames),
-    ``update(ious=...)`` one IoU per mask. :meth:`compute` returns ``{"J", "F", "J&F", "mIoU_1click"}`` (NaN when no
-    object / mask was scored on any rank) and the counts ``{"objects", "masks"}``, all float64 scalars.
+    ``update(ious=...)`` one IoU per mask, ``update(skipped=n)`` n videos / images that could not be scored.
+    :meth:`compute` returns ``{"J", "F", "J&F", "mIoU_1click"}`` (NaN when no object / mask was scored on any rank)
+    and the counts ``{"objects", "masks", "skipped"}``, all float64 scalars.
     """
 
     full_state_update = False
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        for name in ("j_sum", "f_sum", "objects", "iou_sum", "masks"):
+        for name in ("j_sum", "f_sum", "objects", "iou_sum", "masks", "skipped"):
             self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, j: Sequence[float] = (), f: Sequence[float] = (), ious: Sequence[float] = ()) -> None:
+    def update(self, j: Sequence[float] = (), f: Sequence[float] = (), ious: Sequence[float] = (),
+               skipped: int = 0) -> None:
         if len(j) != len(f):
             raise ValueError(f"one J and one F per object: got {len(j)} J and {len(f)} F values")
+        self.skipped += int(skipped)
         self.j_sum += float(np.sum(j, dtype=np.float64))
         self.f_sum += float(np.sum(f, dtype=np.float64))
         self.objects += len(j)
@@ -59,7 +62,15 @@ class ValScores(Metric):
         f = self.f_sum / self.objects if self.objects > 0 else nan
         miou = self.iou_sum / self.masks if self.masks > 0 else nan
         return {"J": j, "F": f, "J&F": (j + f) / 2, "mIoU_1click": miou, "objects": self.objects.clone(),
-                "masks": self.masks.clone()}
+                "masks": self.masks.clone(), "skipped": self.skipped.clone()}
+
+
+def describe_skipped(item: dict[str, Any]) -> str:
+    """One line naming the file and reason of a ``{"kind": "skipped"}`` validation item
+    (:mod:`edgetam_train.data.datasets.val`)."""
+    detail = f": {item['detail']}" if item.get("detail") else ""
+    return (f"validation: skipped {item['set']} item {item['name']!r} ({item['reason']}) because of "
+            f"{item['path']}{detail}")
 
 
 def combine_masks(masks: dict[int, np.ndarray], hw: tuple[int, int]) -> np.ndarray:

@@ -14,8 +14,9 @@ Usage::
 
 Every export reloads what it wrote, compares it with the source model on a fixed input, prints each check's max
 absolute difference and exits with status 1 when one is above its tolerance (1e-4 for the torch formats, 1e-3 for
-ONNX). Status 2: bad arguments or a checkpoint that does not match ``--model`` (the message lists the missing and
-unexpected keys).
+ONNX). Status 2: bad input, in one line: bad arguments, a checkpoint that does not match ``--model`` (the message
+lists the missing and unexpected keys) or is not a checkpoint at all, an output that cannot be written (read-only,
+a parent path that is a file, a full disk).
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (CheckpointMismatchError, FileNotFoundError, ValueError) as err:
         print(f"edgetam-export: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # read-only output, a parent path that is a file, a full disk: bad input, not status 1
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"edgetam-export: error: cannot write --out {args.out}: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except ImportError as err:
         print(f"edgetam-export: error: {err}; the '{args.format}' format needs the export extra "

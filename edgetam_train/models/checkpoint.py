@@ -6,7 +6,9 @@ a bare state_dict, so every tool takes "a training checkpoint or an official .pt
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,42 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's keys or shapes differ from the model's."""
 
 
+class UnreadableCheckpointError(CheckpointMismatchError):
+    """A file that does not load as a checkpoint at all (random bytes, text, truncated); ``reason`` says why."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path} {reason}: not a checkpoint")
+        self.path, self.reason = str(path), reason
+
+
+def load_failure(path: str | Path, err: BaseException | None = None) -> str:
+    """Why ``path`` does not load with ``torch.load`` (``err``: the exception it raised), in words that name no torch
+    internals and never suggest ``weights_only=False``: not a torch file, truncated, or the first line of ``err``."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        return f"cannot be read ({type(e).__name__}: {e})"
+    if magic != b"PK\x03\x04":  # every torch.save since PyTorch 1.6 (and every Lightning checkpoint) is a zip archive
+        return "is not a PyTorch checkpoint (no zip archive header: empty, text or random bytes)"
+    text = str(err or "")
+    if "central directory" in text:
+        return "is truncated (the zip index at its end is missing: an interrupted write or copy)"
+    if "Weights only load failed" in text:
+        return "holds Python objects other than tensors and plain containers, which are not loaded (unsafe)"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"cannot be loaded ({type(err).__name__}: {first[:200]})"
+
+
+def safe_load(path: str | Path, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a file that does not load raises
+    :class:`UnreadableCheckpointError` naming the file and why (:func:`load_failure`)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # noqa: BLE001 - reported with the file name, never torch's weights_only=False advice
+        raise UnreadableCheckpointError(path, load_failure(path, e)) from None
+
+
 def read_state_dict(path: str | Path, prefix: str = "student.") -> dict[str, Tensor]:
     """The model state_dict stored in ``path`` (official ``{"model": sd}``, Lightning ckpt, or bare sd).
 
@@ -28,7 +66,7 @@ def read_state_dict(path: str | Path, prefix: str = "student.") -> dict[str, Ten
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = safe_load(path)
     if not isinstance(obj, dict):
         raise CheckpointMismatchError(f"{path}: expected a dict with key 'model' or 'state_dict', got {type(obj)}")
     if "model" in obj and isinstance(obj["model"], dict):
@@ -88,10 +126,27 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if _disk_full(e, path.parent):
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(errno.ENOSPC, f"disk full: could not write {path} ({free / 1e6:.0f} MB free on the "
+                                        f"filesystem of {path.parent}); free space there or write elsewhere") from e
         raise
     _fsync_dir(path.parent)
+
+
+def _disk_full(err: BaseException, directory: Path) -> bool:
+    """Whether a failed write was a full disk (or quota): ENOSPC / EDQUOT, or torch's zip writer's "file write
+    failed" (``inline_container.cc``, which drops the errno) on a filesystem with less than 64 MB left."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(err, RuntimeError) and ("write failed" in str(err) or "inline_container" in str(err)):
+        try:
+            return shutil.disk_usage(directory).free < 64 * 2**20
+        except OSError:
+            return False
+    return False
 
 
 def _fsync_dir(directory: Path) -> None:

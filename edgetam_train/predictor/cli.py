@@ -58,6 +58,7 @@ from PIL import Image
 from ..cli_common import add_model_arguments, load_model, run_subcommand, subcommand_parser
 from ..models.checkpoint import CheckpointMismatchError
 from .image import ImagePrediction, ImagePredictor
+from .image_io import image_hw, read_rgb
 from .video import VideoPredictor, VideoState, frame_files
 
 OVERLAY_COLOR = (30, 144, 255)  # RGB
@@ -131,14 +132,6 @@ def output_prefix(out: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- image
-
-def read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB pixels of an image file (stored orientation)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))  # writable (torch.from_numpy warns on read-only arrays)
-
 
 def overlay(image: np.ndarray, mask: np.ndarray, points: np.ndarray | None, labels: np.ndarray | None,
             box: np.ndarray | None, alpha: float = 0.5) -> np.ndarray:
@@ -244,9 +237,7 @@ def read_frames(path: Path) -> VideoFrames:
             dup = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"--frames {path}: several frames share the name(s) {dup[:5]} (e.g. .jpg and .png); "
                              "one file per frame name is needed to name the mask PNGs")
-        with Image.open(files[0]) as im:
-            w, h = im.size
-        return VideoFrames(path, names, (h, w), files=files)
+        return VideoFrames(path, names, image_hw(files[0]), files=files)
     if not path.exists():
         raise FileNotFoundError(f"--frames {path} does not exist (expected a frame folder or a video file)")
     import av
@@ -392,8 +383,29 @@ def build_parser() -> argparse.ArgumentParser:
     return subcommand_parser("edgetam-predict", "Run a trained EdgeTAM / SAM 2.1 model.", SUBCOMMANDS)
 
 
+COORDINATE_OPTIONS = ("--points", "--box")
+
+
+def attach_negative_values(argv: Sequence[str], options: Sequence[str] = COORDINATE_OPTIONS) -> list[str]:
+    """``--points -5,10`` -> ``--points=-5,10``: argparse takes a value starting with ``-`` that is not a plain
+    number for an option, so negative coordinates would be refused before they are checked against the image."""
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        if args[i] in options and i + 1 < len(args) and args[i + 1][:1] == "-" and \
+                (args[i + 1][1:2].isdigit() or args[i + 1][1:2] == "."):
+            out.append(f"{args[i]}={args[i + 1]}")
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 OK, 2 bad input: the message says what)."""
+    argv = attach_negative_values(sys.argv[1:] if argv is None else argv)
     return run_subcommand(build_parser(), argv, (CheckpointMismatchError, FileNotFoundError, ValueError))
 
 

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 from ..models.memory_bank import FrameOutput
 from ..models.outputs import ImageFeatures
 from ..models.sam2_model import SAM2Model
 from .image import fuse_for_inference
+from .image_io import image_hw, read_rgb
 from .preprocess import check_image, frame_to_input, scale_points
 from .video_state import ObjectOutput, VideoState, _TrackedObject, frame_files
 
@@ -111,8 +111,7 @@ class VideoPredictor:
             files = frame_files(folder)
             sizes = {}
             for p in files:
-                with Image.open(p) as im:
-                    sizes.setdefault(im.size[::-1], p.name)
+                sizes.setdefault(image_hw(p), p.name)  # ValueError naming a file that is not an image
             if len(sizes) > 1:
                 raise ValueError(f"frames in {str(folder)!r} differ in size (H, W): "
                                  + ", ".join(f"{hw} (e.g. {name})" for hw, name in sizes.items()))
@@ -156,8 +155,7 @@ class VideoPredictor:
             return src[frame_idx : frame_idx + 1].to(self.device, torch.float32)
         frame = src[frame_idx]
         if isinstance(frame, Path):
-            with Image.open(frame) as im:
-                frame = check_image(np.asarray(im.convert("RGB")), name=str(frame))
+            frame = check_image(read_rgb(frame), name=str(frame))
             if frame.shape[:2] != state.video_hw:
                 raise ValueError(f"{src[frame_idx]} has size {frame.shape[:2]}, expected {state.video_hw}")
         return frame_to_input(frame, self.image_size)[None].to(self.device)

@@ -1,7 +1,8 @@
 """What multi-process and cluster runs need beyond Lightning's own plumbing.
 
-- ``newest_resume_checkpoint``: ``ckpt_path=auto`` resumes from the newest of ``checkpoints/last.ckpt`` and the
-  ``hpc_ckpt_N.ckpt`` that Lightning's SLURM auto-requeue saves on the requeue signal.
+- ``newest_resume_checkpoint``: ``ckpt_path=auto`` resumes from the newest loadable checkpoint of the run: normally
+  ``checkpoints/last.ckpt`` or the ``hpc_ckpt_N.ckpt`` that Lightning's SLURM auto-requeue saves on the requeue
+  signal; a damaged newer file is skipped (named, with the reason) in favour of the next newest.
 - ``assign_wandb_run_ids``: one W&B run per training run: the id is stored in the run directory on a fresh start and
   reused when the run resumes (re-launch, SLURM requeue), so the curves continue in the same W&B run.
 - ``check_no_secrets`` / ``RefuseSecrets``: the W&B API key comes only from the environment (``WANDB_API_KEY`` or
@@ -22,6 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from edgetam_train.distributed import env_rank_is_zero
+from edgetam_train.models.checkpoint import UnreadableCheckpointError, safe_load
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +34,43 @@ SECRET_KEY = re.compile(r"(^|_)(api_?key|apikey|token|secret|password|passwd)$",
 SECRET_ENV = ("WANDB_API_KEY",)
 
 
-def newest_resume_checkpoint(output_dir: str | Path) -> Path | None:
-    """The most recently written of ``<output_dir>/checkpoints/last.ckpt`` and ``<output_dir>/hpc_ckpt_<N>.ckpt``
-    (Lightning's SLURMEnvironment saves the latter into ``trainer.default_root_dir`` when the requeue signal comes,
-    after the last step checkpoint); None when neither exists."""
+def training_checkpoint_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be resumed from (None: it can): unreadable (truncated, not a torch file) or not a
+    Lightning training checkpoint. Reads only the archive's index and small objects (``mmap``), not the tensors."""
+    try:
+        obj = safe_load(path, mmap=True)
+    except UnreadableCheckpointError as e:
+        return e.reason
+    if not isinstance(obj, dict):
+        return f"holds a {type(obj).__name__}, not a Lightning training checkpoint"
+    if "pytorch-lightning_version" not in obj or "state_dict" not in obj:
+        if "model" in obj:
+            return ("is an official weights file ({'model': state_dict}), not a training checkpoint: to start "
+                    "training from these weights use model.init_from=<file> (and ckpt_path=null)")
+        return f"is not a Lightning training checkpoint (keys {sorted(map(str, obj))[:8]})"
+    return None
+
+
+def resume_candidates(output_dir: str | Path) -> list[Path]:
+    """Every checkpoint of a run, newest first: ``checkpoints/*.ckpt`` (``last.ckpt``, the step and best
+    checkpoints) and the ``hpc_ckpt_<N>.ckpt`` that Lightning's SLURMEnvironment saves into
+    ``trainer.default_root_dir`` when the requeue signal comes."""
     out = Path(output_dir)
-    candidates = [p for p in [out / "checkpoints" / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
+    files = [p for p in [*out.glob("checkpoints/*.ckpt"), *out.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    return sorted(files, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def newest_resume_checkpoint(output_dir: str | Path) -> Path | None:
+    """The most recently written checkpoint of the run that loads as a training checkpoint (see
+    ``resume_candidates``; normally ``checkpoints/last.ckpt`` or a newer ``hpc_ckpt_<N>.ckpt``); None when there is
+    none. A damaged newer file (truncated by a full disk or a copy, not a checkpoint) is skipped with a warning that
+    names it and why, so that a relaunch or SLURM requeue is never blocked by it."""
+    for path in resume_candidates(output_dir):
+        problem = training_checkpoint_problem(path)
+        if problem is None:
+            return path
+        log.warning("ckpt_path=auto: skipping %s: it %s; trying the next newest checkpoint of the run", path, problem)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- W&B run ids

@@ -18,7 +18,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from edgetam_train.config import CONFIG_DIR, register_resolvers
 
-from .cluster import assign_wandb_run_ids, check_no_secrets, newest_resume_checkpoint
+from .cluster import (
+    assign_wandb_run_ids,
+    check_no_secrets,
+    newest_resume_checkpoint,
+    training_checkpoint_problem,
+)
+from .preflight import (
+    FREE_CHECKPOINTS,
+    check_numeric_config,
+    check_run_dir,
+    checkpoint_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,9 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
         return str(newest) if newest else None
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist (use ckpt_path=auto to resume the run's last)")
+    problem = training_checkpoint_problem(ckpt_path)
+    if problem:
+        raise ValueError(f"ckpt_path={ckpt_path}: the file {problem}")
     return str(ckpt_path)
 
 
@@ -80,6 +94,7 @@ def check_teacher_choice(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; returns the final logged metrics."""
     register_resolvers()
+    check_numeric_config(cfg)  # lr=abc, batch_size=-1, ...: named now, not after the models are built
     check_no_secrets(cfg)  # before anything writes the config (config_resolved.yaml, logger hyper-parameters)
     check_model_config(cfg.get("model"))
     check_teacher_choice(cfg)
@@ -89,6 +104,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, _convert_="partial")
     output_dir = cfg.paths.output_dir
+    run_dirs = {"paths.output_dir": output_dir, "paths.ckpt_dir": cfg.paths.get("ckpt_dir", output_dir)}
+    check_run_dir(run_dirs, FREE_CHECKPOINTS * checkpoint_bytes(model))  # not at the first save, steps later
     ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     # W&B: the run id stored in the run directory when resuming, else a new one (configs/logger/wandb.yaml)
     assign_wandb_run_ids(cfg.get("logger"), output_dir, str(cfg.get("run_name", "run")), resuming=ckpt is not None)

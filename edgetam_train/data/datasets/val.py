@@ -14,6 +14,11 @@ Batches are plain dicts of numpy arrays at the original resolution (the predicto
 * ``{"kind": "miou", "name": str, "image": (H, W, 3) uint8 RGB, "masks": (M, H, W) bool}`` (empty masks dropped)
 * ``{"kind": "padding"}``: filler so that every rank runs the same number of validation batches (see
   :class:`ShardSampler`); it is not scored.
+* ``{"kind": "skipped", "set": "vos" | "miou", "name": str, "reason": str, "path": str, "detail": str}``: a video or
+  image that cannot be scored (a corrupt or missing jpg / png, sizes that disagree; the reasons of
+  :mod:`edgetam_train.data.skips`). Validation counts it (``val/skipped``) and logs the file, and goes on: one bad
+  file does not stop every validation of the run. A DAVIS-format video whose jpg has no png (every frame is
+  annotated there) is skipped as ``missing_frame``, not scored on the remaining frames.
 
 Under DDP each rank gets a disjoint shard of each set (no sample is repeated, so sums over ranks are exact).
 """
@@ -23,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +39,17 @@ from edgetam_train.data.formats.images import read_image
 from edgetam_train.data.formats.rle import decode_annotations
 from edgetam_train.data.formats.sa1b import read_record, scan_pairs
 from edgetam_train.data.formats.vos import frame_order, list_stems, read_label
+from edgetam_train.data.skips import BadSample
 
 log = logging.getLogger(__name__)
 
 PADDING: dict[str, str] = {"kind": "padding"}
+
+
+def skipped_item(which: str, name: str, bad: BadSample) -> dict[str, str]:
+    """The item standing for a video / image of set ``which`` that cannot be scored (module docstring)."""
+    return {"kind": "skipped", "set": which, "name": name, "reason": bad.reason, "path": bad.path,
+            "detail": bad.detail}
 
 
 class VOSValDataset(Dataset):
@@ -75,6 +87,7 @@ class VOSValDataset(Dataset):
         if not videos:
             raise FileNotFoundError(f"data.val.vos: no videos under {self.mask_root}")
         self.videos: list[tuple[str, list[str]]] = []
+        self.missing: dict[str, BadSample] = {}  # video -> its first frame without both a jpg and a png
         for video in videos:
             jpgs = list_stems(self.image_root / video, ".jpg")
             pngs = list_stems(self.mask_root / video, ".png")
@@ -83,6 +96,26 @@ class VOSValDataset(Dataset):
                 raise ValueError(f"data.val.vos: video {video!r} has {len(stems)} frames with both a jpg in "
                                  f"{self.image_root / video} and a png in {self.mask_root / video}; need >= 3")
             self.videos.append((video, stems))
+            missing = self._first_missing(video, jpgs, pngs, stems if max_frames else None)
+            if missing is not None:
+                self.missing[video] = missing
+                log.warning("data.val.vos: video %r is skipped at every validation: %s", video, missing)
+
+    def _first_missing(self, video: str, jpgs: Mapping[str, str], pngs: Mapping[str, str],
+                       scored: list[str] | None) -> BadSample | None:
+        """The first frame (up to the last ``scored`` one, all when None) that has a jpg but no png or the reverse:
+        DAVIS-format validation sets annotate every frame, so a missing file is a broken video, not a shorter one."""
+        ordered = frame_order(list(set(jpgs) | set(pngs)))
+        if scored is not None:
+            ordered = ordered[: ordered.index(scored[-1]) + 1]
+        for s in ordered:
+            if s not in pngs:
+                return BadSample("missing_frame", str(self.mask_root / video / f"{s}.png"),
+                                 f"annotation missing: {self.image_root / video / jpgs[s]} has no png")
+            if s not in jpgs:
+                return BadSample("missing_frame", str(self.image_root / video / f"{s}.jpg"),
+                                 f"frame missing: {self.mask_root / video / pngs[s]} has no jpg")
+        return None
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -92,13 +125,18 @@ class VOSValDataset(Dataset):
         if index is None:
             return dict(PADDING)
         video, stems = self.videos[index]
-        frames = [read_image(self.image_root / video / f"{s}.jpg") for s in stems]
-        labels = [read_label(self.mask_root / video / f"{s}.png") for s in stems]
-        for s, frame, label in zip(stems, frames, labels):
-            if frame.shape[:2] != frames[0].shape[:2] or label.shape != frame.shape[:2]:
-                raise ValueError(f"data.val.vos: video {video!r} frame {s!r}: jpg {frame.shape[1]}x{frame.shape[0]}, "
-                                 f"png {label.shape[1]}x{label.shape[0]}, first frame {frames[0].shape[1]}x"
-                                 f"{frames[0].shape[0]} (W x H); all must match")
+        if video in self.missing:
+            return skipped_item("vos", video, self.missing[video])
+        try:
+            frames = [read_image(self.image_root / video / f"{s}.jpg") for s in stems]
+            labels = [read_label(self.mask_root / video / f"{s}.png") for s in stems]
+            for s, frame, label in zip(stems, frames, labels):
+                if frame.shape[:2] != frames[0].shape[:2] or label.shape != frame.shape[:2]:
+                    raise BadSample("size_mismatch", str(self.mask_root / video / f"{s}.png"),
+                                    f"jpg {frame.shape[1]}x{frame.shape[0]}, png {label.shape[1]}x{label.shape[0]}, "
+                                    f"first frame {frames[0].shape[1]}x{frames[0].shape[0]} (W x H); all must match")
+        except BadSample as bad:
+            return skipped_item("vos", video, bad)
         return {"kind": "vos", "video": video, "frame_names": list(stems), "frames": np.stack(frames),
                 "labels": np.stack(labels)}
 
@@ -134,10 +172,16 @@ class MIoUValDataset(Dataset):
         if index is None:
             return dict(PADDING)
         jpg = self.root / self.files[index]
-        _, annotations = read_record(jpg.with_suffix(".json"))
-        image = read_image(jpg)
-        annotations = annotations[: self.max_masks] if self.max_masks else annotations
-        masks = [m for m in decode_annotations(annotations, *image.shape[:2], jpg.with_suffix(".json")) if m.any()]
+        try:
+            _, annotations = read_record(jpg.with_suffix(".json"))
+            image = read_image(jpg)
+            annotations = annotations[: self.max_masks] if self.max_masks else annotations
+            decoded = decode_annotations(annotations, *image.shape[:2], jpg.with_suffix(".json"))
+        except BadSample as bad:
+            return skipped_item("miou", self.files[index], bad)
+        except ValueError as e:  # decode_annotations: a malformed RLE, named in the message
+            return skipped_item("miou", self.files[index], BadSample("bad_rle", str(jpg.with_suffix(".json")), str(e)))
+        masks = [m for m in decoded if m.any()]
         stacked = np.stack(masks) if masks else np.zeros((0, *image.shape[:2]), dtype=bool)
         return {"kind": "miou", "name": self.files[index], "image": image, "masks": stacked}
 
@@ -210,10 +254,11 @@ def build_val_sets(val: Mapping[str, Any] | None, holdout: tuple[str | Path, lis
     return sets
 
 
-def val_loaders(sets: list[Dataset], world: int, rank: int, num_workers: int = 0) -> list[DataLoader]:
+def val_loaders(sets: list[Dataset], world: int, rank: int, num_workers: int = 0,
+                worker_init_fn: Callable[[int], None] | None = None) -> list[DataLoader]:
     """One DataLoader per set: one item per batch, this rank's :class:`ShardSampler` shard, in order.
 
     Workers are started for each validation run and end with it (validation is rare; idle workers would hold memory).
     """
     return [DataLoader(s, batch_size=None, sampler=ShardSampler(s, world, rank), collate_fn=_as_is,
-                       num_workers=num_workers) for s in sets]
+                       num_workers=num_workers, worker_init_fn=worker_init_fn) for s in sets]

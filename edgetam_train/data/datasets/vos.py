@@ -25,6 +25,10 @@ class VOSDataset(ClipDataset):
             folder of ``mask_dir``.
         videos: optional explicit list of video names (wins over ``split_file``).
         first_frame_tries: clip windows tried until one starts on a frame with an object (SAM 2 retries likewise).
+        every_frame_annotated: every jpg has its png (DAVIS, MOSE): a jpg without a png is a missing annotation and
+            the video is skipped (``missing_frame``, naming the png) instead of silently joining the frames around
+            the gap; False for sets annotated sparsely (YouTube-VOS: every 5th frame). A png without its jpg is
+            always a missing frame.
         **clip_kwargs: ``ClipDataset`` arguments (image_size, clip_len, max_objects, augment, reverse_p, seed, ...).
     """
 
@@ -38,6 +42,7 @@ class VOSDataset(ClipDataset):
         split_file: str | Path | None = None,
         videos: Sequence[str] | None = None,
         first_frame_tries: int = 10,
+        every_frame_annotated: bool = True,
         **clip_kwargs: Any,
     ) -> None:
         super().__init__(**clip_kwargs)
@@ -56,15 +61,28 @@ class VOSDataset(ClipDataset):
         if not self.videos:
             raise FileNotFoundError(f"no videos under {self.mask_root}")
         self.first_frame_tries = first_frame_tries
+        self.every_frame_annotated = every_frame_annotated
 
     def __len__(self) -> int:
         return len(self.videos)
 
     def annotated_frames(self, video: str) -> list[str]:
-        """Ordered stems of the frames of ``video`` with both a jpg and a png."""
+        """Ordered stems of the frames of ``video`` with both a jpg and a png. Raises ``BadSample`` missing_frame
+        naming the first missing file: a png without its jpg, or (``every_frame_annotated``) a jpg without its png;
+        a clip across such a gap would join frames that are not consecutive."""
         jpgs = list_stems(self.image_root / video, ".jpg")
         pngs = list_stems(self.mask_root / video, ".png")
-        return frame_order([s for s in jpgs if s in pngs])
+        stems = frame_order([s for s in jpgs if s in pngs])
+        for s in frame_order(list(pngs)):
+            if s not in jpgs:
+                raise BadSample("missing_frame", str(self.image_root / video / f"{s}.jpg"),
+                                f"frame missing: {self.mask_root / video / pngs[s]} has no jpg")
+        if self.every_frame_annotated:
+            for s in frame_order(list(jpgs)):
+                if s not in pngs:
+                    raise BadSample("missing_frame", str(self.mask_root / video / f"{s}.png"),
+                                    f"annotation missing: {self.image_root / video / jpgs[s]} has no png")
+        return stems
 
     def load_raw(self, index: int, rng: np.random.Generator) -> RawClip:
         """List the video's frames, draw a window whose first frame has objects, read only the clip's files."""

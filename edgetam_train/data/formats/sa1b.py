@@ -27,10 +27,12 @@ INDEX_VERSION = "edgetam-train sa1b index v1"
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def scan_pairs(root: str | Path, image_ext: str = ".jpg", sidecar_ext: str = ".json") -> list[str]:
+def scan_pairs(root: str | Path, image_ext: str = ".jpg", sidecar_ext: str = ".json",
+               unpaired: list[str] | None = None) -> list[str]:
     """Sorted POSIX paths, relative to ``root``, of every ``*<image_ext>`` with a sibling ``*<sidecar_ext>``.
 
     Walks ``root`` recursively with ``os.scandir`` (names only; no file is opened). Hidden entries are ignored.
+    ``unpaired``, when given, receives the images left out because their sidecar is missing (sorted).
     """
     root = str(root)
     found: list[str] = []
@@ -47,9 +49,15 @@ def scan_pairs(root: str | Path, image_ext: str = ".jpg", sidecar_ext: str = ".j
                 else:
                     names.add(entry.name)
         for name in names:
-            if name.endswith(image_ext) and name[: -len(image_ext)] + sidecar_ext in names:
-                found.append(f"{rel_dir}/{name}" if rel_dir else name)
+            if name.endswith(image_ext):
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if name[: -len(image_ext)] + sidecar_ext in names:
+                    found.append(rel)
+                elif unpaired is not None:
+                    unpaired.append(rel)
         stack.extend(f"{rel_dir}/{d}" if rel_dir else d for d in dirs)
+    if unpaired is not None:
+        unpaired.sort()
     return sorted(found)
 
 
@@ -104,7 +112,11 @@ def load_index(root: str | Path, index_cache: str | Path | None = None) -> list[
     files = _read_index_cache(cache, root, fingerprint)
     if files is not None:
         return files
-    files = scan_pairs(root)
+    unpaired: list[str] = []
+    files = scan_pairs(root, unpaired=unpaired)
+    if unpaired:  # counted once, here: the index (and so every epoch) leaves them out
+        log.warning("SA-1B index of %s: %d jpg file(s) without a sibling json left out (missing_json), e.g. %s",
+                    root, len(unpaired), ", ".join(str(root / u) for u in unpaired[:5]))
     header = f"# {INDEX_VERSION}\n# root: {root}\n# fingerprint: {fingerprint}\n# count: {len(files)}\n"
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
