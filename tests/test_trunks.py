@@ -1,0 +1,99 @@
+"""Any timm trunk as the student (issue 16): levels picked by stride, the neck's channels from timm's feature_info,
+clear errors for models that do not fit, local timm weights files, and the edgetam_* arch configs."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from edgetam_train.models.build import available_models, build_model, model_config
+from edgetam_train.models.trunk import TimmTrunk, select_levels
+
+# timm name -> (timm out_indices at strides 4/8/16/32, configs/arch variant)
+TRUNKS = {
+    "repvit_m1": ([0, 1, 2, 3], "edgetam"),
+    "repvit_m0_9": ([0, 1, 2, 3], "edgetam_repvit_m0_9"),
+    "repvit_m2_3": ([0, 1, 2, 3], "edgetam_repvit_m2_3"),
+    "mobilenetv4_conv_small": ([1, 2, 3, 4], "edgetam_mobilenetv4"),
+    "efficientvit_b0": ([0, 1, 2, 3], "edgetam_efficientvit"),
+    "fastvit_t8": ([0, 1, 2, 3], "edgetam_fastvit"),
+}
+
+
+@pytest.mark.parametrize("name", list(TRUNKS))
+def test_levels_and_channels_come_from_timm(name):
+    indices, _ = TRUNKS[name]
+    assert select_levels(name) == indices
+    with torch.device("meta"):
+        reference = timm.create_model(name, pretrained=False, features_only=True, out_indices=indices)
+    trunk = TimmTrunk(name)
+    assert trunk.out_indices == indices
+    assert trunk.strides == [4, 8, 16, 32]
+    assert trunk.channel_list == list(reference.feature_info.channels())[::-1]
+
+
+@pytest.mark.parametrize("name", list(TRUNKS))
+def test_arch_variant_builds_with_the_trunks_channels(name):
+    _, arch = TRUNKS[name]
+    assert arch in available_models()
+    assert model_config(arch).image_encoder.trunk.name == name
+    model = build_model(arch, image_size=256).eval()
+    trunk = model.image_encoder.trunk
+    neck = model.image_encoder.neck
+    assert neck.backbone_channel_list == trunk.channel_list
+    assert [conv.conv.in_channels for conv in neck.convs] == trunk.channel_list
+    keys = list(model.state_dict())
+    assert all(k.startswith("image_encoder.trunk.body.") for k in keys if k.startswith("image_encoder.trunk."))
+    with torch.no_grad():
+        feats = model.encode_image(torch.randn(1, 3, 256, 256))
+    assert feats.f16.shape == (1, 256, 16, 16)
+
+
+def test_one_override_is_enough():
+    """``model.student.image_encoder.trunk.name=<timm name>`` on the default edgetam tree builds that trunk."""
+    cfg = model_config("edgetam", image_size=256)
+    cfg.image_encoder.trunk.name = "efficientvit_b0"
+    model = build_model(cfg)
+    assert model.image_encoder.trunk.channel_list == [128, 64, 32, 16]
+
+
+def test_strides_that_do_not_fit_are_named():
+    with pytest.raises(ValueError, match=r"strides \[16, 16, 16\].*needs one level at each of strides "
+                                         r"\[4, 8, 16, 32\]"):
+        TimmTrunk("vit_tiny_patch16_224")
+    cfg = model_config("edgetam", image_size=256)
+    cfg.image_encoder.trunk.name = "vit_tiny_patch16_224"
+    with pytest.raises(ValueError, match=r"cannot build .*strides \[16, 16, 16\]"):
+        build_model(cfg)
+
+
+def test_explicit_out_indices_with_other_strides_and_unknown_names_fail_clearly():
+    with pytest.raises(ValueError, match=r"out_indices \[0, 1, 2, 3\]: feature strides \[2, 4, 8, 16\]"):
+        TimmTrunk("mobilenetv4_conv_small", out_indices=[0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"'no_such_trunk' cannot be built.*Unknown model"):
+        TimmTrunk("no_such_trunk")
+
+
+def test_neck_channels_typed_by_hand_must_match_the_trunk():
+    cfg = model_config("edgetam_efficientvit", image_size=256)
+    cfg.image_encoder.neck.backbone_channel_list = [384, 192, 96, 48]
+    with pytest.raises(ValueError, match=r"neck backbone_channel_list \[384, 192, 96, 48\] != trunk channel_list "
+                                         r"\[128, 64, 32, 16\]"):
+        build_model(cfg)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv4_conv_small", "efficientvit_b0", "fastvit_t8"])
+def test_local_timm_weights_file_initialises_the_trunk(tmp_path, name):
+    """A full timm state_dict (head, final conv included) loads as timm itself would load it into features_only."""
+    full = timm.create_model(name, pretrained=False)
+    path = tmp_path / f"{name}.pth"
+    torch.save(full.state_dict(), path)
+    indices = select_levels(name)
+    reference = timm.create_model(name, pretrained=True, features_only=True, out_indices=indices,
+                                  pretrained_cfg_overlay=dict(file=str(path))).eval()  # timm's own local-file load
+    trunk = TimmTrunk(name, weights=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for ours, theirs in zip(trunk(x), reference(x), strict=True):
+            assert torch.equal(ours, theirs)
