@@ -97,3 +97,31 @@ def test_local_timm_weights_file_initialises_the_trunk(tmp_path, name):
     with torch.no_grad():
         for ours, theirs in zip(trunk(x), reference(x), strict=True):
             assert torch.equal(ours, theirs)
+
+
+def test_quickstart_with_another_trunk_trains_predicts_and_exports(tmp_path, capsys):
+    """The one override on the quick start trains; the checkpoint alone then drives edgetam-predict and -export."""
+    import make_sample_data
+    import numpy as np
+    from PIL import Image
+    from test_train_cli import run_train  # python train.py as the quick-start tests run it
+
+    from edgetam_train.export.cli import main as export_main
+    from edgetam_train.predictor.cli import main as predict_main
+
+    make_sample_data.main(["--out", str(tmp_path / "data" / "sample"), "--num-images", "2", "--formats",
+                           "sa1b,davis", "--num-davis-videos", "1", "--video-frames", "2"])
+    proc = run_train(tmp_path, "experiment=edgetam_distill", "debug=quickstart", "trainer.max_steps=2",
+                     "callbacks.model_checkpoint.every_n_train_steps=2", "model.prompts.num_correction_clicks=1",
+                     "data.max_masks=2", "model.student.image_encoder.trunk.name=efficientvit_b0")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ckpt = tmp_path / "logs" / "train" / "runs" / "quickstart" / "checkpoints" / "last.ckpt"
+    record = torch.load(ckpt, map_location="cpu", weights_only=True)["edgetam_arch"]
+    assert (record["trunk"], record["image_size"]) == ("efficientvit_b0", 256)
+
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(image)
+    assert predict_main(["image", "--ckpt", str(ckpt), "--image", str(image), "--points", "40,30", "--labels", "1",
+                         "--device", "cpu", "--out", str(tmp_path / "pred")]) == 0
+    assert export_main([str(ckpt), "--format", "official", "--out", str(tmp_path / "student.pt")]) == 0
+    assert "trunk efficientvit_b0, 256 px" in capsys.readouterr().out

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.models.build import record_student_architecture
 
 from .cluster import assign_wandb_run_ids, check_no_secrets, newest_resume_checkpoint
 
@@ -88,6 +89,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         torch.use_deterministic_algorithms(True, warn_only=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, _convert_="partial")
+    record_student_architecture(model, cfg)  # checkpoints say which model they hold (trunk, image size)
     output_dir = cfg.paths.output_dir
     ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     # W&B: the run id stored in the run directory when resuming, else a new one (configs/logger/wandb.yaml)
