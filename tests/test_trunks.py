@@ -125,3 +125,53 @@ def test_quickstart_with_another_trunk_trains_predicts_and_exports(tmp_path, cap
                          "--device", "cpu", "--out", str(tmp_path / "pred")]) == 0
     assert export_main([str(ckpt), "--format", "official", "--out", str(tmp_path / "student.pt")]) == 0
     assert "trunk efficientvit_b0, 256 px" in capsys.readouterr().out
+
+
+def test_channels_last_timm_features_become_channels_first_and_hf_says_plainly_it_cannot():
+    """Swin's features_only maps are NHWC: the trunk permutes them; transformers' EdgeTamVisionModel reads its timm
+    backbone's maps as NCHW, so the HF export refuses that trunk with a plain message."""
+    from types import SimpleNamespace
+
+    from edgetam_train.export.hf import hf_target
+
+    trunk = TimmTrunk("swin_tiny_patch4_window7_224", img_size=128).eval()
+    assert trunk.channels_last and trunk.strides == [4, 8, 16, 32]
+    with torch.no_grad():
+        shapes = [tuple(f.shape) for f in trunk(torch.randn(1, 3, 128, 128))]
+    assert shapes == [(1, c, 128 // s, 128 // s) for c, s in zip(trunk.channel_list[::-1], trunk.strides)]
+    with pytest.raises(ValueError, match=r"transformers cannot express the timm trunk 'swin_tiny_patch4_window7_224'"
+                                         r".*channels-last.*official or onnx"):
+        hf_target(SimpleNamespace(image_encoder=SimpleNamespace(trunk=trunk)))
+
+
+def test_hf_target_follows_the_trunk():
+    from edgetam_train.export.hf import hf_target
+    from edgetam_train.export.hf_mapping import hf_config
+
+    model = build_model("edgetam_mobilenetv4", image_size=256)
+    name, spec = hf_target(model)
+    assert (name, spec.architecture, spec.out_indices, spec.channel_list) == (
+        "edgetam", "mobilenetv4_conv_small", (1, 2, 3, 4), (960, 96, 64, 32))
+    vision = hf_config(name, 256, "image", spec).vision_config
+    assert vision.backbone_config.architecture == "mobilenetv4_conv_small"
+    assert vision.backbone_config.model_args["out_indices"] == [1, 2, 3, 4]
+    assert vision.backbone_channel_list == [960, 96, 64, 32]
+    with pytest.raises(ValueError, match=r"does not match the model's trunk"):
+        hf_target(model, "sam2.1_hiera_t")
+
+
+def test_hf_and_onnx_exports_of_another_trunk_check_out(tmp_path):
+    """The exporters reload what they wrote and compare it with the source model (see export/hf.py, onnx.py)."""
+    from edgetam_train.export.cli import run_export
+    from edgetam_train.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    path = save_checkpoint(build_model("edgetam_efficientvit", image_size=256), tmp_path / "student.pt")
+    for fmt in ("hf", "onnx"):
+        report = run_export(path, fmt, tmp_path / fmt)
+        assert report.ok, report.summary()
+        assert report.arch["trunk"] == "efficientvit_b0"
+    import json
+
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["vision_config"]["backbone_config"]["architecture"] == "efficientvit_b0"

@@ -5,7 +5,8 @@ Official exports (``{"model": state_dict, "edgetam_arch": record}``) and Lightni
 EdgeTAM loaders read only ``["model"]``, so the extra key does not disturb them)::
 
     {"version": 1, "name": "edgetam_mobilenetv4" | None, "trunk": "mobilenetv4_conv_small", "image_size": 256,
-     "config": {...}}    # the resolved configs/arch tree the model was built from (_target_ nodes)
+     "config": {...},    # the resolved configs/arch tree the model was built from (_target_ nodes)
+     "trunk_out_indices": [1, 2, 3, 4], "trunk_channels": [960, 96, 64, 32]}   # what the built trunk resolved
 
 ``name`` is the ``configs/arch`` choice when known (informative); ``config`` is what the model is rebuilt from.
 The trunk's initialisation file (``image_encoder.trunk.weights``) is not part of the architecture and is recorded as

@@ -64,8 +64,15 @@ def model_config(name: str, image_size: int | None = None) -> DictConfig:
 
 
 def attach_record(model: SAM2Model, tree: DictConfig, name: str | None = None) -> SAM2Model:
-    """Set ``model.arch_record`` from the tree it was built from (see :mod:`.arch_record`); returns ``model``."""
-    model.arch_record = make_record(tree, name)
+    """Set ``model.arch_record`` from the tree it was built from (see :mod:`.arch_record`), plus what the built
+    trunk resolved (``trunk_out_indices``: the timm levels used, ``trunk_channels``: low-res first -- what the
+    official code's ``TimmBackbone`` ``features`` and ``neck.backbone_channel_list`` need); returns ``model``."""
+    record = make_record(tree, name)
+    trunk = model.image_encoder.trunk
+    if getattr(trunk, "out_indices", None) is not None:
+        record["trunk_out_indices"] = [int(i) for i in trunk.out_indices]
+    record["trunk_channels"] = [int(c) for c in trunk.channel_list]
+    model.arch_record = record
     return model
 
 
