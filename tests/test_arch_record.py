@@ -136,3 +136,12 @@ def test_cli_tools_need_no_flags_and_refuse_contradicting_ones(official, tmp_pat
     assert export_main([str(official), "--format", "official", "--out", str(tmp_path / "x.pt"),
                         "--image-size", "512"]) == 2
     assert "--image-size 512 contradicts it" in capsys.readouterr().err
+
+
+def test_explicit_levels_equal_to_the_automatic_ones_are_the_same_trunk(official):
+    from edgetam_train.models.build import model_config
+
+    cfg = model_config(ARCH, image_size=S)
+    cfg.image_encoder.trunk.out_indices = [0, 1, 2, 3]  # what null resolves to for efficientvit_b0
+    model = build_model(cfg, checkpoint=official)
+    assert model.arch_record["trunk_out_indices"] == [0, 1, 2, 3]

@@ -89,7 +89,13 @@ def trunk_difference(model: nn.Module, record: dict[str, Any] | None, source: st
     own = getattr(model, "arch_record", None)
     if record is None or own is None:
         return None
-    trunks = [r["config"].get("image_encoder", {}).get("trunk", {}) for r in (record, own)]
+    trunks = []
+    for r in (record, own):
+        trunk = {k: v for k, v in r["config"].get("image_encoder", {}).get("trunk", {}).items() if k != "out_indices"}
+        trunk["out_indices"] = r.get("trunk_out_indices")  # the levels used (a config may say null = auto)
+        trunks.append(trunk)
+    if None in (trunks[0]["out_indices"], trunks[1]["out_indices"]):
+        trunks[0].pop("out_indices"), trunks[1].pop("out_indices")
     diffs = tree_differences({"trunk": trunks[0]}, {"trunk": trunks[1]})
     if not diffs:
         return None
