@@ -10,27 +10,38 @@ from pathlib import Path
 
 import torch
 
-from .models.build import ALIASES, available_models, build_model
+from .models.build import ALIASES, available_models, load_model_file
 from .models.sam2_model import SAM2Model
+
+MODEL_HELP = ("architecture (only for files that do not record theirs, e.g. official .pt files; a value that "
+              "contradicts the file's record is an error): {names} (aliases: {aliases}); default: guessed from the "
+              "weights' keys, edgetam")
+IMAGE_SIZE_HELP = "model input side S (default: what the file records, else 1024; a different value is an error)"
+
+
+def model_help() -> str:
+    """The ``--model`` help text (names from configs/arch)."""
+    return MODEL_HELP.format(names=", ".join(available_models()), aliases=", ".join(ALIASES))
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--ckpt`` (required), ``--model`` (default ``edgetam``), ``--image-size`` (default: the config's, 1024)
-    and ``--device`` (default ``cuda`` when available, else ``cpu``) to ``parser``."""
+    """Add ``--ckpt`` (required), ``--model`` and ``--image-size`` (default: what the checkpoint records, see
+    :func:`~edgetam_train.models.build.load_model_file`) and ``--device`` (default ``cuda`` when available, else
+    ``cpu``) to ``parser``."""
     parser.add_argument("--ckpt", required=True, type=Path, help="Lightning checkpoint or official .pt")
-    parser.add_argument("--model", default="edgetam",
-                        help=f"architecture: {', '.join(available_models())} (aliases: {', '.join(ALIASES)})")
-    parser.add_argument("--image-size", type=int, default=None, help="model input side S (default 1024)")
+    parser.add_argument("--model", default=None, help=model_help())
+    parser.add_argument("--image-size", type=int, default=None, help=IMAGE_SIZE_HELP)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_model(args: argparse.Namespace) -> SAM2Model:
-    """The model named by ``args.model`` at ``args.image_size`` with ``args.ckpt`` loaded strictly, on
-    ``args.device`` (the options of :func:`add_model_arguments`).
+    """The model ``args.ckpt`` holds (its recorded architecture and size; ``args.model`` / ``args.image_size`` for
+    files without a record), loaded strictly, on ``args.device`` (the options of :func:`add_model_arguments`).
 
-    Raises ``CheckpointMismatchError`` (missing / unexpected / mis-shaped keys, naming the file), ``FileNotFoundError``
-    and ``ValueError`` (unknown model, bad image size)."""
-    return build_model(args.model, image_size=args.image_size, checkpoint=args.ckpt).to(args.device)
+    Raises ``ArchitectureMismatchError`` (a flag contradicts the record), ``CheckpointMismatchError`` (missing /
+    unexpected / mis-shaped keys, naming the file), ``FileNotFoundError`` and ``ValueError`` (unknown model, bad
+    image size); all are ValueErrors except FileNotFoundError."""
+    return load_model_file(args.ckpt, args.model, args.image_size).to(args.device)
 
 
 # name -> (help text, add_arguments(parser), run(args) -> exit status)

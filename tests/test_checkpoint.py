@@ -52,7 +52,8 @@ def _outputs(model: SAM2Model) -> list[torch.Tensor]:
 def test_save_load_round_trip_gives_identical_outputs(tmp_path, edgetam):
     path = save_checkpoint(edgetam, tmp_path / "sub" / "edgetam.pt")
     raw = torch.load(path, map_location="cpu", weights_only=True)
-    assert list(raw) == ["model"]
+    assert list(raw) == ["model", "edgetam_arch"]  # the official loaders read ["model"] only
+    assert raw["edgetam_arch"]["trunk"] == "repvit_m1" and raw["edgetam_arch"]["image_size"] == S
     assert list(raw["model"]) == list(edgetam.state_dict())
     assert not (tmp_path / "sub" / "edgetam.pt.tmp").exists()
 

@@ -57,7 +57,8 @@ def test_official_round_trip(checkpoints, tmp_path, capsys):
     out = tmp_path / "export" / "edgetam.pt"
     _export(capsys, path, "official", out)
     obj = torch.load(out, map_location="cpu", weights_only=True)
-    assert list(obj) == ["model"]
+    assert list(obj) == ["model", "edgetam_arch"]  # the official loaders read ["model"]; the record is for our tools
+    assert (obj["edgetam_arch"]["name"], obj["edgetam_arch"]["image_size"]) == ("edgetam", S)
     assert list(obj["model"]) == list(sd)  # official key order
     for key, tensor in sd.items():
         assert torch.equal(obj["model"][key], tensor), key
@@ -79,8 +80,9 @@ def test_official_from_lightning_checkpoint(checkpoints, tmp_path, capsys):
 
 
 def test_wrong_checkpoint_names_missing_keys(checkpoints, tmp_path, capsys):
-    path, _ = checkpoints["sam2.1_hiera_t"]
-    rc = cli.main([str(path), "--format", "official", "--out", str(tmp_path / "x.pt"), "--image-size", str(S)])
+    path, _ = checkpoints["sam2.1_hiera_t"]  # no record: --model decides (without it, the keys' guess would)
+    rc = cli.main([str(path), "--format", "official", "--out", str(tmp_path / "x.pt"), "--image-size", str(S),
+                   "--model", "edgetam"])
     err = capsys.readouterr().err
     assert rc == 2
     assert "missing keys" in err and "image_encoder.trunk.body.stem.conv1.c.weight" in err

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from edgetam_train.data.skips import REASONS
 from edgetam_train.eval.validation import ValScores, describe_skipped, one_click_ious, score_video, track_video
-from edgetam_train.models.checkpoint import check_state_dict, read_state_dict
+from edgetam_train.models.checkpoint import add_arch_record, check_state_dict, read_state_dict
 from edgetam_train.models.sam2_model import SAM2Model
 
 from .losses import DistillationLoss, sum_loss_dicts
@@ -291,6 +291,7 @@ class DistillationModule(pl.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("student.")}
         checkpoint["data_skips"] = dict(self.skip_totals)
         checkpoint["nonfinite_steps"] = self.nonfinite.state_dict()
+        add_arch_record(checkpoint, self.student)  # the student's architecture (models/arch_record.py)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resume the skip totals (``data/skipped*`` keep counting from where the run stopped)."""

@@ -11,8 +11,8 @@ Usage::
 and the empty-mask conventions are in :mod:`edgetam_train.eval.jf`. ``miou`` prints ``clicks=k mIoU=...`` for k =
 1..N (the click simulation is in :mod:`edgetam_train.eval.miou`).
 
-Exit status: 0 OK, 2 bad input (missing frames, size mismatches, a checkpoint that does not match ``--model``: the
-message names the video / frame / keys).
+Exit status: 0 OK, 2 bad input (missing frames, size mismatches, a checkpoint that does not match ``--model`` or
+whose recorded architecture / size a flag contradicts: the message names the video / frame / keys / settings).
 """
 
 from __future__ import annotations

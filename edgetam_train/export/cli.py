@@ -8,9 +8,10 @@ Usage::
     edgetam-export teacher.pt --model sam2.1_hiera_b+ --format hf --out sam2.1-b+-hf/
 
 ``CKPT`` is a Lightning checkpoint written by ``train.py`` (the student's weights, under ``student.``), an official
-``{"model": state_dict}`` file or a bare state_dict. ``--model`` names the architecture (a ``configs/arch`` name:
-``edgetam`` by default, ``sam2.1_hiera_t`` / ``_s`` / ``_b+`` / ``_l`` for teachers); ``--image-size`` the input side
-(default 1024; the official models use 1024).
+``{"model": state_dict}`` file or a bare state_dict. Checkpoints written by this project record their architecture
+(trunk included) and input size, and the export rebuilds exactly that model; ``--model`` (a ``configs/arch`` name:
+``edgetam``, ``edgetam_*``, ``sam2.1_hiera_t`` / ``_s`` / ``_b+`` / ``_l``) and ``--image-size`` (default 1024) are
+for files without a record (official releases), and are errors when they contradict a record.
 
 Every export reloads what it wrote, compares it with the source model on a fixed input, prints each check's max
 absolute difference and exits with status 1 when one is above its tolerance (1e-4 for the torch formats, 1e-3 for
@@ -28,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from ..models.build import ALIASES, available_models
+from ..cli_common import IMAGE_SIZE_HELP, model_help
+from ..models.arch_record import describe
 from ..models.checkpoint import CheckpointMismatchError
 from .official import ExportCheckError, ExportReport, export_official, load_model
 
@@ -44,28 +46,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", required=True, choices=FORMATS,
                         help="official: {'model': state_dict} .pt; hf: transformers directory; onnx: two graphs")
     parser.add_argument("--out", required=True, type=Path, help="output file (official) or directory (hf, onnx)")
-    parser.add_argument("--model", default="edgetam",
-                        help=f"architecture: {', '.join(available_models())} (aliases: {', '.join(ALIASES)})")
-    parser.add_argument("--image-size", type=int, default=None, help="input side S (default: the config's, 1024)")
+    parser.add_argument("--model", default=None, help=model_help())
+    parser.add_argument("--image-size", type=int, default=None, help=IMAGE_SIZE_HELP)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return parser
 
 
-def run_export(checkpoint: Path, fmt: str, out: Path, model: str = "edgetam", image_size: int | None = None
+def run_export(checkpoint: Path, fmt: str, out: Path, model: str | None = None, image_size: int | None = None
                ) -> ExportReport:
     """Load ``checkpoint`` as ``model`` and export it in format ``fmt`` to ``out``; returns the check report."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     net = load_model(checkpoint, model, image_size)
     if fmt == "official":
-        return export_official(net, out, model)
-    if fmt == "hf":
+        report = export_official(net, out, model)
+    elif fmt == "hf":
         from .hf import export_hf
 
-        return export_hf(net, out, model)
-    if fmt == "onnx":
+        report = export_hf(net, out, model)
+    else:
         from .onnx import export_onnx
 
-        return export_onnx(net, out)
-    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        report = export_onnx(net, out)
+    report.arch = getattr(net, "arch_record", None)
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgetam-export: error: {err}; the '{args.format}' format needs the export extra "
               f"(pip install 'edgetam-train[export]': transformers, safetensors, onnx, onnxruntime)", file=sys.stderr)
         return 2
-    print(f"wrote {report.path} ({args.format}, model {args.model})")
+    print(f"wrote {report.path} ({args.format}, model {describe(report.arch) if report.arch else args.model})")
     print(report.summary())
     return 0 if report.ok else 1
 

@@ -2,7 +2,9 @@
 
 One directory serves both classes, as the hub checkpoints do: it holds the *video* layout (every tensor of the
 official checkpoint, renamed by :mod:`edgetam_train.export.hf_mapping`) and the video config
-(``EdgeTamVideoConfig`` / ``Sam2VideoConfig``, official hyper-parameters, RepViT-M1 timm backbone for EdgeTAM).
+(``EdgeTamVideoConfig`` / ``Sam2VideoConfig``, official hyper-parameters; for EdgeTAM a ``TimmWrapperConfig``
+backbone naming the model's timm trunk -- RepViT-M1 or any other timm ``features_only`` trunk with channels-first
+maps, which is what transformers' EdgeTAM vision model can express; :func:`hf_target` says so plainly otherwise).
 
 * ``EdgeTamVideoModel.from_pretrained(dir)`` / ``Sam2VideoModel`` load it as is.
 * ``EdgeTamModel.from_pretrained(dir)`` / ``Sam2Model`` build their image config from the same ``config.json``
@@ -32,7 +34,8 @@ from ..config import flatten_dict
 from ..models.build import ALIASES
 from ..models.memory_bank import MemoryBank
 from ..models.sam2_model import SAM2Model
-from .hf_mapping import MODELS, build_hf_model, hf_config, hf_model_class, hf_to_official
+from ..models.trunk import HieraTrunk, TimmTrunk
+from .hf_mapping import MODELS, REPVIT_M1, TimmTrunkSpec, build_hf_model, hf_config, hf_model_class, hf_to_official
 from .official import TORCH_TOLERANCE, ExportCheckError, ExportReport, fixed_input, image_outputs, max_abs_diff
 
 # Sam2VideoModel stores memory features in bfloat16 (as the official SAM 2.1 code does) and we round them the same
@@ -54,6 +57,34 @@ def hf_name(model_name: str) -> str:
     return HF_NAMES[model_name]
 
 
+def hf_target(model: SAM2Model, model_name: str | None = None) -> tuple[str, TimmTrunkSpec]:
+    """The :mod:`hf_mapping` name and timm trunk spec of ``model``, from its trunk.
+
+    A :class:`TimmTrunk` -> ``("edgetam", its timm name / levels / channels)``; a :class:`HieraTrunk` ->
+    ``sam2.1_hiera_*``. ``model_name`` (a ``configs/arch`` name or alias), when given, must name the same family.
+
+    Raises:
+        ValueError: a trunk transformers cannot express (channels-last timm features: ``EdgeTamVisionModel``
+            permutes its backbone's maps as channels-first; any other trunk class), or a contradicting ``model_name``.
+    """
+    trunk = model.image_encoder.trunk
+    if isinstance(trunk, TimmTrunk):
+        if trunk.channels_last:
+            raise ValueError(f"transformers cannot express the timm trunk {trunk.name!r}: its features_only maps are "
+                             f"channels-last, and EdgeTamVisionModel reads its timm backbone's maps as channels-first; "
+                             f"export --format official or onnx instead")
+        name, spec = "edgetam", TimmTrunkSpec(trunk.name, tuple(trunk.out_indices), tuple(trunk.channel_list))
+    elif isinstance(trunk, HieraTrunk):
+        name, spec = "sam2.1_" + trunk.name.removeprefix("sam2_"), REPVIT_M1
+    else:
+        raise ValueError(f"transformers cannot express a {type(trunk).__name__} trunk (EdgeTAM exports take a timm "
+                         f"features_only trunk, SAM 2.1 exports a Hiera trunk); export --format official or onnx")
+    if model_name is not None and not (model_name.startswith("edgetam") and name == "edgetam") \
+            and hf_name(model_name) != name:
+        raise ValueError(f"model name {model_name!r} does not match the model's trunk ({trunk.name}: {name})")
+    return name, spec
+
+
 def _processor(image_size: int):
     """``Sam2VideoProcessor`` (image + video processors) resizing to ``image_size``, built without downloads."""
     from transformers import Sam2VideoProcessor
@@ -66,10 +97,11 @@ def _processor(image_size: int):
                               video_processor=Sam2VideoVideoProcessor(size=hw), target_size=image_size)
 
 
-def save_hf(model: SAM2Model, out_dir: str | Path, model_name: str = "edgetam") -> Path:
-    """Write ``model``'s weights as a transformers directory (video layout + video config + processor config)."""
-    name = hf_name(model_name)
-    net = build_hf_model(name, model.state_dict(), image_size=model.image_size, target="video")
+def save_hf(model: SAM2Model, out_dir: str | Path, model_name: str | None = None) -> Path:
+    """Write ``model``'s weights as a transformers directory (video layout + video config + processor config);
+    the trunk decides the transformers family and backbone (:func:`hf_target`)."""
+    name, spec = hf_target(model, model_name)
+    net = build_hf_model(name, model.state_dict(), image_size=model.image_size, target="video", trunk_spec=spec)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     net.save_pretrained(out_dir)
@@ -90,11 +122,12 @@ def load_hf(out_dir: str | Path, model_name: str, target: str) -> torch.nn.Modul
     return net.float().eval()
 
 
-def check_config(net, model_name: str, image_size: int, target: str) -> None:
+def check_config(net, model_name: str, image_size: int, target: str, trunk_spec: TimmTrunkSpec = REPVIT_M1
+                 ) -> None:
     """Raise :class:`ExportCheckError` naming each setting of the loaded ``net.config`` that differs from
     :func:`hf_config` (extra keys, e.g. the video settings an image config carries along, and dtype / path metadata
     are ignored)."""
-    want = flatten_dict(hf_config(hf_name(model_name), image_size, target).to_dict())
+    want = flatten_dict(hf_config(hf_name(model_name), image_size, target, trunk_spec).to_dict())
     got = flatten_dict(net.config.to_dict())
     ignored = ("_name_or_path", "architectures", "dtype", "transformers_version")
     wrong = {k: (got.get(k), v) for k, v in want.items()
@@ -154,24 +187,25 @@ def _our_two_frames(model: SAM2Model, frames: Tensor, points: Tensor, labels: Te
     return results
 
 
-def export_hf(model: SAM2Model, out_dir: str | Path, model_name: str = "edgetam") -> ExportReport:
+def export_hf(model: SAM2Model, out_dir: str | Path, model_name: str | None = None) -> ExportReport:
     """Write the transformers directory (:func:`save_hf`) and check it (see the module docstring).
 
     Args:
         model: the source model (unfused, official keys), eval mode.
         out_dir: the directory to write (created).
-        model_name: ``configs/arch`` name (``edgetam``, ``sam2.1_hiera_t``, ...) or its transformers alias.
+        model_name: optional ``configs/arch`` name (``edgetam``, ``sam2.1_hiera_t``, ...) or transformers alias;
+            checked against the trunk, which decides (:func:`hf_target`).
     Returns:
         an :class:`ExportReport` with the max differences per check (tolerance 1e-4).
     """
     model.eval()
-    name = hf_name(model_name)
+    name, spec = hf_target(model, model_name)
     path = save_hf(model, out_dir, model_name)
     report = ExportReport(path, tolerance=TORCH_TOLERANCE)
     size = model.image_size
 
     video = load_hf(path, name, "video")
-    check_config(video, name, size, "video")
+    check_config(video, name, size, "video", spec)
     back = hf_to_official(video.state_dict(), name)
     src = model.state_dict()
     missing = sorted(set(src) - set(back))
@@ -182,7 +216,7 @@ def export_hf(model: SAM2Model, out_dir: str | Path, model_name: str = "edgetam"
     pixels, points, labels = fixed_input(size)
     ours = image_outputs(model, pixels, points, labels)
     image = load_hf(path, name, "image")
-    check_config(image, name, size, "image")
+    check_config(image, name, size, "image", spec)
     theirs = _hf_image_outputs(image, pixels, points, labels)
     report.diffs.update({f"image/{k}": max_abs_diff(ours[k], v) for k, v in theirs.items()})
     del image

@@ -14,7 +14,8 @@ tensors are merged, split or duplicated). Both directions use the same table, so
 
 The main renames (see the tables for all of them):
 
-* ``image_encoder.trunk.body.`` -> ``vision_encoder.backbone.timm_model.`` (EdgeTAM, timm ``repvit_m1``),
+* ``image_encoder.trunk.body.`` -> ``vision_encoder.backbone.timm_model.`` (EdgeTAM: timm ``repvit_m1`` or any other
+  timm ``features_only`` trunk, see :class:`TimmTrunkSpec`),
   ``image_encoder.trunk.`` -> ``vision_encoder.backbone.`` (Hiera; ``norm1/2`` -> ``layer_norm1/2``,
   ``mlp.layers.0/1`` -> ``mlp.proj_in/out``, ``patch_embed.proj`` -> ``patch_embed.projection``),
   ``image_encoder.neck.convs.N.conv.`` -> ``vision_encoder.neck.convs.N.``;
@@ -381,6 +382,24 @@ def hf_to_official(state_dict: Mapping[str, Tensor], model: str, target: Target 
 
 # ----------------------------------------------------------------------------------------------- configs
 
+
+@dataclass(frozen=True)
+class TimmTrunkSpec:
+    """The timm trunk of an EdgeTAM-family model, as transformers' ``TimmWrapperConfig`` builds it.
+
+    Attributes:
+        architecture: timm name (``repvit_m1``, ``mobilenetv4_conv_small``, ...).
+        out_indices: timm ``features_only`` levels at strides 4/8/16/32 (MobileNetV4: [1, 2, 3, 4]).
+        channel_list: their channels low-res first (the FPN neck's ``backbone_channel_list``).
+    """
+
+    architecture: str = "repvit_m1"
+    out_indices: tuple[int, ...] = (0, 1, 2, 3)
+    channel_list: tuple[int, ...] = (384, 192, 96, 48)
+
+
+REPVIT_M1 = TimmTrunkSpec()
+
 # Hiera variants as in sam2.1_hiera_{t,s,b+,l}.yaml (+ the official Hiera defaults they leave out).
 _HIERA: dict[str, dict[str, Any]] = {
     "sam2.1_hiera_tiny": dict(embed_dim=96, num_heads=1, stages=[1, 2, 7, 2], global_att=[5, 7, 9],
@@ -394,17 +413,18 @@ _HIERA: dict[str, dict[str, Any]] = {
 }
 
 
-def _vision_config(model: str, image_size: int):
-    """transformers vision config (trunk + FPN neck) of ``model`` at ``image_size``."""
+def _vision_config(model: str, image_size: int, trunk_spec: TimmTrunkSpec = REPVIT_M1):
+    """transformers vision config (trunk + FPN neck) of ``model`` at ``image_size`` (EdgeTAM: ``trunk_spec``)."""
     from transformers import EdgeTamVisionConfig, Sam2HieraDetConfig, Sam2VisionConfig, TimmWrapperConfig
 
     feature_sizes = [[image_size // s, image_size // s] for s in (4, 8, 16)]
     neck = dict(backbone_feature_sizes=feature_sizes, fpn_hidden_size=256, fpn_top_down_levels=[2, 3],
                 num_feature_levels=3)
     if model == "edgetam":
-        trunk = TimmWrapperConfig(architecture="repvit_m1",
-                                  model_args={"in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]})
-        return EdgeTamVisionConfig(backbone_config=trunk, backbone_channel_list=[384, 192, 96, 48], **neck)
+        trunk = TimmWrapperConfig(architecture=trunk_spec.architecture,
+                                  model_args={"in_chans": 3, "features_only": True,
+                                              "out_indices": list(trunk_spec.out_indices)})
+        return EdgeTamVisionConfig(backbone_config=trunk, backbone_channel_list=list(trunk_spec.channel_list), **neck)
     h = _HIERA[model]
     dims = [h["embed_dim"] * 2 ** s for s in range(4)]
     trunk = Sam2HieraDetConfig(
@@ -417,7 +437,7 @@ def _vision_config(model: str, image_size: int):
     return Sam2VisionConfig(backbone_config=trunk, backbone_channel_list=dims[::-1], **neck)
 
 
-def hf_config(model: str, image_size: int = 1024, target: Target = "video"):
+def hf_config(model: str, image_size: int = 1024, target: Target = "video", trunk_spec: TimmTrunkSpec = REPVIT_M1):
     """The transformers config of ``model`` with the official hyper-parameters.
 
     Args:
@@ -433,6 +453,7 @@ def hf_config(model: str, image_size: int = 1024, target: Target = "video"):
             at any S), ``num_latents(_2d)`` 256, ``mask_downsampler_total_stride`` 16.
         target: "video" -> ``EdgeTamVideoConfig`` / ``Sam2VideoConfig``; "image" -> ``EdgeTamConfig`` /
             ``Sam2Config``.
+        trunk_spec: the timm trunk of an EdgeTAM-family model (default RepViT-M1); ignored for SAM 2.1.
 
     Returns:
         the config object (build the model with ``<Class>(config)``; nothing is downloaded).
@@ -446,7 +467,7 @@ def hf_config(model: str, image_size: int = 1024, target: Target = "video"):
         raise ValueError(f"image_size for {model!r} ({target}) must be a positive multiple of {multiple}, "
                          f"got {image_size}")
     edgetam = model == "edgetam"
-    vision = _vision_config(model, image_size)
+    vision = _vision_config(model, image_size, trunk_spec)
     prompt = dict(hidden_size=256, image_size=image_size, patch_size=16, mask_input_channels=16,
                   num_point_embeddings=4)
     # build_sam2 / build_sam2_video_predictor both add these decoder overrides (apply_postprocessing=True).
@@ -498,7 +519,8 @@ def hf_model_class(model: str, target: Target = "video"):
 
 
 def build_hf_model(model: str, state_dict: Mapping[str, Tensor] | None = None, image_size: int = 1024,
-                   target: Target = "video", device: str | torch.device | None = None) -> torch.nn.Module:
+                   target: Target = "video", device: str | torch.device | None = None,
+                   trunk_spec: TimmTrunkSpec = REPVIT_M1) -> torch.nn.Module:
     """Build the transformers model of ``model`` (fp32, eval) and optionally load an official ``state_dict``.
 
     Args:
@@ -508,11 +530,12 @@ def build_hf_model(model: str, state_dict: Mapping[str, Tensor] | None = None, i
         image_size: see :func:`hf_config`.
         target: "video" or "image".
         device: "meta" builds without allocating (for key/shape checks); None = default device.
+        trunk_spec: see :func:`hf_config`.
 
     Returns:
         the model in eval mode.
     """
-    config = hf_config(model, image_size, target)
+    config = hf_config(model, image_size, target, trunk_spec)
     cls = hf_model_class(model, target)
     if device is not None:
         with torch.device(device):

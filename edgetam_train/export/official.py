@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..models.build import ALIASES, build_model
-from ..models.checkpoint import CheckpointMismatchError, check_state_dict, read_state_dict, save_checkpoint
+from ..models.build import guess_model, load_model_file  # noqa: F401 - guess_model: re-exported
+from ..models.checkpoint import save_checkpoint
 from ..models.sam2_model import SAM2Model
 
 TORCH_TOLERANCE = 1e-4
@@ -41,12 +41,14 @@ class ExportReport:
         diffs: check name -> max absolute difference (reloaded export vs source model).
         tolerance: the largest allowed difference.
         tolerances: check name -> its own allowed difference, overriding ``tolerance`` (documented where set).
+        arch: the exported model's architecture record (:mod:`edgetam_train.models.arch_record`), when known.
     """
 
     path: Path
     diffs: dict[str, float] = field(default_factory=dict)
     tolerance: float = TORCH_TOLERANCE
     tolerances: dict[str, float] = field(default_factory=dict)
+    arch: dict | None = None
 
     def allowed(self, name: str) -> float:
         """The tolerance of check ``name``."""
@@ -125,59 +127,35 @@ def image_outputs(model: SAM2Model, pixels: Tensor, points: Tensor, labels: Tens
     return out
 
 
-def guess_model(state_dict: dict[str, Tensor]) -> str | None:
-    """The ``configs/arch`` name an official-layout state_dict looks like (from its trunk keys), or None.
-
-    RepViT trunk keys -> ``edgetam``; Hiera by patch-embedding width and block count: 96 wide with 12 blocks ->
-    ``sam2.1_hiera_t``, 16 -> ``_s``; 112 -> ``_b+``; 144 -> ``_l``.
-    """
-    if any(k.startswith("image_encoder.trunk.body.") for k in state_dict):
-        return "edgetam"
-    patch = state_dict.get("image_encoder.trunk.patch_embed.proj.weight")
-    if patch is None:
-        return None
-    blocks = {k.split(".")[3] for k in state_dict if k.startswith("image_encoder.trunk.blocks.")}
-    width = int(patch.shape[0])
-    if width == 96:
-        return {12: "sam2.1_hiera_t", 16: "sam2.1_hiera_s"}.get(len(blocks))
-    return {112: "sam2.1_hiera_b+", 144: "sam2.1_hiera_l"}.get(width)
-
-
-def load_model(checkpoint: str | Path, model: str = "edgetam", image_size: int | None = None) -> SAM2Model:
-    """Build model ``model`` (a ``configs/arch`` name) at ``image_size`` and load ``checkpoint`` strictly (eval).
+def load_model(checkpoint: str | Path, model: str | None = None, image_size: int | None = None) -> SAM2Model:
+    """The model ``checkpoint`` holds, loaded strictly (eval): its recorded architecture and size, or ``model`` /
+    ``image_size`` for files without a record (:func:`~edgetam_train.models.build.load_model_file`).
 
     ``checkpoint``: a Lightning training checkpoint (keys under ``student.``), an official ``{"model": sd}`` file or
     a bare state_dict. Raises :class:`~edgetam_train.models.checkpoint.CheckpointMismatchError` listing the
-    missing / unexpected keys and shape mismatches when the checkpoint is not a ``model`` checkpoint.
+    missing / unexpected keys and shape mismatches, ``ArchitectureMismatchError`` when a flag contradicts the record.
     """
-    state_dict = read_state_dict(checkpoint)
-    net = build_model(model, image_size=image_size)
-    try:
-        check_state_dict(net, state_dict, f"{checkpoint} (for --model {model})")
-    except CheckpointMismatchError as err:
-        guess = guess_model(state_dict)
-        if guess is not None and guess != ALIASES.get(model, model):
-            raise CheckpointMismatchError(f"{err}\n  hint: the checkpoint looks like --model {guess}") from None
-        raise
-    net.load_state_dict(state_dict, strict=True)
-    return net.eval()
+    return load_model_file(checkpoint, model, image_size)
 
 
 def _compare_outputs(ours: dict[str, Tensor], theirs: dict[str, Tensor], prefix: str = "") -> dict[str, float]:
     return {f"{prefix}{k}": max_abs_diff(ours[k], theirs[k]) for k in ours if k in theirs}
 
 
-def export_official(model: SAM2Model, out: str | Path, model_name: str = "edgetam") -> ExportReport:
-    """Write ``{"model": state_dict}`` to ``out`` and check it: reload strictly into a fresh ``model_name`` model,
-    compare every tensor and the :func:`image_outputs` on :func:`fixed_input` (tolerance 1e-4).
+def export_official(model: SAM2Model, out: str | Path, model_name: str | None = None) -> ExportReport:
+    """Write ``{"model": state_dict, "edgetam_arch": record}`` to ``out`` and check it: reload strictly into the
+    model the file describes, compare every tensor and the :func:`image_outputs` on :func:`fixed_input`
+    (tolerance 1e-4). The official loaders read ``["model"]`` only; the record is for our tools.
 
     Args:
-        model: the source model (unfused; its state_dict has the official keys).
+        model: the source model (unfused; its state_dict has the official keys); its ``arch_record`` is written.
         out: the ``.pt`` file to write (parent directories are created).
-        model_name: the ``configs/arch`` name ``model`` was built from (for the reload).
+        model_name: the ``configs/arch`` name for the reload when ``model`` carries no record (default edgetam).
     """
     path = save_checkpoint(model, out)
-    reloaded = load_model(path, model_name, image_size=model.image_size)
+    has_record = getattr(model, "arch_record", None) is not None
+    reloaded = load_model(path, None if has_record else (model_name or "edgetam"),
+                          image_size=None if has_record else model.image_size)
     report = ExportReport(path, tolerance=TORCH_TOLERANCE)
     src, back = model.state_dict(), reloaded.state_dict()
     report.diffs["state_dict"] = max((max_abs_diff(src[k], back[k]) for k in src), default=0.0)

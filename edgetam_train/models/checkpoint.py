@@ -1,7 +1,10 @@
 """Official checkpoint files: ``torch.save({"model": state_dict})``, loaded strictly with ``weights_only=True``.
 
 :func:`load_checkpoint` also accepts a Lightning training checkpoint (``{"state_dict": {"student.<key>": ...}}``) and
-a bare state_dict, so every tool takes "a training checkpoint or an official .pt".
+a bare state_dict, so every tool takes "a training checkpoint or an official .pt". Both kinds of file may carry an
+architecture record (``"edgetam_arch"``, :mod:`edgetam_train.models.arch_record`) beside the weights:
+:func:`read_checkpoint` returns it, :func:`save_checkpoint` and :func:`add_arch_record` write the one a model carries
+(``model.arch_record``, set by ``build_model`` and by ``train.py`` for the student).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .arch_record import ARCH_KEY, check_record, describe, tree_differences
 
 MAX_LISTED = 20
 
@@ -63,12 +68,23 @@ def read_state_dict(path: str | Path, prefix: str = "student.") -> dict[str, Ten
 
     From a Lightning checkpoint the keys under ``prefix`` are returned with the prefix removed.
     """
+    return read_checkpoint(path, prefix)[0]
+
+
+def read_checkpoint(path: str | Path, prefix: str = "student.") -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """``(state_dict, architecture record or None)`` of ``path`` (see :func:`read_state_dict`); the record is
+    checked (:func:`~edgetam_train.models.arch_record.check_record`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     obj = safe_load(path)
     if not isinstance(obj, dict):
         raise CheckpointMismatchError(f"{path}: expected a dict with key 'model' or 'state_dict', got {type(obj)}")
+    record = check_record(obj[ARCH_KEY], str(path)) if ARCH_KEY in obj else None
+    return _state_dict_of(obj, path, prefix), record
+
+
+def _state_dict_of(obj: dict[str, Any], path: Path, prefix: str) -> dict[str, Tensor]:
     if "model" in obj and isinstance(obj["model"], dict):
         return obj["model"]
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -104,10 +120,38 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, Tensor], source: st
         raise CheckpointMismatchError(msg)
 
 
+def trunk_difference(model: nn.Module, record: dict[str, Any] | None, source: str) -> str | None:
+    """A sentence naming both trunks when ``model`` and a checkpoint both carry records whose trunks
+    (``image_encoder.trunk``: class, timm name, levels) differ; None when they agree or either has no record.
+    The input size is not compared (weights do not depend on it)."""
+    own = getattr(model, "arch_record", None)
+    if record is None or own is None:
+        return None
+    trunks = []
+    for r in (record, own):
+        trunk = {k: v for k, v in r["config"].get("image_encoder", {}).get("trunk", {}).items() if k != "out_indices"}
+        trunk["out_indices"] = r.get("trunk_out_indices")  # the levels used (a config may say null = auto)
+        trunks.append(trunk)
+    if None in (trunks[0]["out_indices"], trunks[1]["out_indices"]):
+        trunks[0].pop("out_indices"), trunks[1].pop("out_indices")
+    diffs = tree_differences({"trunk": trunks[0]}, {"trunk": trunks[1]})
+    if not diffs:
+        return None
+    return (f"checkpoint {source} holds {describe(record)}, the model has trunk {own.get('trunk')} ("
+            + "; ".join(f"image_encoder.{k}: checkpoint {a!r}, model {b!r}" for k, a, b in diffs) + ")")
+
+
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load ``path`` into ``model`` strictly; errors name the file and every kind of mismatch."""
-    sd = read_state_dict(path)
-    check_state_dict(model, sd, str(path))
+    """Load ``path`` into ``model`` strictly; errors name the file and every kind of mismatch, led by the two trunks
+    when both the file and the model record theirs and they differ."""
+    sd, record = read_checkpoint(path)
+    trunks = trunk_difference(model, record, str(path))
+    try:
+        check_state_dict(model, sd, str(path))
+    except CheckpointMismatchError as err:
+        raise CheckpointMismatchError(f"{trunks}\n{err}" if trunks else str(err)) from None
+    if trunks:  # same keys and shapes (e.g. repvit_m1 vs repvit_m0_9 differ only in depth) but another trunk
+        raise CheckpointMismatchError(trunks)
     model.load_state_dict(sd, strict=True)
     return model
 
@@ -163,8 +207,18 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def add_arch_record(checkpoint: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """Put ``model.arch_record`` (if it has one) under ``"edgetam_arch"`` in ``checkpoint``; returns it."""
+    record = getattr(model, "arch_record", None)
+    if record is not None:
+        checkpoint[ARCH_KEY] = record
+    return checkpoint
+
+
 def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
-    """Write ``{"model": state_dict}`` (official layout) atomically (:func:`atomic_torch_save`)."""
+    """Write ``{"model": state_dict}`` (official layout; plus ``"edgetam_arch"`` when the model carries a record)
+    atomically (:func:`atomic_torch_save`). The official loaders read ``["model"]`` only."""
     path = Path(path)
-    atomic_torch_save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
+    checkpoint = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    atomic_torch_save(add_arch_record(checkpoint, model), path)
     return path

@@ -12,7 +12,7 @@ the stride-32 map, so the encoder returns strides 4, 8, 16 and the stride-16 map
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,15 +84,24 @@ class ImageEncoder(nn.Module):
 
     Args:
         trunk: module with ``channel_list`` (low-res first); (B, 3, H, W) -> list of maps high-res first.
-        neck: :class:`FpnNeck` whose ``backbone_channel_list`` equals ``trunk.channel_list``.
+        neck: :class:`FpnNeck` whose ``backbone_channel_list`` equals ``trunk.channel_list``, or a partial of it
+            (``_partial_: true`` in the arch configs) that is called with ``backbone_channel_list=trunk.channel_list``
+            -- so the neck follows whatever trunk is configured; a channel list the partial already carries must
+            equal the trunk's.
         scalp: number of lowest-resolution levels to drop from the outputs (SAM 2 / EdgeTAM: 1).
 
     ``forward(x (B, 3, H, W)) -> (features, pos)``: lists high-res first, for RepViT/Hiera with scalp 1:
     (B, d, H/4, W/4), (B, d, H/8, W/8), (B, d, H/16, W/16), and their sine position encodings.
     """
 
-    def __init__(self, trunk: nn.Module, neck: nn.Module, scalp: int = 1) -> None:
+    def __init__(self, trunk: nn.Module, neck: nn.Module | Callable[..., nn.Module], scalp: int = 1) -> None:
         super().__init__()
+        if not isinstance(neck, nn.Module):
+            given = getattr(neck, "keywords", {}).get("backbone_channel_list")
+            if given is not None and list(given) != list(trunk.channel_list):
+                raise ValueError(f"ImageEncoder: neck backbone_channel_list {list(given)} != trunk channel_list "
+                                 f"{list(trunk.channel_list)} (both low-res first; leave it out to follow the trunk)")
+            neck = neck(backbone_channel_list=list(trunk.channel_list))
         if list(trunk.channel_list) != list(neck.backbone_channel_list):
             raise ValueError(f"ImageEncoder: trunk channel_list {list(trunk.channel_list)} != neck "
                              f"backbone_channel_list {list(neck.backbone_channel_list)} (both low-res first)")

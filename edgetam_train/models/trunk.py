@@ -1,7 +1,9 @@
 """Image-encoder trunks built from timm (``pretrained=False`` always; weights only from a local file).
 
 - :class:`TimmTrunk`: any timm ``features_only`` model held as ``body`` (EdgeTAM: ``repvit_m1``, strides 4-32,
-  channels 48/96/192/384). Its keys ``body.*`` are the official ``image_encoder.trunk.body.*`` keys.
+  channels 48/96/192/384). Its keys ``body.*`` are the official ``image_encoder.trunk.body.*`` keys. By default it
+  takes the feature levels at strides 4, 8, 16, 32 (:func:`select_levels`), so any timm model with such levels is a
+  student trunk by name (``repvit_m0_9``, ``mobilenetv4_conv_small``, ``efficientvit_b0``, ``fastvit_t8``, ...).
 - :class:`HieraTrunk`: SAM 2 / 2.1 Hiera (timm ``sam2_hiera_{tiny,small,base_plus,large}``), re-housed so its keys
   are the official ``image_encoder.trunk.*`` keys (``pos_embed``, ``pos_embed_window``, ``patch_embed.*``,
   ``blocks.N.*`` with ``mlp.layers.0/1``).
@@ -19,13 +21,51 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
-from timm.models import get_pretrained_cfg
 from timm.utils.model import reparameterize_model
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointMismatchError, check_state_dict
 
 OFFICIAL_TRUNK_PREFIX = "image_encoder.trunk."
+TRUNK_STRIDES = (4, 8, 16, 32)  # what the FPN neck (2x top-down steps) and SAM 2's heads (F16, S/4, S/8) expect
+
+
+def _create_timm(name: str, device: str | None = None, **kwargs) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, in_chans=3, **kwargs)`` (on ``device``, e.g. "meta" for a free
+    probe); an unknown name or a model without ``features_only`` support is a ValueError naming ``name``."""
+    try:
+        if device is None:
+            return timm.create_model(name, pretrained=False, in_chans=3, **kwargs)
+        with torch.device(device):
+            return timm.create_model(name, pretrained=False, in_chans=3, **kwargs)
+    except RuntimeError as err:  # timm: "Unknown model (...)", "features_only not implemented for ..."
+        what = "with features_only=True " if kwargs.get("features_only") else ""
+        raise ValueError(f"timm model {name!r} cannot be built {what}as a trunk: {err}") from err
+
+
+def select_levels(name: str, strides: Sequence[int] = TRUNK_STRIDES, **timm_kwargs) -> list[int]:
+    """The timm ``out_indices`` of ``name``'s ``features_only`` levels at ``strides`` (the deepest level of each).
+
+    Probes the model on the meta device (no memory, no init cost). RepViT / EfficientViT / FastViT: [0, 1, 2, 3];
+    MobileNetV4 / EfficientNet / ResNet (a stride-2 level first): [1, 2, 3, 4].
+
+    Raises:
+        ValueError: naming the strides (and channels) found when one of ``strides`` has no level, e.g. a ViT
+            (strides [16, 16, 16]).
+    """
+    try:
+        probe = _create_timm(name, "meta", features_only=True, **timm_kwargs)
+    except Exception:  # noqa: BLE001 - init that cannot run on meta: probe on the CPU (a bad name raises there)
+        probe = _create_timm(name, features_only=True, **timm_kwargs)
+    info = probe.feature_info
+    found = list(info.reduction())
+    by_stride = {r: idx for idx, r in zip(info.out_indices, found)}  # later (deeper) levels win
+    missing = [s for s in strides if s not in by_stride]
+    if missing:
+        raise ValueError(f"timm model {name!r}: its features_only levels have strides {found} (channels "
+                         f"{list(info.channels())}), but an EdgeTAM trunk needs one level at each of strides "
+                         f"{list(strides)} (missing {missing}); pick a hierarchical (CNN-like) model")
+    return [by_stride[s] for s in strides]
 
 
 def read_weights_file(path: str | Path) -> dict[str, Tensor]:
@@ -79,58 +119,68 @@ class TimmTrunk(nn.Module):
     """A timm ``features_only`` model as a trunk (the official ``TimmBackbone``, but never ``pretrained=True``).
 
     Args:
-        name: timm architecture, e.g. ``repvit_m1``.
-        out_indices: which feature levels to return (EdgeTAM: 0..3, strides 4, 8, 16, 32).
+        name: timm architecture, e.g. ``repvit_m1``, ``mobilenetv4_conv_small``.
+        out_indices: which timm feature levels to return; None (default) = the levels at strides 4, 8, 16, 32
+            (:func:`select_levels`). Whatever is chosen must have exactly those strides.
         weights: optional local timm-format file (e.g. an ImageNet ``repvit_m1`` checkpoint), see :meth:`load_timm`.
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
 
-    ``forward(x (B, 3, H, W)) -> list`` of ``len(out_indices)`` maps high-res first, (B, C_i, H/s_i, W/s_i).
-    ``channel_list``: C_i low-res first (RepViT-M1: [384, 192, 96, 48]); ``strides``: s_i high-res first.
+    ``forward(x (B, 3, H, W)) -> list`` of 4 maps high-res first, (B, C_i, H/s_i, W/s_i), s_i = 4, 8, 16, 32.
+    ``channel_list``: C_i low-res first, from timm's ``feature_info`` (RepViT-M1: [384, 192, 96, 48]); the FPN neck
+    takes it from here. ``strides``: s_i high-res first. ``out_indices``: the timm levels used.
+
+    Raises:
+        ValueError: unknown timm name, no ``features_only`` support, or levels at other strides (names them).
     """
 
-    def __init__(self, name: str = "repvit_m1", out_indices: Sequence[int] = (0, 1, 2, 3),
+    def __init__(self, name: str = "repvit_m1", out_indices: Sequence[int] | None = None,
                  weights: str | Path | None = None, **timm_kwargs) -> None:
         super().__init__()
         self.name = name
-        self.body = timm.create_model(name, pretrained=False, in_chans=3, features_only=True,
-                                      out_indices=tuple(out_indices), **timm_kwargs)
+        if out_indices is None:
+            out_indices = select_levels(name, **timm_kwargs)
+        self.out_indices: list[int] = [int(i) for i in out_indices]
+        self.body = _create_timm(name, features_only=True, out_indices=tuple(self.out_indices), **timm_kwargs)
         self.channel_list: list[int] = list(self.body.feature_info.channels())[::-1]
         self.strides: list[int] = list(self.body.feature_info.reduction())
+        if self.strides != list(TRUNK_STRIDES):
+            raise ValueError(f"timm model {name!r} with out_indices {self.out_indices}: feature strides "
+                             f"{self.strides}, expected {list(TRUNK_STRIDES)} (leave out_indices null to pick them)")
+        # timm feature wrappers of some models (e.g. Swin) return channels-last maps
+        self.channels_last = str(getattr(self.body, "output_fmt", "NCHW")).upper().endswith("NHWC")
         self.reparameterized = False
         if weights is not None:
             self.load_timm(weights)
 
-    def _classifier_roots(self) -> set[str]:
-        """Top-level module names of the full timm model's classifier head (RepViT: ``head``)."""
-        cfg = get_pretrained_cfg(self.name)
-        classifier = cfg.classifier if cfg is not None else None
-        names = [classifier] if isinstance(classifier, str) else list(classifier or [])
-        return {n.split(".")[0] for n in names} | {"head"}
+    def _pruned_keys(self) -> set[str]:
+        """Keys of the full timm model (built on the meta device) that the ``features_only`` body does not hold:
+        the classifier head, final convs / norms and stages after the last level. A weights file may carry them."""
+        full = _create_timm(self.name, "meta")
+        return set(full.state_dict().keys())
 
     def timm_to_features_keys(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """Rename a full timm model's keys to this ``features_only`` body's keys; drop the classifier head.
 
         timm's feature wrapper (``FeatureListNet``) flattens the first level of each top-level ``nn.Sequential``
         into the wrapper and joins the two names with ``_``: ``stages.0.blocks.1.x`` -> ``stages_0.blocks.1.x``.
-        Modules the wrapper pruned (the head, and stages after the last ``out_indices`` level) are dropped.
-        Keys already in features_only form (or under ``body.`` / ``image_encoder.trunk.body.``) pass through;
-        anything else is kept as is, so the strict load reports it as unexpected.
+        Keys of the full model that the wrapper pruned (the head, final conv / norm, stages after the last level)
+        are dropped. Keys already in features_only form (or under ``body.`` / ``image_encoder.trunk.body.``) pass
+        through; anything else is kept as is, so the strict load reports it as unexpected.
         """
         state_dict = _strip_prefix(_strip_prefix(state_dict, OFFICIAL_TRUNK_PREFIX), "body.")
         targets = self.body.state_dict().keys()
         children = {n for n, _ in self.body.named_children()}
-        heads = self._classifier_roots() - children
+        pruned: set[str] | None = None
         out = {}
         for key, value in state_dict.items():
             parts = key.split(".")
             flat = f"{parts[0]}_{parts[1]}" if len(parts) > 2 else ""
             if key not in targets and flat in children:
                 key = ".".join([flat, *parts[2:]])
-            elif parts[0] in heads:
-                continue  # classifier head
-            elif key not in targets and parts[1:2] and parts[1].isdigit() and any(
-                    c.startswith(parts[0] + "_") for c in children):
-                continue  # a flattened stage that features_only pruned (after the last out index)
+            elif key not in targets:
+                pruned = self._pruned_keys() if pruned is None else pruned
+                if key in pruned:
+                    continue  # part of the full model that features_only does not keep
             out[key] = value
         return out
 
@@ -150,7 +200,8 @@ class TimmTrunk(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        return list(self.body(x))
+        feats = list(self.body(x))
+        return [f.permute(0, 3, 1, 2) for f in feats] if self.channels_last else feats
 
 
 class HieraMlp(nn.Module):

@@ -38,8 +38,10 @@ official predictors' usage). Writes into the folder ``OUT``:
 
 The PNGs are thresholded from the float32 logits (float16 keeps the sign of every logit of magnitude >= 6e-8).
 
-The checkpoint is a Lightning checkpoint from ``train.py`` or an official ``.pt``; ``--model`` names the
-architecture (``edgetam`` default, ``sam2.1_hiera_t`` ... for teachers).
+The checkpoint is a Lightning checkpoint from ``train.py`` or an official ``.pt``. Files this project wrote record
+their architecture (trunk included) and input size, and are rebuilt from that alone; ``--model`` (``edgetam``,
+``edgetam_*``, ``sam2.1_hiera_t`` ...) and ``--image-size`` are for files without a record (official releases) and
+are errors when they contradict one (:func:`edgetam_train.models.build.load_model_file`).
 """
 
 from __future__ import annotations

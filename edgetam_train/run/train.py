@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.models.build import record_student_architecture
 
 from .cluster import (
     assign_wandb_run_ids,
@@ -103,6 +104,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         torch.use_deterministic_algorithms(True, warn_only=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, _convert_="partial")
+    record_student_architecture(model, cfg)  # checkpoints say which model they hold (trunk, image size)
     output_dir = cfg.paths.output_dir
     run_dirs = {"paths.output_dir": output_dir, "paths.ckpt_dir": cfg.paths.get("ckpt_dir", output_dir)}
     check_run_dir(run_dirs, FREE_CHECKPOINTS * checkpoint_bytes(model))  # not at the first save, steps later

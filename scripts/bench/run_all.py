@@ -48,7 +48,9 @@ ARGS: dict[str, tuple[list[str], list[str] | None]] = {
     "teacher_cache": ([], ["--quick"]),
     "ddp_scaling": ([], ["--steps", "3", "--warmup", "1"]),
     "gpu_profile": ([], ["--steps", "5"]),
+    "trunks": ([], ["--quick"]),
 }
+OWN_SECTION = {"gpu_profile", "trunks"}  # benches that also write their own section of the doc (--doc)
 NOT_BENCHES = {"run_all"}
 QUICKSTART = "quickstart_rss"
 HEADER = """# Benchmarks
@@ -132,7 +134,7 @@ def discover() -> list[str]:
 def run_bench(name: str, quick: bool, timeout: float, doc: Path) -> list[dict[str, Any]]:
     """Run one benchmark script with ``--json``; its rows, or one error row naming the log."""
     full, quick_args = ARGS.get(name, ([], []))
-    args = list(quick_args if quick else full) + (["--doc", str(doc)] if name == "gpu_profile" else [])
+    args = list(quick_args if quick else full) + (["--doc", str(doc)] if name in OWN_SECTION else [])
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"{name}.log"
     with tempfile.TemporaryDirectory(prefix=f"bench_{name}_") as tmp:
