@@ -21,7 +21,7 @@ tensors only and :func:`edgetam_train.models.checkpoint.read_state_dict` reads i
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -35,6 +35,8 @@ from edgetam_train.eval.validation import ValScores, one_click_ious, score_video
 from edgetam_train.models.checkpoint import check_state_dict, read_state_dict
 from edgetam_train.models.sam2_model import SAM2Model
 
+from .freeze import freeze as freeze_modules
+from .freeze import keep_frozen_in_eval, trainable_summary
 from .losses import DistillationLoss, sum_loss_dicts
 from .nonfinite import DEFAULT_MAX_CONSECUTIVE_NONFINITE, NonFiniteGuard, zero_loss
 from .optim import build_optimizer, build_scheduler
@@ -59,11 +61,14 @@ class DistillationModule(pl.LightningModule):
         optimizer / scheduler: dicts for :func:`edgetam_train.distill.optim.build_optimizer` / ``build_scheduler``.
         init_from: a checkpoint (official or training) whose weights initialise the student (student keys only).
         vis_every_n_steps: how often the step returns mask-picture tensors for ``MaskPicturesCallback``.
+        freeze: module-name prefixes of the student to freeze (``model.freeze``, :mod:`edgetam_train.distill.freeze`):
+            no gradients, not in the optimizer, in eval mode for the whole run.
     """
 
     def __init__(self, student: SAM2Model, teacher: Teacher | None, loss: DistillationLoss,
                  prompts: PromptConfig | dict | None = None, optimizer: dict | None = None,
-                 scheduler: dict | None = None, init_from: str | None = None, vis_every_n_steps: int = 500) -> None:
+                 scheduler: dict | None = None, init_from: str | None = None, vis_every_n_steps: int = 500,
+                 freeze: Sequence[str] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher", "loss"])
         self.student = student
@@ -85,8 +90,18 @@ class DistillationModule(pl.LightningModule):
             check_state_dict(student, sd, str(init_from))
             student.load_state_dict(sd)
             log.info("student initialised from %s", init_from)
+        self.frozen_modules = freeze_modules(student, freeze)  # after init_from: the loaded tensors stay as loaded
+        if freeze:
+            log.info("frozen (eval mode, not optimised): %s; %d of %d student parameters train",
+                     ", ".join(map(str, freeze)), *trainable_summary(student))
 
     # ------------------------------------------------------------------ plumbing
+    def train(self, mode: bool = True) -> DistillationModule:
+        """``nn.Module.train``, except that the frozen modules (``model.freeze``) stay in eval mode."""
+        super().train(mode)
+        keep_frozen_in_eval(self.student, getattr(self, "frozen_modules", ()))
+        return self
+
     def setup(self, stage: str) -> None:
         if self.teacher is not None:
             self.teacher.to(self.device)
