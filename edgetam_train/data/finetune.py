@@ -111,6 +111,20 @@ class MaskFolderDataModule(ImageFinetuneDataModule):
     split_keys = ("root",)
 
 
+def unannotated_videos(root: str | Path, image_dir: str = "JPEGImages", mask_dir: str = "Annotations") -> list[str]:
+    """Video folders of ``<root>/<image_dir>`` that have frames but no ``<root>/<mask_dir>/<video>/*.png``: the clip
+    dataset lists videos by their annotation folders, so these would be left out without a word."""
+    images, masks = Path(root) / image_dir, Path(root) / mask_dir
+    if not images.is_dir():
+        raise FileNotFoundError(f"data.train: {images} is not a directory (expected {image_dir}/<video>/<frame>.jpg "
+                                f"under {root})")
+    out = []
+    for video in sorted(p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if any((images / video).glob("*.jpg")) and not any((masks / video).glob("*.png")):
+            out.append(video)
+    return out
+
+
 class VOSFinetuneDataModule(VideoDataModule):
     """``data=vos_finetune``: DAVIS-layout training videos (``data.train``: root, image_dir, mask_dir, split_file)
     as clips through memory (the stage-2 clip pipeline, ``VOSDataset``), J&F on ``data.val`` (same keys; a null root
@@ -126,10 +140,21 @@ class VOSFinetuneDataModule(VideoDataModule):
         train = dict(plain_config(train))
         if train.get("root") is None:
             raise ValueError("data.train.root is not set: the folder holding JPEGImages/ and Annotations/")
+        unannotated = unannotated_videos(train["root"], train.get("image_dir", "JPEGImages"),
+                                         train.get("mask_dir", "Annotations"))
+        for video in unannotated[:10]:
+            log.warning("data.train: video %s has frames but no annotations (no %s/%s/<frame>.png); left out",
+                        Path(train["root"]) / train.get("image_dir", "JPEGImages") / video,
+                        train.get("mask_dir", "Annotations"), video)
+        if len(unannotated) > 10:
+            log.warning("data.train: %d more videos without annotations left out", len(unannotated) - 10)
+        self.unannotated = unannotated
         entry = {"_target_": "edgetam_train.data.datasets.vos.VOSDataset", "weight": 1.0, **train}
         self.user_val = plain_config(val)
         group, _ = split_val(val)
         super().__init__(datasets={"videos": entry}, val=group, **kwargs)
+        # save_hyperparameters also collected this frame's ``val`` (the whole data.val): the parent reads the group part
+        self.hparams["val"], self.hparams["user_val"] = group, self.user_val
         self.monitor = monitor
 
     def setup(self, stage: str | None = None) -> None:
