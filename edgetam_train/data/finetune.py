@@ -29,6 +29,17 @@ log = logging.getLogger(__name__)
 GROUP_VAL_KEYS = ("vos", "miou", "num_workers")
 
 
+def plain(node: Any) -> Any:
+    """``plain_config`` with paths as strings: the hyper-parameters go into checkpoints, which resume loads with
+    ``torch.load(weights_only=True)`` (it refuses ``pathlib`` objects)."""
+    node = plain_config(node)
+    if isinstance(node, dict):
+        return {k: plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [plain(v) for v in node]
+    return str(node) if isinstance(node, Path) else node
+
+
 def split_val(val: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the ``data/val`` group part of ``data.val``, the user's split part)."""
     val = dict(val or {})
@@ -61,8 +72,7 @@ class ImageFinetuneDataModule(SA1BDataModule):
                  drop_last: bool = True, monitor: str = "val/mIoU_1click", root: str | None = None) -> None:
         args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         DataModuleBase.__init__(self)  # not SA1BDataModule's: no SA-1B root to index
-        args.update(train=plain_config(train), val=plain_config(val))  # saved in checkpoints: no DictConfig
-        self.save_hyperparameters(args, logger=False)
+        self.save_hyperparameters(plain(args), logger=False)  # saved in checkpoints: no DictConfig, no Path
         self.train_set: Dataset | None = None
         self.val_files: list[str] = []
         self.val_sets: list = []
@@ -137,7 +147,7 @@ class VOSFinetuneDataModule(VideoDataModule):
 
     def __init__(self, train: Mapping[str, Any], val: Mapping[str, Any] | None = None, monitor: str = "val/J&F",
                  **kwargs: Any) -> None:
-        train = dict(plain_config(train))
+        train = dict(plain(train))
         if train.get("root") is None:
             raise ValueError("data.train.root is not set: the folder holding JPEGImages/ and Annotations/")
         unannotated = unannotated_videos(train["root"], train.get("image_dir", "JPEGImages"),
@@ -150,8 +160,8 @@ class VOSFinetuneDataModule(VideoDataModule):
             log.warning("data.train: %d more videos without annotations left out", len(unannotated) - 10)
         self.unannotated = unannotated
         entry = {"_target_": "edgetam_train.data.datasets.vos.VOSDataset", "weight": 1.0, **train}
-        self.user_val = plain_config(val)
-        group, _ = split_val(val)
+        self.user_val = plain(val)
+        group, _ = split_val(self.user_val)
         super().__init__(datasets={"videos": entry}, val=group, **kwargs)
         # save_hyperparameters also collected this frame's ``val`` (the whole data.val): the parent reads the group part
         self.hparams["val"], self.hparams["user_val"] = group, self.user_val
