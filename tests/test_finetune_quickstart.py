@@ -110,3 +110,47 @@ def test_finetuned_checkpoint_predicts(finetuned, tmp_path):
                 "--image", str(image), "--points", "100,100", "--labels", "1", "--out", str(tmp_path / "pred"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "pred.npz").is_file() and (tmp_path / "pred.png").is_file()
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    (metrics,) = list(run_dir.glob("csv/version_*/metrics.csv"))
+    with open(metrics) as f:
+        return list(csv.DictReader(f))
+
+
+CPU_SMALL = ("trainer=cpu", "model.student.image_size=256", "model.teacher=null", "data.num_workers=0",
+             "data.pin_memory=false", "model.prompts.num_correction_clicks=1", "trainer.max_steps=2", "logger=csv")
+
+
+def test_videos_train_through_memory_and_validate_by_jf(finetuned):
+    """``data=vos_finetune`` with ``model=distill_video``: clips through memory, J&F on the val videos, best
+    checkpoint by val/J&F; no teacher."""
+    import make_sample_data
+
+    root, init, _ = finetuned
+    make_sample_data.main(["--out", str(root / "data"), "--formats", "davis", "--num-davis-videos", "1",
+                           "--video-frames", "2"])
+    davis = root / "data" / "davis"
+    proc = _run(root, "train.py", "experiment=edgetam_finetune", "model=distill_video", "data=vos_finetune",
+                f"data.train.root={davis}", f"data.val.root={davis}", "data.val.max_frames=4", "data.clip_len=3",
+                f"model.init_from={init}", *CPU_SMALL, "run_name=ft_video")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = root / "logs" / "train" / "runs" / "ft_video"
+    rows = _metrics(run_dir)
+    assert [r for r in rows if r.get("val/J&F")] and not [r for r in rows if r.get("val/mIoU_1click")]
+    assert list((run_dir / "checkpoints").glob("best_*.ckpt"))
+    assert "fine-tuning on 1 videos (VOSDataset clips of 3 frames)" in proc.stderr + proc.stdout
+
+
+def test_mask_folder_trains_and_validates(finetuned):
+    import make_sample_data
+
+    root, init, _ = finetuned
+    make_sample_data.main(["--out", str(root / "data"), "--formats", "mask_folder", "--num-images", "2",
+                           "--num-val-images", "1", "--max-masks", "3"])
+    folder = root / "data" / "mask_folder"
+    proc = _run(root, "train.py", "experiment=edgetam_finetune", "data=mask_folder", f"data.train.root={folder}/train",
+                f"data.val.root={folder}/val", "data.batch_size=1", "data.max_masks=2", f"model.init_from={init}",
+                *CPU_SMALL, "run_name=ft_masks")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [r for r in _metrics(root / "logs" / "train" / "runs" / "ft_masks") if r.get("val/mIoU_1click")]

@@ -22,6 +22,7 @@ from edgetam_train.data.datamodule import DataModuleBase, SA1BDataModule, VideoD
 from edgetam_train.data.datasets.coco import COCODataset, COCOValDataset
 from edgetam_train.data.datasets.mask_folder import MaskFolderDataset, MaskFolderValDataset
 from edgetam_train.data.datasets.val import VOSValDataset, build_val_sets, plain_config
+from edgetam_train.data.mixture import MixtureDataset
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ class ImageFinetuneDataModule(SA1BDataModule):
                              f"{hp.batch_size}: lower the batch size or add images")
         group, _ = split_val(hp.val)
         own = self.user_val_set()
-        self.val_sets = build_val_sets(group) + ([own] if own is not None else [])
+        extra = any((group.get(k) or {}).get("root") is not None for k in ("vos", "miou"))
+        self.val_sets = (build_val_sets(group) if extra else []) + ([own] if own is not None else [])
         log.info("fine-tuning on %d images (%s); validation: %s", len(self.train_set), type(self.train_set).__name__,
                  ", ".join(f"{type(s).__name__} ({len(s)})" for s in self.val_sets) or "none")
 
@@ -168,10 +170,13 @@ class VOSFinetuneDataModule(VideoDataModule):
         self.monitor = monitor
 
     def setup(self, stage: str | None = None) -> None:
-        """The clip dataset of ``data.train`` and the validation videos of ``data.val``."""
+        """The clip dataset of ``data.train`` and the validation videos of ``data.val`` (+ the group's sets)."""
         if self.train_set is not None:
             return
-        super().setup(stage)
-        _, split = split_val(self.user_val)
-        if split.get("root") is not None:
-            self.val_sets.append(VOSValDataset(**split))
+        self.train_set = MixtureDataset({name: self.build_dataset(name, e) for name, e in self.entries.items()})
+        group, split = self.hparams.val, split_val(self.user_val)[1]
+        extra = any((group.get(k) or {}).get("root") is not None for k in ("vos", "miou"))
+        self.val_sets = (build_val_sets(group) if extra else []) + (
+            [VOSValDataset(**split)] if split.get("root") is not None else [])
+        log.info("fine-tuning on %d videos (VOSDataset clips of %d frames); validation: %s", len(self.train_set),
+                 self.hparams.clip_len, ", ".join(f"{type(s).__name__} ({len(s)})" for s in self.val_sets) or "none")
