@@ -112,6 +112,19 @@ def test_task_loss_only_with_ema_keeps_the_frozen_trunk_bit_identical(student_in
     # EMA with decay 0.5 lies strictly between the start and the live weights somewhere
     assert not torch.equal(ema[k], init) and ((ema[k] - live[k]).abs().max() < (init - live[k]).abs().max() + 1e-12)
     assert all(torch.equal(final[k2[len("student."):]], ema[k2]) for k2 in decoder)  # the end copies the EMA in
+    assert all(k.startswith("student.") for k in ema) and set(ema) == set(live)
+
+    # resume: the module and the EMA continue from the checkpoint (Lightning's WeightAveraging.on_load_checkpoint)
+    resumed = DistillationModule(_student(student_init), teacher=None, loss=DistillationLoss(),
+                                 prompts={"num_correction_clicks": 1}, optimizer={"lr": 1e-3},
+                                 scheduler={"name": "constant"}, freeze=[TRUNK], vis_every_n_steps=0)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                         callbacks=[EMA(decay=0.5)], enable_checkpointing=False)
+    trainer.fit(resumed, datamodule=dm, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert trainer.global_step == 3
+    after = resumed.student.state_dict()
+    assert all(torch.equal(after[k], student_init[k]) for k in trunk)
 
 
 def test_ema_copy_leaves_the_teacher_out(student_init):
