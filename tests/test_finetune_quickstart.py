@@ -124,7 +124,7 @@ CPU_SMALL = ("trainer=cpu", "model.student.image_size=256", "model.teacher=null"
 
 def test_videos_train_through_memory_and_validate_by_jf(finetuned):
     """``data=vos_finetune`` with ``model=distill_video``: clips through memory, J&F on the val videos, best
-    checkpoint by val/J&F; no teacher."""
+    checkpoint by val/J&F; no teacher; weight EMA from the command line."""
     import make_sample_data
 
     root, init, _ = finetuned
@@ -133,12 +133,13 @@ def test_videos_train_through_memory_and_validate_by_jf(finetuned):
     davis = root / "data" / "davis"
     proc = _run(root, "train.py", "experiment=edgetam_finetune", "model=distill_video", "data=vos_finetune",
                 f"data.train.root={davis}", f"data.val.root={davis}", "data.val.max_frames=4", "data.clip_len=3",
-                f"model.init_from={init}", *CPU_SMALL, "run_name=ft_video")
+                f"model.init_from={init}", "callbacks=[finetune,ema]", *CPU_SMALL, "run_name=ft_video")
     assert proc.returncode == 0, proc.stderr[-4000:]
     run_dir = root / "logs" / "train" / "runs" / "ft_video"
     rows = _metrics(run_dir)
     assert [r for r in rows if r.get("val/J&F")] and not [r for r in rows if r.get("val/mIoU_1click")]
-    assert list((run_dir / "checkpoints").glob("best_*.ckpt"))
+    (best,) = list((run_dir / "checkpoints").glob("best_*.ckpt"))
+    assert "current_model_state" in torch.load(best, map_location="cpu", weights_only=True)  # the EMA ran
     assert "fine-tuning on 1 videos (VOSDataset clips of 3 frames)" in proc.stderr + proc.stdout
 
 
@@ -151,6 +152,7 @@ def test_mask_folder_trains_and_validates(finetuned):
     folder = root / "data" / "mask_folder"
     proc = _run(root, "train.py", "experiment=edgetam_finetune", "data=mask_folder", f"data.train.root={folder}/train",
                 f"data.val.root={folder}/val", "data.batch_size=1", "data.max_masks=2", f"model.init_from={init}",
-                *CPU_SMALL, "run_name=ft_masks")
+                "callbacks=[finetune,early_stopping]", *CPU_SMALL, "run_name=ft_masks")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert [r for r in _metrics(root / "logs" / "train" / "runs" / "ft_masks") if r.get("val/mIoU_1click")]
+    assert "EarlyStopping" in proc.stderr + proc.stdout  # instantiated, watching val/mIoU_1click

@@ -165,7 +165,10 @@ class VOSFinetuneDataModule(VideoDataModule):
         self.user_val = plain(val)
         group, _ = split_val(self.user_val)
         super().__init__(datasets={"videos": entry}, val=group, **kwargs)
-        # save_hyperparameters also collected this frame's ``val`` (the whole data.val): the parent reads the group part
+        # save_hyperparameters also collected this frame's arguments (the whole data.val, the DictConfigs Hydra passes
+        # with _recursive_: false): the parent reads the group part of val, and checkpoints need plain values
+        for key, value in list(self.hparams.items()):
+            self.hparams[key] = plain(value)
         self.hparams["val"], self.hparams["user_val"] = group, self.user_val
         self.monitor = monitor
 
