@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv train test test-all bench sample-data clean
+.PHONY: venv train test test-all bench sample-data finetune-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +17,22 @@ sample-data: $(STAMP)
 
 train: sample-data
 	$(PY) train.py experiment=edgetam_distill debug=quickstart
+
+# docs/finetune.md on generated data, CPU, a few minutes: COCO json -> fine-tune (frozen trunk) -> export -> predict.
+# The starting edgetam.pt is randomly initialised (no downloads), so the numbers show the plumbing, not a model.
+FT_RUN := logs/train/runs/finetune_demo
+finetune-demo: $(STAMP)
+	$(PY) scripts/make_sample_data.py --out data/sample --formats coco --num-images 8 --num-val-images 2
+	$(PY) scripts/make_random_checkpoint.py --out data/sample/edgetam_random.pt
+	$(PY) train.py experiment=edgetam_finetune debug=quickstart data=coco \
+	  data.train.annotations=data/sample/coco/instances_train.json data.train.images=data/sample/coco/train \
+	  data.val.annotations=data/sample/coco/instances_val.json data.val.images=data/sample/coco/val \
+	  model.init_from=data/sample/edgetam_random.pt "model.freeze=[image_encoder.trunk]" \
+	  trainer.max_steps=20 logger=csv run_name=finetune_demo
+	$(VENV)/bin/edgetam-export $(FT_RUN)/checkpoints/last.ckpt --format official --image-size 256 \
+	  --out $(FT_RUN)/edgetam_finetuned.pt
+	$(VENV)/bin/edgetam-predict image --ckpt $(FT_RUN)/edgetam_finetuned.pt --image-size 256 \
+	  --image data/sample/coco/val/000008.jpg --points "160,120" --labels 1 --out $(FT_RUN)/prediction
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

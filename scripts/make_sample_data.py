@@ -12,6 +12,11 @@ Every format has one writer function ``write_<format>(out_root, args) -> list[Pa
 - ``davis``: ``JPEGImages/<video>/<frame:05d>.jpg`` + ``Annotations/<video>/<frame:05d>.png`` (palette PNG, index =
   object id, 255 = a void band around object 1).
 
+- ``coco``: COCO instances, ``coco/{train,val}/*.jpg`` + ``coco/instances_{train,val}.json`` (polygons, compressed
+  and uncompressed RLEs, one ``iscrowd`` region per image); fine-tuning input (not written by default).
+- ``mask_folder``: ``mask_folder/{train,val}/images/<stem>.jpg`` + ``masks/<stem>.png`` (instance ids) or
+  ``masks/<stem>/<k>.png`` (one binary PNG per object); fine-tuning input (not written by default).
+
 The output is deterministic: item ``i`` of format ``f`` depends only on (``--seed``, ``f``, ``i``), so asking for
 more items keeps the first ones unchanged. Scenes are textured backgrounds (gradient + low-frequency noise + pixel
 noise) with coloured, textured ellipses, polygons and rectangles, some overlapping; each annotation is the *visible*
@@ -23,6 +28,7 @@ Usage::
 
     python scripts/make_sample_data.py --out data/sample            # 8 SA-1B images, 3 SA-V videos, 2 DAVIS videos
     python scripts/make_sample_data.py --out data/sample --formats sa1b,sav
+    python scripts/make_sample_data.py --out data/sample --formats coco,mask_folder   # fine-tuning inputs
     python scripts/make_sample_data.py --out /tmp/big --formats sa1b --size 2250x1500 --num-images 16 \\
         --min-masks 90 --max-masks 110
 """
@@ -583,6 +589,117 @@ def write_davis(out_root: Path, args: argparse.Namespace) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Fine-tuning inputs: COCO instances json, image + mask folders
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def instance_scene(seed: int, fmt: str, index: int, size: tuple[int, int], min_masks: int, max_masks: int
+                   ) -> tuple[Scene, list[Shape]]:
+    """A scene for ``fmt`` item ``index`` and its annotated shapes (visible part >= 16 px, at least ``min_masks``)."""
+    rng = item_rng(seed, fmt, index)
+    w, h = image_size(size, index)
+    target = int(rng.integers(min_masks, max_masks + 1))
+    for _attempt in range(10):
+        scene = render_scene(rng, h, w, num_shapes=target + max(1, target // 2))
+        kept = [s for s in scene.shapes if int(s.visible.sum()) >= 16]
+        if len(kept) >= min_masks:
+            return scene, kept[:target]
+    raise RuntimeError(f"could not draw {min_masks} visible shapes on a {w}x{h} image; use a larger --size")
+
+
+def mask_polygons(mask: np.ndarray) -> list[list[float]]:
+    """COCO polygons (outer contours, >= 3 points each, pixel-corner coordinates) of a bool (h, w) mask."""
+    import cv2
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [[float(v) for v in c.reshape(-1)] for c in contours if len(c) >= 3]
+
+
+def uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO uncompressed RLE ``{"size": [h, w], "counts": [int, ...]}`` (column-major runs, starting with 0s)."""
+    flat = np.asarray(mask, dtype=bool).reshape(-1, order="F")
+    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    bounds = np.concatenate(([0], change, [flat.size]))
+    runs = np.diff(bounds).tolist()
+    if flat[0]:
+        runs = [0] + runs
+    return {"size": list(mask.shape), "counts": [int(r) for r in runs]}
+
+
+def coco_split(out: Path, split: str, args: argparse.Namespace, first: int, count: int) -> Path:
+    """Write ``count`` images to ``<out>/<split>/`` and ``<out>/instances_<split>.json``; returns the json path.
+
+    Annotation j of an image is a polygon (j % 3 == 0), a compressed RLE (1) or an uncompressed RLE (2); every image
+    also has one ``iscrowd=1`` annotation (uncompressed RLE of two shapes together), which training skips by default.
+    """
+    (out / split).mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for i in range(first, first + count):
+        scene, shapes = instance_scene(args.seed, "coco", i, args.size, args.min_masks, args.max_masks)
+        h, w = scene.image.shape[:2]
+        name = f"{i:06d}.jpg"
+        Image.fromarray(scene.image).save(out / split / name, quality=args.jpeg_quality)
+        images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
+        for j, shape in enumerate(shapes):
+            mask = shape.full_mask(h, w).astype(bool)
+            if j % 3 == 0 and mask_polygons(mask):
+                seg: object = mask_polygons(mask)
+            elif j % 3 == 1:
+                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+                seg = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+            else:
+                seg = uncompressed_rle(mask)
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            anns.append({"id": (i + 1) * 1000 + j, "image_id": i + 1, "category_id": 1 + j % 2, "iscrowd": 0,
+                         "segmentation": seg, "area": int(mask_utils.area(rle)),
+                         "bbox": [float(v) for v in mask_utils.toBbox(rle)]})
+        crowd = shapes[0].full_mask(h, w).astype(bool) | shapes[-1].full_mask(h, w).astype(bool)
+        anns.append({"id": (i + 1) * 1000 + 999, "image_id": i + 1, "category_id": 1, "iscrowd": 1,
+                     "segmentation": uncompressed_rle(crowd), "area": int(crowd.sum()), "bbox": [0.0, 0.0, w, h]})
+    path = out / f"instances_{split}.json"
+    categories = [{"id": 1, "name": "shape"}, {"id": 2, "name": "other shape"}]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+    return path
+
+
+def write_coco(out_root: Path, args: argparse.Namespace) -> list[Path]:
+    """COCO instances: ``<out_root>/coco/{train,val}/*.jpg`` + ``instances_{train,val}.json`` (``--num-images``
+    training images, ``--num-val-images`` validation images); returns the two json paths."""
+    out = out_root / "coco"
+    return [coco_split(out, "train", args, 0, args.num_images),
+            coco_split(out, "val", args, args.num_images, args.num_val_images)]
+
+
+def mask_folder_split(out: Path, args: argparse.Namespace, first: int, count: int) -> Path:
+    """``<out>/images/<stem>.jpg`` with ``<out>/masks/<stem>.png`` (instance ids, even items) or
+    ``<out>/masks/<stem>/<k>.png`` (binary, one per object, odd items); returns ``out``."""
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(first, first + count):
+        scene, shapes = instance_scene(args.seed, "mask_folder", i, args.size, args.min_masks, args.max_masks)
+        h, w = scene.image.shape[:2]
+        stem = f"img_{i:04d}"
+        Image.fromarray(scene.image).save(out / "images" / f"{stem}.jpg", quality=args.jpeg_quality)
+        if i % 2 == 0:
+            label = np.zeros((h, w), dtype=np.uint8)
+            for k, shape in enumerate(shapes, start=1):
+                label[shape.full_mask(h, w).astype(bool)] = k
+            Image.fromarray(label).save(out / "masks" / f"{stem}.png")
+        else:
+            (out / "masks" / stem).mkdir(exist_ok=True)
+            for k, shape in enumerate(shapes, start=1):
+                Image.fromarray(shape.full_mask(h, w) * 255).save(out / "masks" / stem / f"{k}.png")
+    return out
+
+
+def write_mask_folder(out_root: Path, args: argparse.Namespace) -> list[Path]:
+    """Image + mask folders ``<out_root>/mask_folder/{train,val}``; returns the two roots."""
+    out = out_root / "mask_folder"
+    return [mask_folder_split(out / "train", args, 0, args.num_images),
+            mask_folder_split(out / "val", args, args.num_images, args.num_val_images)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -591,7 +708,13 @@ WRITERS: dict[str, Callable[[Path, argparse.Namespace], list[Path]]] = {
     "sa1b": write_sa1b,
     "sav": write_sav,
     "davis": write_davis,
+    "coco": write_coco,
+    "mask_folder": write_mask_folder,
 }
+
+
+# written when --formats is not given (the fine-tuning inputs coco and mask_folder only on request)
+DEFAULT_FORMATS: tuple[str, ...] = ("sa1b", "sav", "davis")
 
 
 def parse_formats(text: str) -> list[str]:
@@ -608,9 +731,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("data/sample"), help="output root (default data/sample)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--formats", nargs="+", type=parse_formats, default=[list(WRITERS)],
-                   help=f"formats to write, comma- or space-separated (default {','.join(WRITERS)})")
-    p.add_argument("--num-images", type=int, default=8, help="SA-1B images (default 8)")
+    p.add_argument("--formats", nargs="+", type=parse_formats, default=[list(DEFAULT_FORMATS)],
+                   help=f"formats to write, comma- or space-separated, among {','.join(WRITERS)} "
+                   f"(default {','.join(DEFAULT_FORMATS)})")
+    p.add_argument("--num-images", type=int, default=8, help="SA-1B images; COCO / mask-folder training images "
+                   "(default 8)")
+    p.add_argument("--num-val-images", type=int, default=2, help="COCO / mask-folder validation images (default 2)")
     p.add_argument("--size", type=parse_size, default=(320, 240), help="WIDTHxHEIGHT of image 0 (default 320x240); "
                    "the others keep the area and vary the aspect ratio")
     p.add_argument("--min-masks", type=int, default=3, help="fewest annotations per image (default 3)")

@@ -21,7 +21,7 @@ tensors only and :func:`edgetam_train.models.checkpoint.read_state_dict` reads i
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -35,6 +35,8 @@ from edgetam_train.eval.validation import ValScores, describe_skipped, one_click
 from edgetam_train.models.checkpoint import add_arch_record, check_state_dict, read_state_dict
 from edgetam_train.models.sam2_model import SAM2Model
 
+from .freeze import freeze as freeze_modules
+from .freeze import keep_frozen_in_eval, trainable_summary
 from .losses import DistillationLoss, sum_loss_dicts
 from .nonfinite import DEFAULT_MAX_CONSECUTIVE_NONFINITE, NonFiniteGuard, zero_loss
 from .optim import build_optimizer, build_scheduler
@@ -61,12 +63,14 @@ class DistillationModule(pl.LightningModule):
         vis_every_n_steps: how often the step returns mask-picture tensors for ``MaskPicturesCallback``.
         freeze_batchnorm: keep the student's BatchNorm layers in eval mode while training (running statistics used
             and never updated); ``debug=identity`` sets it so that student and teacher compute the same function.
+        freeze: module-name prefixes of the student to freeze (``model.freeze``, :mod:`edgetam_train.distill.freeze`):
+            no gradients, not in the optimizer, in eval mode for the whole run.
     """
 
     def __init__(self, student: SAM2Model, teacher: Teacher | None, loss: DistillationLoss,
                  prompts: PromptConfig | dict | None = None, optimizer: dict | None = None,
                  scheduler: dict | None = None, init_from: str | None = None, vis_every_n_steps: int = 500,
-                 freeze_batchnorm: bool = False) -> None:
+                 freeze_batchnorm: bool = False, freeze: Sequence[str] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher", "loss"])
         self.student = student
@@ -89,27 +93,33 @@ class DistillationModule(pl.LightningModule):
             check_state_dict(student, sd, str(init_from))
             student.load_state_dict(sd)
             log.info("student initialised from %s", init_from)
+        self.frozen_modules = freeze_modules(student, freeze)  # after init_from: the loaded tensors stay as loaded
+        if freeze:
+            log.info("frozen (eval mode, not optimised): %s; %d of %d student parameters train",
+                     ", ".join(map(str, freeze)), *trainable_summary(student))
         if teacher is not None:
             teacher.bind_student(student)
 
-    def train(self, mode: bool = True) -> "DistillationModule":
-        """``nn.Module.train``, except that ``freeze_batchnorm`` keeps the student's BatchNorm layers in eval mode."""
-        super().train(mode)
-        if mode:
-            self._freeze_batchnorm()
-        return self
-
     def on_train_start(self) -> None:
         """Lightning does not call ``train()`` when fitting starts (modules are built in training mode)."""
-        self._freeze_batchnorm()
+        self._keep_eval_parts()
 
-    def _freeze_batchnorm(self) -> None:
-        if self.freeze_batchnorm:
+    def _keep_eval_parts(self) -> None:
+        """Frozen modules (``model.freeze``) and, with ``freeze_batchnorm``, every student BatchNorm stay in eval mode."""
+        keep_frozen_in_eval(self.student, getattr(self, "frozen_modules", ()))
+        if getattr(self, "freeze_batchnorm", False):
             for m in self.student.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()
 
     # ------------------------------------------------------------------ plumbing
+    def train(self, mode: bool = True) -> DistillationModule:
+        """``nn.Module.train``, except that frozen modules and (``freeze_batchnorm``) BatchNorm stay in eval mode."""
+        super().train(mode)
+        if mode:
+            self._keep_eval_parts()
+        return self
+
     def setup(self, stage: str) -> None:
         if self.teacher is not None:
             self.teacher.to(self.device)
