@@ -170,6 +170,34 @@ def test_errors_name_video_and_frame(tmp_path):
     assert rc == 2
 
 
+def test_allow_missing_scores_predicted_videos_and_says_how_many_left_out(tmp_path, capsys):
+    """Three GT videos, predictions for one: an error by default (naming the two), with --allow-missing the scores
+    of that one video alone (the same as evaluating it by itself) and a line naming the 2 left out."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for video in ("a", "b", "c"):
+        davis_video(gt, video, [two_objects()] * 4)
+    davis_video(pred, "b", [two_objects(shift=10)] * 4)
+    with pytest.raises(EvalError, match=r"2 GT video\(s\) have no prediction folder.*\['a', 'c'\].*--allow-missing"):
+        evaluate(gt, pred, "davis", progress=False)
+    result = evaluate(gt, pred, "davis", progress=False, allow_missing=True)
+    assert result.left_out == ["a", "c"] and {o.video for o in result.objects} == {"b"}
+    alone = evaluate(gt, pred, "davis", progress=False, videos=["b"])
+    assert result.objects == alone.objects and alone.left_out == []
+
+    assert cli.main(["jf", "--gt", str(gt), "--pred", str(pred), "--protocol", "davis"]) == 2
+    assert "--allow-missing" in capsys.readouterr().err
+    rc = cli.main(["jf", "--gt", str(gt), "--pred", str(pred), "--protocol", "davis", "--allow-missing"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and out[-1] == alone.summary()
+    assert "left out 2 GT video(s) without a prediction folder (--allow-missing): a, c" in out
+    assert len((pred / "jf_davis.csv").read_text().splitlines()) == 1 + 2  # header + objects 1, 2 of video b
+
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    with pytest.raises(EvalError, match="none of the 3 GT videos"):
+        evaluate(gt, empty, "davis", progress=False, allow_missing=True)
+
+
 # ----------------------------------------------------------------------------------------------- mIoU
 
 def test_click_simulation_points():

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from edgetam_train.data.datamodule import DataModuleBase, SA1BDataModule, VideoDataModule
 from edgetam_train.data.datasets.coco import COCODataset, COCOValDataset
 from edgetam_train.data.datasets.mask_folder import MaskFolderDataset, MaskFolderValDataset
+from edgetam_train.data.formats.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MIN_IMAGE_SIDE
 from edgetam_train.data.datasets.val import VOSValDataset, build_val_sets, plain_config
 from edgetam_train.data.mixture import MixtureDataset
 
@@ -58,7 +59,7 @@ class ImageFinetuneDataModule(SA1BDataModule):
             ``data/val`` group's ``vos`` / ``miou`` / ``num_workers``; ``miou.max_images`` / ``miou.max_masks`` also
             limit the user's split.
         image_size, max_masks, batch_size, num_workers, pin_memory, hflip_p, max_skip_rate, seed, prefetch_factor,
-            drop_last: as :class:`SA1BDataModule`.
+            drop_last, max_image_pixels, min_image_side: as :class:`SA1BDataModule`.
         monitor: the validation metric the callbacks watch (module docstring).
         root: unused; accepted because shared debug configs (``debug=quickstart``) set the SA-1B ``data.root``.
     """
@@ -70,10 +71,12 @@ class ImageFinetuneDataModule(SA1BDataModule):
     def __init__(self, train: Mapping[str, Any], val: Mapping[str, Any] | None = None, image_size: int = 1024,
                  max_masks: int = 64, batch_size: int = 4, num_workers: int = 8, pin_memory: bool = True,
                  hflip_p: float = 0.5, max_skip_rate: float = 0.05, seed: int = 0, prefetch_factor: int = 2,
-                 drop_last: bool = True, monitor: str = "val/mIoU_1click", root: str | None = None) -> None:
+                 drop_last: bool = True, monitor: str = "val/mIoU_1click", root: str | None = None,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, min_image_side: int = DEFAULT_MIN_IMAGE_SIDE) -> None:
         args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         DataModuleBase.__init__(self)  # not SA1BDataModule's: no SA-1B root to index
         self.save_hyperparameters(plain(args), logger=False)  # saved in checkpoints: no DictConfig, no Path
+        self._image_limits()
         self.train_set: Dataset | None = None
         self.val_files: list[str] = []
         self.val_sets: list = []

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
 TASK_KEYS = ("loss_mask", "loss_dice", "loss_iou", "loss_class")
 
@@ -41,24 +42,21 @@ def _broadcast_targets(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """RetinaNet focal loss per candidate mask, averaged over pixels.
+    """RetinaNet focal loss per candidate mask, averaged over pixels: ``torchvision.ops.sigmoid_focal_loss`` (the
+    elementwise loss SAM 2's ``loss_fns.sigmoid_focal_loss`` also computes) in float32, then SAM 2's
+    ``loss_on_multimask`` reduction (mean over H·W per object and candidate; the division by the number of objects
+    happens in :class:`TaskLoss`).
 
     Args:
         logits: (N, M, H, W) mask logits for N objects × M candidate masks.
         targets: (N, 1, H, W) (or (N, M, H, W)) bool/float ground truth in {0, 1}.
-        alpha: weight of the positive class (negatives get 1 - alpha); alpha < 0 disables the weighting.
+        alpha: weight of the positive class (negatives get 1 - alpha), in [0, 1]; alpha < 0 disables the weighting.
         gamma: focusing exponent on (1 - p_t).
     Returns:
         (N, M) float32: mean over H·W of ``α_t · (1 - p_t)^γ · BCE``.
     """
     t = _broadcast_targets(logits, targets)
-    x = logits.to(torch.float32)
-    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    p = torch.sigmoid(x)
-    p_true = t * p + (1.0 - t) * (1.0 - p)  # probability given to the correct class
-    loss = bce * (1.0 - p_true).pow(gamma)
-    if alpha >= 0:
-        loss = loss * (alpha * t + (1.0 - alpha) * (1.0 - t))
+    loss = tv_sigmoid_focal_loss(logits.to(torch.float32), t, alpha=alpha if alpha >= 0 else -1, gamma=gamma)
     return loss.flatten(2).mean(-1)
 
 

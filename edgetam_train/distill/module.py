@@ -21,7 +21,7 @@ tensors only and :func:`edgetam_train.models.checkpoint.read_state_dict` reads i
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -39,7 +39,7 @@ from .freeze import freeze as freeze_modules
 from .freeze import keep_frozen_in_eval, trainable_summary
 from .losses import DistillationLoss, sum_loss_dicts
 from .nonfinite import DEFAULT_MAX_CONSECUTIVE_NONFINITE, NonFiniteGuard, zero_loss
-from .optim import build_optimizer, build_scheduler
+from .optim_select import describe, make_optimizer, make_scheduler
 from .prompting import PromptConfig, plan_clip, run_clip
 from .teacher import ClipReplay, Teacher, TeacherTargets, memory_features
 
@@ -58,7 +58,7 @@ class DistillationModule(pl.LightningModule):
             ``FrozenTeacher`` or a ``CachedTeacher`` reading F16 from the batch); None trains on the task loss only.
         loss: combines the task loss and the feature terms (weights λ_F, λ_M).
         prompts: prompt-simulation settings.
-        optimizer / scheduler: dicts for :func:`edgetam_train.distill.optim.build_optimizer` / ``build_scheduler``.
+        optimizer / scheduler: ``_partial_`` targets (or dicts for ours): :mod:`edgetam_train.distill.optim_select`.
         init_from: a checkpoint (official or training) whose weights initialise the student (student keys only).
         vis_every_n_steps: how often the step returns mask-picture tensors for ``MaskPicturesCallback``.
         freeze_batchnorm: keep the student's BatchNorm layers in eval mode while training (running statistics used
@@ -68,9 +68,13 @@ class DistillationModule(pl.LightningModule):
     """
 
     def __init__(self, student: SAM2Model, teacher: Teacher | None, loss: DistillationLoss,
-                 prompts: PromptConfig | dict | None = None, optimizer: dict | None = None,
-                 scheduler: dict | None = None, init_from: str | None = None, vis_every_n_steps: int = 500,
-                 freeze_batchnorm: bool = False, freeze: Sequence[str] | None = None) -> None:
+                 prompts: PromptConfig | dict | None = None, optimizer: Callable | dict | None = None,
+                 scheduler: Callable | dict | None = None, init_from: str | None = None,
+                 vis_every_n_steps: int = 500, freeze_batchnorm: bool = False,
+                 freeze: Sequence[str] | None = None) -> None:
+        # save_hyperparameters reads these locals: it records plain dicts (weights_only-loadable), not the partials
+        optimizer_spec, optimizer = optimizer, describe(optimizer)
+        scheduler_spec, scheduler = scheduler, describe(scheduler)
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher", "loss"])
         self.student = student
@@ -78,8 +82,7 @@ class DistillationModule(pl.LightningModule):
         object.__setattr__(self, "teacher", teacher)
         self.loss = loss
         self.prompts = prompts if isinstance(prompts, PromptConfig) else PromptConfig(**(prompts or {}))
-        self.optimizer_cfg = dict(optimizer or {})
-        self.scheduler_cfg = dict(scheduler or {})
+        self.optimizer_spec, self.scheduler_spec = optimizer_spec, scheduler_spec
         self.vis_every_n_steps = vis_every_n_steps
         self.freeze_batchnorm = freeze_batchnorm
         self.skip_totals = dict.fromkeys(SKIP_KEYS, 0)  # bad samples skipped so far, all ranks; saved in checkpoints
@@ -129,12 +132,12 @@ class DistillationModule(pl.LightningModule):
             self.teacher.to(self.device)
 
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.student, **self.optimizer_cfg)
-        if not self.scheduler_cfg:
-            return optimizer
+        optimizer = make_optimizer(self.optimizer_spec, self.student)
         trainer = self._trainer  # None in a bare loop (``self.trainer`` would raise): then only "constant" works
         total = trainer.max_steps if trainer is not None and trainer.max_steps > 0 else None
-        scheduler = build_scheduler(optimizer, total_steps=total, **self.scheduler_cfg)
+        scheduler = make_scheduler(self.scheduler_spec, optimizer, total)
+        if scheduler is None:
+            return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _global_num_objects(self, n: int) -> float:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import masks_to_boxes
 
 from edgetam_train.models.memory_bank import FrameOutput, MemoryBank
 from edgetam_train.models.sam2_model import ImageFeatures, SAM2Model
@@ -106,18 +107,9 @@ def sample_click(gt: Tensor, pred: Tensor | None = None) -> tuple[Tensor, Tensor
 
 
 def mask_to_box(masks: Tensor) -> Tensor:
-    """(N, 1, H, W) bool -> (N, 4) boxes x0, y0, x1, y1 (inclusive pixel bounds; zeros for an empty mask)."""
-    n, _, h, w = masks.shape
-    ys = torch.arange(h, device=masks.device).view(1, h, 1)
-    xs = torch.arange(w, device=masks.device).view(1, 1, w)
-    m = masks[:, 0]
-    big = max(h, w)
-    x0 = torch.where(m, xs, big).flatten(1).amin(1)
-    y0 = torch.where(m, ys, big).flatten(1).amin(1)
-    x1 = torch.where(m, xs, -1).flatten(1).amax(1)
-    y1 = torch.where(m, ys, -1).flatten(1).amax(1)
-    box = torch.stack((x0, y0, x1, y1), dim=1).float()
-    return torch.where(m.flatten(1).any(1, keepdim=True), box, torch.zeros_like(box))
+    """(N, 1, H, W) bool -> (N, 4) float32 boxes x0, y0, x1, y1 (inclusive pixel bounds; zeros for an empty mask):
+    ``torchvision.ops.masks_to_boxes``."""
+    return masks_to_boxes(masks[:, 0])
 
 
 def sample_box(gt: Tensor, noise: float = 0.1, noise_bound: float = 20.0) -> tuple[Tensor, Tensor]:

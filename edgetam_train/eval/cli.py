@@ -7,7 +7,9 @@ Usage::
     edgetam-eval miou --ckpt last.ckpt --data sa23/ --clicks 5                       # SA-1B-format images
 
 ``jf`` writes one CSV row per video and object (``video,object,frames,J&F,J,F``; ``--csv``, default
-``<pred>/jf_<protocol>.csv``) and prints ``J&F=... J=... F=...`` (fractions) as its last line; layouts, protocols
+``<pred>/jf_<protocol>.csv``) and prints ``J&F=... J=... F=...`` (fractions) as its last line; a GT video without a
+prediction folder is an error unless ``--allow-missing``, which scores the predicted videos and prints how many (and
+which) were left out; layouts, protocols
 and the empty-mask conventions are in :mod:`edgetam_train.eval.jf`. ``miou`` prints ``clicks=k mIoU=...`` for k =
 1..N (the click simulation is in :mod:`edgetam_train.eval.miou`).
 
@@ -41,14 +43,21 @@ def add_jf_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-first-last", action="store_true",
                         help="also score the first and last annotated frames (not the official protocols)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="score only the GT videos that have a prediction folder and say how many were left out "
+                             "(default: a missing video is an error)")
 
 
 def run_jf(args: argparse.Namespace) -> int:
     """``edgetam-eval jf``."""
     result = evaluate(args.gt, args.pred, args.protocol, bound_th=args.bound_th,
-                      skip_first_last=not args.keep_first_last, workers=args.workers)
+                      skip_first_last=not args.keep_first_last, workers=args.workers,
+                      allow_missing=args.allow_missing)
     csv_path = write_csv(result, args.csv or args.pred / f"jf_{args.protocol}.csv")
     videos = len({o.video for o in result.objects})
+    if result.left_out:
+        shown = ", ".join(result.left_out[:10]) + (", ..." if len(result.left_out) > 10 else "")
+        print(f"left out {len(result.left_out)} GT video(s) without a prediction folder (--allow-missing): {shown}")
     print(f"{len(result.objects)} objects in {videos} videos; per-object scores: {csv_path}")
     print(result.summary())
     return 0

@@ -39,7 +39,7 @@ import csv
 import math
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -133,9 +133,11 @@ class ObjectScore:
 
 @dataclass
 class JFResult:
-    """All objects' scores and the dataset means (fractions in [0, 1])."""
+    """All objects' scores and the dataset means (fractions in [0, 1]); ``left_out``: GT videos not scored because
+    they have no prediction folder (only with ``allow_missing``)."""
 
     objects: list[ObjectScore]
+    left_out: list[str] = field(default_factory=list)
 
     @property
     def j(self) -> float:
@@ -285,8 +287,9 @@ def score_label_frames(video: str, frames: Iterable[tuple[str, np.ndarray, np.nd
     return acc.scores(video)
 
 
-def list_videos(gt_dir: str | Path, pred_dir: str | Path) -> list[str]:
-    """GT video folders (sorted); raises :class:`EvalError` naming the videos without a prediction folder."""
+def split_videos(gt_dir: str | Path, pred_dir: str | Path) -> tuple[list[str], list[str]]:
+    """(GT video folders that have a prediction folder, GT video folders that have none), both sorted; raises
+    :class:`EvalError` when a root is missing or the GT has no video folders."""
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     for root, what in ((gt_dir, "GT"), (pred_dir, "prediction")):
         if not root.is_dir():
@@ -295,8 +298,15 @@ def list_videos(gt_dir: str | Path, pred_dir: str | Path) -> list[str]:
     if not videos:
         raise EvalError(f"GT folder {gt_dir} has no video folders")
     missing = [v for v in videos if not (pred_dir / v).is_dir()]
+    return [v for v in videos if v not in set(missing)], missing
+
+
+def list_videos(gt_dir: str | Path, pred_dir: str | Path) -> list[str]:
+    """GT video folders (sorted); raises :class:`EvalError` naming the videos without a prediction folder."""
+    videos, missing = split_videos(gt_dir, pred_dir)
     if missing:
-        raise EvalError(f"{len(missing)} GT video(s) have no prediction folder in {pred_dir}: {missing[:20]}")
+        raise EvalError(f"{len(missing)} GT video(s) have no prediction folder in {pred_dir}: {missing[:20]} "
+                        "(--allow-missing scores only the predicted videos)")
     return videos
 
 
@@ -306,7 +316,7 @@ def _evaluate_one(job: tuple) -> list[ObjectScore]:
 
 def evaluate(gt_dir: str | Path, pred_dir: str | Path, protocol: str = "davis", bound_th: float = BOUND_TH,
              skip_first_last: bool = True, workers: int = 1, progress: bool = True,
-             videos: Iterable[str] | None = None) -> JFResult:
+             videos: Iterable[str] | None = None, allow_missing: bool = False) -> JFResult:
     """J&F of a prediction folder against a GT folder (layouts and protocols: module docstring).
 
     Args:
@@ -317,10 +327,20 @@ def evaluate(gt_dir: str | Path, pred_dir: str | Path, protocol: str = "davis", 
         workers: processes (1 = in this process).
         progress: show a tqdm bar over videos.
         videos: evaluate only these (default: every GT video folder).
+        allow_missing: score only the GT videos that have a prediction folder (the others are listed in
+            ``JFResult.left_out``) instead of raising :class:`EvalError`; at least one must have one.
     """
     from tqdm import tqdm
 
-    names = list(videos) if videos is not None else list_videos(gt_dir, pred_dir)
+    left_out: list[str] = []
+    if videos is not None:
+        names = list(videos)
+    elif allow_missing:
+        names, left_out = split_videos(gt_dir, pred_dir)
+        if not names:
+            raise EvalError(f"none of the {len(left_out)} GT videos of {gt_dir} has a prediction folder in {pred_dir}")
+    else:
+        names = list_videos(gt_dir, pred_dir)
     jobs = [(str(gt_dir), str(pred_dir), v, protocol, bound_th, skip_first_last) for v in names]
     bar = dict(total=len(jobs), desc=f"J&F ({protocol})", unit="video", disable=not progress)
     if workers > 1:
@@ -328,7 +348,7 @@ def evaluate(gt_dir: str | Path, pred_dir: str | Path, protocol: str = "davis", 
             per_video = list(tqdm(pool.map(_evaluate_one, jobs), **bar))
     else:
         per_video = [_evaluate_one(job) for job in tqdm(jobs, **bar)]
-    return JFResult([score for scores in per_video for score in scores])
+    return JFResult([score for scores in per_video for score in scores], left_out)
 
 
 def write_csv(result: JFResult, path: str | Path) -> Path:

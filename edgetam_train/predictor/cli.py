@@ -17,24 +17,29 @@ Writes ``OUT.npz`` and ``OUT.png`` (a suffix .npz / .png given with ``--out`` is
 ``--multimask`` / ``--no-multimask``: default multimask for a single click without a box (an ambiguous prompt),
 single mask otherwise -- what SAM recommends. Coordinates are pixels of the image as stored (no EXIF rotation).
 
-``video`` -- clicks and/or a box for one object on frame K of a video, then tracking through every frame::
+``video`` -- clicks, a box or a mask for one or several objects on some frames, then tracking through every frame::
 
     edgetam-predict video --ckpt last.ckpt --frames video_frames/ --frame-idx 0 --points "210,350" --labels 1 --out res
     edgetam-predict video --ckpt edgetam.pt --frames clip.mp4 --frame-idx 30 --box 300,0,500,400 --out res
+    edgetam-predict video --ckpt edgetam.pt --frames clip/ --obj-id 1 --points "210,350" --labels 1 \
+        --obj-id 2 --box 300,0,500,400 --obj-id 3 --mask m3.png --out res      # three objects
+    edgetam-predict video --ckpt edgetam.pt --frames DAVIS/JPEGImages/480p/bike-packing \
+        --init-masks DAVIS/Annotations/480p/bike-packing/00000.png --out res/bike-packing   # DAVIS semi-supervised
 
+Prompts (grouped by ``--obj-id``, or ``--prompts JSON``, or ``--init-masks PNG``): :mod:`.video_prompts`.
 ``--frames``: a folder of .jpg/.jpeg/.png frames (all-integer names in numeric order, else by name; one size) or a
-video file decoded with PyAV (all frames, held in memory). Tracking runs forward from frame K to the last frame,
-then, if K > 0, backward from K to frame 0 (two ``VideoPredictor.propagate`` calls, the second ``reverse=True``: the
-official predictors' usage). Writes into the folder ``OUT``:
+video file decoded with PyAV (all frames, held in memory). Tracking runs forward from the earliest prompted frame K
+to the last frame, then, if K > 0, backward from K to frame 0 (two ``VideoPredictor.propagate`` calls, the second
+``reverse=True``: the official predictors' usage). Writes into the folder ``OUT``:
 
 * ``<frame>.png`` per frame (the frame file's stem, ``00000`` ... for a video file): a palette PNG (DAVIS / VOC
-  palette) whose pixel value is the object id (``--obj-id``, default 1) on the mask, 0 elsewhere -- the layout
+  palette) whose pixel value is the object id on the object's mask (later objects on top), 0 elsewhere -- the layout
   ``edgetam-eval jf --protocol davis`` reads;
-* ``masks.npz``: ``logits`` float16 (T, N, H, W) mask logits at the video size (N = 1 object; > 0 is the mask;
-  -1024 where the object is predicted absent), ``object_score`` float32 (T, N) object-presence logits (> 0:
-  present), ``obj_ids`` int64 (N,), ``frames`` str (T,) the frame names; ``--no-logits`` skips it;
-* ``overlay.gif``: the frames with the mask tinted (the prompts drawn on frame K), longer side at most
-  ``--gif-max-side`` pixels.
+* ``masks.npz``: ``logits`` float16 (T, N, H, W) mask logits at the video size (N objects in order of first prompt;
+  > 0 is the mask; -1024 where the object is predicted absent), ``object_score`` float32 (T, N) object-presence
+  logits (> 0: present), ``obj_ids`` int64 (N,), ``frames`` str (T,) the frame names; ``--no-logits`` skips it;
+* ``overlay.gif``: the frames with each object's mask tinted in its colour (clicks and boxes drawn on their
+  frames), longer side at most ``--gif-max-side`` pixels.
 
 The PNGs are thresholded from the float32 logits (float16 keeps the sign of every logit of magnitude >= 6e-8).
 
@@ -52,7 +57,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -61,50 +65,13 @@ from ..cli_common import add_model_arguments, load_model, run_subcommand, subcom
 from ..models.checkpoint import CheckpointMismatchError
 from .image import ImagePrediction, ImagePredictor
 from .image_io import image_hw, read_rgb
+from .overlay import DrawnPrompt, draw_overlay, object_colors, overlay
+from .prompt_text import parse_box, parse_labels, parse_points
 from .video import VideoPredictor, VideoState, frame_files
-
-OVERLAY_COLOR = (30, 144, 255)  # RGB
-POSITIVE_COLOR, NEGATIVE_COLOR, BOX_COLOR = (0, 220, 0), (230, 0, 0), (255, 200, 0)
+from .video_prompts import add_video_prompt_arguments, apply_prompts, collect_prompts
 
 
 # ----------------------------------------------------------------------------------------------- parsing
-
-def parse_points(text: str) -> np.ndarray:
-    """``"x,y;x,y"`` -> float32 (N, 2); raises ValueError naming the bad item."""
-    points = []
-    for item in (t.strip() for t in text.split(";")):
-        if not item:
-            continue
-        parts = item.split(",")
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            points.append([float(parts[0]), float(parts[1])])
-        except ValueError:
-            raise ValueError(f"--points: expected 'x,y;x,y;...', got item {item!r}") from None
-    if not points:
-        raise ValueError("--points: no point given")
-    return np.asarray(points, dtype=np.float32)
-
-
-def parse_labels(text: str) -> np.ndarray:
-    """``"1;0"`` (or ``"1,0"``) -> int32 (N,) of 1 (foreground) / 0 (background)."""
-    items = [t.strip() for t in text.replace(",", ";").split(";") if t.strip()]
-    if not items or any(t not in ("0", "1") for t in items):
-        raise ValueError(f"--labels: expected 1 (foreground) / 0 (background) separated by ';', got {text!r}")
-    return np.asarray([int(t) for t in items], dtype=np.int32)
-
-
-def parse_box(text: str) -> np.ndarray:
-    """``"x0,y0,x1,y1"`` -> float32 (4,)."""
-    try:
-        box = [float(v) for v in text.split(",")]
-    except ValueError:
-        box = []
-    if len(box) != 4:
-        raise ValueError(f"--box: expected 'x0,y0,x1,y1', got {text!r}")
-    return np.asarray(box, dtype=np.float32)
-
 
 def parse_prompts(args: argparse.Namespace) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """(points (N, 2), labels (N,), box (4,)) from ``--points`` / ``--labels`` / ``--box`` (each None when absent);
@@ -135,26 +102,6 @@ def output_prefix(out: Path) -> Path:
 
 # ----------------------------------------------------------------------------------------------- image
 
-def overlay(image: np.ndarray, mask: np.ndarray, points: np.ndarray | None, labels: np.ndarray | None,
-            box: np.ndarray | None, alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) uint8 picture: ``mask`` (H, W) bool tinted and outlined, clicks as dots, the box as a rectangle."""
-    out = image.astype(np.float32)
-    color = np.asarray(OVERLAY_COLOR, dtype=np.float32)
-    out[mask] = (1 - alpha) * out[mask] + alpha * color
-    out = np.ascontiguousarray(out.round().clip(0, 255).astype(np.uint8))
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    thick = max(1, round(max(image.shape[:2]) / 400))
-    cv2.drawContours(out, contours, -1, OVERLAY_COLOR, thick)
-    if box is not None:
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        cv2.rectangle(out, (x0, y0), (x1, y1), BOX_COLOR, thick)
-    if points is not None:
-        radius = max(3, 3 * thick)
-        for (x, y), label in zip(points, labels):
-            c = POSITIVE_COLOR if label == 1 else NEGATIVE_COLOR
-            cv2.circle(out, (int(round(x)), int(round(y))), radius, c, -1)
-            cv2.circle(out, (int(round(x)), int(round(y))), radius, (255, 255, 255), max(1, thick // 2))
-    return out
 
 
 def save_image_prediction(prefix: Path, image: np.ndarray, pred: ImagePrediction, points, labels, box
@@ -287,10 +234,7 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", required=True, type=Path,
                         help="folder of .jpg/.jpeg/.png frames (integer names in numeric order, else sorted by "
                              "name) or a video file (.mp4 ..., decoded with PyAV and held in memory)")
-    parser.add_argument("--frame-idx", type=int, default=0, help="frame K the prompts are on (default 0)")
-    add_prompt_arguments(parser, "video")
-    parser.add_argument("--obj-id", type=int, default=1,
-                        help="object id, 1 .. 254: the pixel value of the mask in the PNGs (default 1)")
+    add_video_prompt_arguments(parser)  # --obj-id, --frame-idx, --points, --labels, --box, --mask, --prompts, --init-masks
     parser.add_argument("--out", required=True, type=Path,
                         help="output folder: <frame>.png per frame, masks.npz, overlay.gif")
     parser.add_argument("--fill-hole-area", type=int, default=8,
@@ -304,34 +248,32 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not write masks.npz (T x H x W float16 logits: ~4 GB for 1000 frames at 1080p)")
     parser.add_argument("--fuse", action="store_true",
                         help="fuse RepViT / high-res projections for speed (outputs equal within ~1e-5)")
-    parser.epilog = ("Tracks forward from --frame-idx K to the last frame, then, if K > 0, backward from K to frame 0 "
-                     "(the official predictor's propagate, then propagate with reverse=True). PNGs: palette, pixel "
-                     "value = --obj-id on the mask, 0 elsewhere (DAVIS layout, for edgetam-eval jf).")
+    parser.epilog = ("Each --obj-id starts an object; the prompt options after it are its prompts. Tracks forward from "
+                     "the earliest prompted frame K to the last frame, then, if K > 0, backward from K to frame 0 (the "
+                     "official predictor's propagate, then propagate with reverse=True). PNGs: palette, pixel value = "
+                     "object id on its mask, 0 elsewhere (DAVIS layout, for edgetam-eval jf).")
 
 
 def run_video(args: argparse.Namespace) -> int:
-    """``edgetam-predict video``: prompt frame K, track through the video, write PNGs, masks.npz and overlay.gif."""
+    """``edgetam-predict video``: prompt the objects, track them through the video, write PNGs, masks.npz and
+    overlay.gif."""
     from tqdm import tqdm
 
     from edgetam_train.data.formats.vos import voc_palette
 
-    points, labels, box = parse_prompts(args)
-    if not 1 <= args.obj_id <= 254:
-        raise ValueError(f"--obj-id must be in 1 .. 254 (the pixel value in the palette PNGs; 0 is background, 255 "
-                         f"DAVIS' void), got {args.obj_id}")
     if args.gif_max_side < 0 or args.fill_hole_area < 0 or (args.fps is not None and args.fps <= 0):
         raise ValueError("--gif-max-side and --fill-hole-area must be >= 0 and --fps > 0, got "
                          f"{args.gif_max_side}, {args.fill_hole_area}, {args.fps}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; expected a folder (created if missing)")
     frames = read_frames(args.frames)
-    num, k = len(frames.names), args.frame_idx
-    if not 0 <= k < num:
-        raise ValueError(f"--frame-idx {k} is out of range: {args.frames} has {num} frames (valid: 0 .. {num - 1})")
+    num = len(frames.names)
+    prompts = collect_prompts(args, frames.names, frames.hw)  # checks them (frames in range, masks' size ...)
     predictor = VideoPredictor(load_model(args), fill_hole_area=args.fill_hole_area, fuse=args.fuse)
     state = predictor.init_state(frames.source)
-    obj_ids = [args.obj_id]
-    predictor.add_clicks(state, k, args.obj_id, points=points, labels=labels, box=box)  # checks them (inside ...)
+    apply_prompts(predictor, state, prompts)  # checks the clicks / boxes (inside the frame ...)
+    obj_ids, k = state.obj_ids, min(p.frame_idx for p in prompts)
+    colors = object_colors(len(obj_ids))
 
     args.out.mkdir(parents=True, exist_ok=True)
     h, w = frames.hw
@@ -339,15 +281,15 @@ def run_video(args: argparse.Namespace) -> int:
     scores = np.zeros((num, len(obj_ids)), dtype=np.float32)
     gif: dict[int, Image.Image] = {}
     palette = voc_palette()
-    with tqdm(total=num, desc=f"tracking object {args.obj_id}", unit="frame", disable=None) as bar:
+    with tqdm(total=num, desc=f"tracking {len(obj_ids)} object(s)", unit="frame", disable=None) as bar:
         for t, logits in track(predictor, state, k):
             masks = predictor.masks_from_logits(logits).cpu().numpy()  # (N, H, W) bool, from the float32 logits
             label_png(masks, obj_ids, palette).save(args.out / f"{frames.names[t]}.png")
             if logits_all is not None:
                 logits_all[t] = logits.cpu().numpy()
             scores[t] = [float(predictor.get_output(state, t, i).object_score_logit) for i in obj_ids]
-            shown = overlay(frames.rgb(t), masks.any(0), *((points, labels, box) if t == k else (None, None, None)))
-            im = Image.fromarray(shown)
+            drawn = [DrawnPrompt(p.points, p.labels, p.box) for p in prompts if p.frame_idx == t]
+            im = Image.fromarray(draw_overlay(frames.rgb(t), masks, colors, drawn))
             if args.gif_max_side:
                 im.thumbnail((args.gif_max_side, args.gif_max_side), Image.Resampling.BILINEAR)
             gif[t] = im
@@ -364,9 +306,11 @@ def run_video(args: argparse.Namespace) -> int:
                     duration=round(1000 / fps))
     written.append("overlay.gif")
     present = int((scores > 0).any(1).sum())
-    print(f"wrote {', '.join(written)} to {args.out}: object {args.obj_id} prompted on frame {k} "
-          f"({frames.names[k]}), tracked {'forward and backward' if k > 0 else 'forward'} over {num} frames, "
-          f"present (object score > 0) on {present}")
+    prompted = sorted({p.frame_idx for p in prompts})
+    print(f"wrote {', '.join(written)} to {args.out}: object(s) {', '.join(map(str, obj_ids))} prompted on frame(s) "
+          f"{', '.join(f'{t} ({frames.names[t]})' for t in prompted)}, tracked "
+          f"{'forward and backward' if k > 0 else 'forward'} over {num} frames, present (object score > 0) on "
+          f"{present}")
     return 0
 
 

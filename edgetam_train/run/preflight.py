@@ -74,7 +74,7 @@ NUMERIC_KEYS: dict[str, Number] = {
     "trainer.val_check_interval": Number(float, low=0, low_open=True, nullable=True),
     "trainer.max_consecutive_nonfinite": Number(int, low=1, nullable=True),
     "model.optimizer.lr": Number(float, low=0, low_open=True),
-    "model.optimizer.trunk_lr": Number(float, low=0, low_open=True, nullable=True),
+    "model.optimizer.vision_lr": Number(float, low=0, low_open=True, nullable=True),
     "model.optimizer.weight_decay": Number(float, low=0),
     "model.scheduler.warmup_steps": Number(int, low=0),
     "model.scheduler.cooldown_steps": Number(int, low=0),

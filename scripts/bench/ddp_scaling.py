@@ -45,7 +45,7 @@ from hydra.utils import instantiate  # noqa: E402
 from edgetam_train.config import CONFIG_DIR, register_resolvers  # noqa: E402
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.distill.module import DistillationModule
-from edgetam_train.distill.optim import build_optimizer
+from edgetam_train.distill.optim_select import make_optimizer
 
 
 def write_sample_images(out: Path, images: int, masks: int) -> Path:
@@ -99,7 +99,7 @@ def time_steps(module: DistillationModule, batch: dict[str, Any], steps: int, wa
     model: torch.nn.Module = LossOf(module)
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    optimizer = build_optimizer(module.student, **module.optimizer_cfg)
+    optimizer = make_optimizer(module.optimizer_spec, module.student)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     times = []
     for i in range(warmup + steps):

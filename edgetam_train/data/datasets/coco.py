@@ -23,7 +23,6 @@ from edgetam_train.data.formats.images import read_image
 from edgetam_train.data.formats.rle import decode_resized
 from edgetam_train.data.formats.sa1b import sample_annotations
 from edgetam_train.data.skips import BadSample, SkipRateExceeded
-from edgetam_train.data.transforms import resized_hw
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class COCODataset(SA1BDataset):
         self.coco = coco
 
     def read_sample(self, index: int, rng: np.random.Generator) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
-        """Image ``index`` and up to ``max_masks`` of its annotations, decoded at the resized size (as
+        """Image ``index`` and up to ``max_masks`` of its annotations, decoded at the S×S training size (as
         ``SA1BDataset.read_sample``). Raises ``BadSample`` (missing / corrupt image, size disagreeing with the json)."""
         entry = self.coco.images[index]
         path = self.root / entry.file_name
@@ -75,7 +74,7 @@ class COCODataset(SA1BDataset):
         picked = [entry.annotations[i] for i in sample_annotations(len(entry.annotations), self.max_masks, rng)]
         ids = np.asarray([a.get("id", -1) for a in picked], dtype=np.int64)
         rles = [annotation_rle(a, h, w) for a in picked]
-        return path, image, decode_resized(rles, h, w, resized_hw(h, w, self.image_size), self.coco.path), ids
+        return path, image, decode_resized(rles, h, w, self.image_size, self.coco.path), ids
 
 
 class COCOValDataset(Dataset):

@@ -18,7 +18,7 @@ from edgetam_train.data.datasets.val import PADDING
 from edgetam_train.data.formats.images import read_image
 from edgetam_train.data.formats.mask_folder import index_mask_folder, read_instance_label, read_object_masks
 from edgetam_train.data.formats.sa1b import sample_annotations
-from edgetam_train.data.transforms import resize_label, resized_hw
+from edgetam_train.data.transforms import resize_mask_square
 
 
 class MaskFolderDataset(SA1BDataset):
@@ -36,21 +36,20 @@ class MaskFolderDataset(SA1BDataset):
         self.masks_dir = Path(root) / mask_dir
 
     def read_sample(self, index: int, rng: np.random.Generator) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
-        """(image path, uint8 (H, W, 3) image, uint8 (K, h', w') masks at the resized size, int64 (K,) object ids).
+        """(image path, uint8 (H, W, 3) image, uint8 (K, h', w') masks at the S×S training size, int64 (K,) object ids).
         Raises ``BadSample`` (missing / corrupt files, a mask whose size differs from its image, no object)."""
         item = self.items[index]
         path = self.root / item.image
         image = read_image(path)
         h, w = image.shape[:2]
-        out_hw = resized_hw(h, w, self.image_size)
         if item.per_object:
             full, ids = read_object_masks(self.masks_dir, item, (h, w))
             chosen = sample_annotations(len(ids), self.max_masks, rng)
-            masks = np.stack([resize_label(full[i].view(np.uint8), out_hw) for i in chosen])
+            masks = np.stack([resize_mask_square(full[i].view(np.uint8), self.image_size) for i in chosen])
         else:
             label, ids = read_instance_label(self.masks_dir / item.mask, (h, w))
             chosen = sample_annotations(len(ids), self.max_masks, rng)
-            small = resize_label(label, out_hw)  # nearest: the same as resizing each object mask
+            small = resize_mask_square(label, self.image_size)  # nearest: the same as resizing each object mask
             masks = (small[None] == ids[chosen][:, None, None]).astype(np.uint8)
         return path, image, masks, ids[chosen]
 
