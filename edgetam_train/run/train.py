@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from edgetam_train.config import CONFIG_DIR, register_resolvers
 
 from .cluster import assign_wandb_run_ids, check_no_secrets, newest_resume_checkpoint
+from .resume_check import check_resume_config
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_no_secrets(cfg)  # before anything writes the config (config_resolved.yaml, logger hyper-parameters)
     check_model_config(cfg.get("model"))
     check_teacher_choice(cfg)
+    output_dir = cfg.paths.output_dir
+    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    check_resume_config(cfg, output_dir, ckpt)  # a resume with a changed config stops here unless safe or accepted
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, _convert_="partial")
-    output_dir = cfg.paths.output_dir
-    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     # W&B: the run id stored in the run directory when resuming, else a new one (configs/logger/wandb.yaml)
     assign_wandb_run_ids(cfg.get("logger"), output_dir, str(cfg.get("run_name", "run")), resuming=ckpt is not None)
     callbacks = _instantiate_list(cfg.get("callbacks"), "callback")
