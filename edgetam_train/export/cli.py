@@ -29,6 +29,7 @@ import torch
 
 from ..models.build import ALIASES, available_models
 from ..models.checkpoint import CheckpointMismatchError
+from ..progress import stage
 from .official import ExportCheckError, ExportReport, export_official, load_model
 
 FORMATS = ("official", "hf", "onnx")
@@ -52,19 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_export(checkpoint: Path, fmt: str, out: Path, model: str = "edgetam", image_size: int | None = None
                ) -> ExportReport:
-    """Load ``checkpoint`` as ``model`` and export it in format ``fmt`` to ``out``; returns the check report."""
-    net = load_model(checkpoint, model, image_size)
-    if fmt == "official":
-        return export_official(net, out, model)
-    if fmt == "hf":
-        from .hf import export_hf
+    """Load ``checkpoint`` as ``model`` and export it in format ``fmt`` to ``out``; returns the check report.
+    Each stage is announced on stderr with its time (:func:`edgetam_train.progress.stage`)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    with stage("edgetam-export", f"loading {checkpoint} as {model}"):
+        net = load_model(checkpoint, model, image_size)
+    with stage("edgetam-export", f"writing {fmt} to {out} and checking it against the source model"):
+        if fmt == "official":
+            return export_official(net, out, model)
+        if fmt == "hf":
+            from .hf import export_hf
 
-        return export_hf(net, out, model)
-    if fmt == "onnx":
+            return export_hf(net, out, model)
         from .onnx import export_onnx
 
         return export_onnx(net, out)
-    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

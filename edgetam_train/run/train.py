@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from edgetam_train.config import CONFIG_DIR, register_resolvers
 
 from .cluster import assign_wandb_run_ids, check_no_secrets, newest_resume_checkpoint
+from .console import tidy_console
 from .resume_check import check_resume_config
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def check_teacher_choice(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; returns the final logged metrics."""
     register_resolvers()
+    tidy_console()  # each Lightning line once, no warnings the user cannot act on
     check_no_secrets(cfg)  # before anything writes the config (config_resolved.yaml, logger hyper-parameters)
     check_model_config(cfg.get("model"))
     check_teacher_choice(cfg)
