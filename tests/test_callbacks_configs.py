@@ -384,3 +384,28 @@ def test_quickstart_video_warmup_follows_max_steps(max_steps, warmup):
     assert cfg.model.scheduler.warmup_steps == warmup
     opt = build_optimizer(torch.nn.Linear(2, 2), lr=1e-3)
     build_scheduler(opt, total_steps=max_steps, **cfg.model.scheduler)
+
+
+def test_full_config_reaches_the_loggers_and_wandb_tags(compose_cfg, tmp_path):
+    """hparams.yaml holds every group of the resolved config and the parameter counts, not only the module's own
+    hyper-parameters; W&B gets the experiment's name as a tag."""
+    import yaml
+
+    from edgetam_train.run.log_config import assign_wandb_tags, experiment_tags, log_config
+
+    cfg = compose_cfg("logger=csv", "trainer.max_steps=7")
+    (csv_logger,) = _instantiate_all(cfg.logger)
+    log_config([csv_logger], cfg, ToyModule())
+    csv_logger.save()
+    logged = yaml.safe_load((Path(csv_logger.log_dir) / "hparams.yaml").read_text())
+    assert logged["trainer"]["max_steps"] == 7 and logged["trainer"]["gradient_clip_val"] == 0.1
+    assert logged["callbacks"]["model_checkpoint"]["every_n_train_steps"] == 1000
+    assert logged["paths"]["output_dir"] == str(tmp_path / "out") and logged["run_name"] == "default"
+    assert logged["model_params"] == {"total": 4, "trainable": 4, "non_trainable": 0}
+
+    assert experiment_tags({"experiment": "edgetam_distill", "debug": "quickstart", "model": "distill_image"}) == [
+        "edgetam_distill", "debug:quickstart"]
+    assert experiment_tags({"experiment": None, "debug": None}) == []
+    wb = compose_cfg("logger=wandb", "logger.wandb.tags=[mine]").logger
+    assert assign_wandb_tags(wb, ["edgetam_distill", "mine"]) == ["mine", "edgetam_distill"]
+    assert list(wb.wandb.tags) == ["mine", "edgetam_distill"]

@@ -20,6 +20,7 @@ from edgetam_train.config import CONFIG_DIR, register_resolvers
 
 from .cluster import assign_wandb_run_ids, check_no_secrets, newest_resume_checkpoint
 from .console import tidy_console
+from .log_config import assign_wandb_tags, experiment_tags, log_config
 from .resume_check import check_resume_config
 
 log = logging.getLogger(__name__)
@@ -96,9 +97,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = hydra.utils.instantiate(cfg.model, _convert_="partial")
     # W&B: the run id stored in the run directory when resuming, else a new one (configs/logger/wandb.yaml)
     assign_wandb_run_ids(cfg.get("logger"), output_dir, str(cfg.get("run_name", "run")), resuming=ckpt is not None)
+    assign_wandb_tags(cfg.get("logger"), experiment_tags())  # e.g. "edgetam_distill", "debug:quickstart"
     callbacks = _instantiate_list(cfg.get("callbacks"), "callback")
     loggers = _instantiate_list(cfg.get("logger"), "logger")
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_config(trainer.loggers, cfg, model)  # the whole resolved config, not only the module's hyper-parameters
     if trainer.is_global_zero:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, Path(output_dir) / "config_resolved.yaml", resolve=True)
