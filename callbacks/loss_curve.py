@@ -23,7 +23,8 @@ from lightning.pytorch.loggers import CSVLogger
 log = logging.getLogger(__name__)
 
 FILE_NAME = "loss_curve.png"
-# (panel title, columns by name, columns by prefix, log scale); a column is drawn in the first panel that takes it
+# (panel title, columns by name, columns by prefix, log scale when the values span more than a factor 10); a column is
+# drawn in the first panel that takes it, and not at all when it is always 0
 PANELS: tuple[tuple[str, tuple[str, ...], str | None, bool], ...] = (
     ("training loss", ("train/loss", "train/loss_task"), None, True),
     ("loss terms", (), "train/loss_", True),
@@ -62,6 +63,7 @@ def plot_metrics_csv(csv_path: str | Path, out_path: str | Path) -> Path | None:
     for title, names, prefix, log_y in PANELS:
         cols = [n for n in names if n in series and n not in taken]
         cols += sorted(k for k in series if prefix and k.startswith(prefix) and k not in taken and k not in cols)
+        cols = [c for c in cols if any(v != 0 for _, v in series[c])]  # e.g. loss_fm in stage 1: always 0
         taken.update(cols)
         if cols:
             panels.append((title, cols, log_y))
@@ -73,7 +75,8 @@ def plot_metrics_csv(csv_path: str | Path, out_path: str | Path) -> Path | None:
             steps, values = zip(*series[col])
             ax.plot(steps, values, marker="." if len(steps) < 50 else None, linewidth=1.2,
                     label=col.removeprefix("train/"))
-        if log_y and all(v > 0 for col in cols for _, v in series[col]):
+        values = [v for col in cols for _, v in series[col]]
+        if log_y and min(values) > 0 and max(values) > 10 * min(values):  # log scale only where it spans decades
             ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
