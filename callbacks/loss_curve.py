@@ -57,6 +57,7 @@ def read_metrics(path: str | Path) -> dict[str, list[tuple[int, float]]]:
 def plot_metrics_csv(csv_path: str | Path, out_path: str | Path) -> Path | None:
     """Draw the ``PANELS`` of a ``metrics.csv`` into a PNG; returns its path, or None when nothing was logged."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or window state
+    from matplotlib.ticker import MaxNLocator
 
     series = read_metrics(csv_path)
     panels, taken = [], set()
@@ -80,6 +81,10 @@ def plot_metrics_csv(csv_path: str | Path, out_path: str | Path) -> Path | None:
             ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        steps_drawn = [st for col in cols for st, _ in series[col]]
+        if max(steps_drawn) - min(steps_drawn) < 5:  # a few points: whole steps around them, not a 0.01-wide axis
+            ax.set_xlim(min(steps_drawn) - 1, max(steps_drawn) + 1)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, ncol=min(4, len(cols)), loc="best")
     out = Path(out_path)
