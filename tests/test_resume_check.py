@@ -97,6 +97,27 @@ def test_other_changes_stop_with_the_keys_and_both_ways_out(tmp_path):
         check_resume_config({**new, "accept_config_changes": 3}, tmp_path, "last.ckpt", rank_zero=True)
 
 
+def _composed(*overrides: str) -> dict:
+    register_resolvers()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("train", overrides=["paths.root_dir=/r", "paths.output_dir=/r/out", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("experiment", [["experiment=edgetam_distill"], ["experiment=edgetam_distill_video"],
+                                        ["experiment=edgetam_distill", "debug=quickstart"]])
+def test_the_documented_safe_overrides_are_safe_in_the_composed_configs(experiment):
+    """Interpolations copy values into other keys (log_every_n_steps -> callbacks.train_log): every key a safe
+    override touches must itself be safe, or a resume with it would be refused."""
+    stored = _composed(*experiment)
+    safe = ["trainer.log_every_n_steps=7", "trainer.val_check_interval=3", "data.num_workers=1",
+            "model.vis_every_n_steps=3", "logger=wandb", "callbacks.model_checkpoint.every_n_train_steps=9"]
+    if "debug=quickstart" not in experiment:  # the quick start derives its warmup from max_steps: not safe there
+        safe.append("trainer.max_steps=123")
+    changes = classify_changes(config_diff(stored, _composed(*experiment, *safe)))
+    assert changes.safe and not changes.refused, changes.refused
+
+
 def test_train_py_refuses_a_changed_resume_before_building_anything(tmp_path):
     """The issue's command: resuming the quick start with another lr and max_masks stops at once, naming both."""
     project = tmp_path / "project"
