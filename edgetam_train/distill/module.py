@@ -182,8 +182,8 @@ class DistillationModule(pl.LightningModule):
         with_fm = targets.records is not None
         losses = self.loss(task_losses=task, f16_student=feats.f16, f16_teacher=targets.f16,
                            fm_student=memory_features(records) if with_fm else None, fm_teacher=targets.fm)
-        return losses, {"images": images[:, 0], "gt": gt[0], "obj_to_img": obj_to_img, "steps": records[0].steps,
-                        "teacher_steps": None if targets.records is None else targets.records[0].steps}
+        return losses, {"images": images[:, 0], "gt": gt[0], "obj_to_img": obj_to_img, "clip_images": images,
+                        "clip_gt": gt, "plan": plan, "records": records, "teacher_records": targets.records}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         losses, aux = self.clip_step(batch)
@@ -228,31 +228,49 @@ class DistillationModule(pl.LightningModule):
                 self.log(f"data/skipped_{key}", float(n), batch_size=batch_size)
 
     @torch.no_grad()
-    def _pictures(self, aux: dict[str, Any]) -> dict[str, Tensor | None]:
-        """First object of each image on frame 0: image, ground truth, student and teacher masks after the first
-        prompt (the teacher decodes the same prompt on its own features when it did not run the clip)."""
+    def _pictures(self, aux: dict[str, Any]) -> dict[str, Any]:
+        """The ``vis_*`` outputs of ``callbacks/mask_pictures.py``: the first object of each image or clip on every
+        frame, the student's (and teacher's) mask of the first decoder pass (the prompt on conditioning frames, memory
+        on the others) and that pass's prompt. Without a replayed clip the teacher decodes the first prompt on its own
+        features (single frames only)."""
         obj_to_img = aux["obj_to_img"]
         first = torch.stack([torch.nonzero(obj_to_img == i)[0, 0] for i in obj_to_img.unique()])
-        images = aux["images"][obj_to_img[first]]
-        size = images.shape[-1]
+        images = aux["clip_images"][obj_to_img[first]]  # (n, T, 3, S, S)
+        size, frames = images.shape[-1], images.shape[1]
+        by_frame = lambda recs: sorted(recs, key=lambda r: r.frame_idx)  # noqa: E731 - records come in processing order
 
-        def best_mask(step) -> Tensor:
-            best = step.ious[first].argmax(dim=1)
-            low = step.multimasks[first, best][:, None].float()
-            return F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        def best_masks(records) -> Tensor:  # (n, T, S, S) logits of the best-IoU mask of each frame's first pass
+            out = []
+            for r in by_frame(records):
+                step = r.steps[0]
+                best = step.ious[first].argmax(dim=1)
+                low = step.multimasks[first, best][:, None].float()
+                out.append(F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[:, 0])
+            return torch.stack(out, dim=1)
 
-        step0 = aux["steps"][0]
+        prompts = [(r.steps[0].point_coords, r.steps[0].point_labels) for r in by_frame(aux["records"])]
+        width = max([0] + [c.shape[1] for c, _ in prompts if c is not None])
+        coords = images.new_zeros(len(first), frames, width, 2)
+        labels = torch.full((len(first), frames, width), -1, dtype=torch.long, device=images.device)
+        for t, (c, lab) in enumerate(prompts):
+            if c is not None:
+                coords[:, t, : c.shape[1]] = c[first].float()
+                labels[:, t, : c.shape[1]] = lab[first].long()
         teacher = None
-        if aux["teacher_steps"] is not None:
-            teacher = best_mask(aux["teacher_steps"][0])
-        elif self.teacher is not None:
-            coords = None if step0.point_coords is None else step0.point_coords[first]
-            labels = None if step0.point_labels is None else step0.point_labels[first]
-            low = self.teacher.first_prompt_masks(images, coords, labels)
+        if aux["teacher_records"] is not None:
+            teacher = best_masks(aux["teacher_records"])
+        elif self.teacher is not None and frames == 1:
+            c, lab = prompts[0]
+            low = self.teacher.first_prompt_masks(images[:, 0], None if c is None else c[first],
+                                                  None if lab is None else lab[first])
             if low is not None:
-                teacher = F.interpolate(low.float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-        return {"vis_images": images, "vis_gt": aux["gt"][first, 0], "vis_student": best_mask(step0),
-                "vis_teacher": teacher}
+                teacher = F.interpolate(low.float(), size=(size, size), mode="bilinear", align_corners=False)
+        plan = aux["plan"]
+        first_note = {"point": "click", "box": "box", "mask": "mask prompt"}.get(plan.first_kind, plan.first_kind)
+        notes = [first_note if t in plan.init_cond_frames else "memory" for t in range(frames)]
+        return {"vis_images": images, "vis_gt": aux["clip_gt"][:, first, 0].transpose(0, 1),
+                "vis_student": best_masks(aux["records"]), "vis_teacher": teacher, "vis_point_coords": coords,
+                "vis_point_labels": labels, "vis_notes": [notes] * len(first)}
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:

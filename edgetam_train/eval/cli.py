@@ -27,6 +27,7 @@ from pathlib import Path
 from ..cli_common import add_model_arguments, load_model, run_subcommand, subcommand_parser
 from ..data.skips import BadSample
 from ..models.checkpoint import CheckpointMismatchError
+from ..progress import stage
 from .jf import BOUND_TH, PROTOCOLS, evaluate, write_csv
 
 
@@ -77,7 +78,8 @@ def run_miou(args: argparse.Namespace) -> int:
     from ..predictor.image import ImagePredictor
     from .miou import evaluate_miou
 
-    predictor = ImagePredictor(load_model(args), fuse=True)
+    with stage("edgetam-eval miou", f"loading {args.ckpt} as {args.model}"):
+        predictor = ImagePredictor(load_model(args), fuse=True)
     result = evaluate_miou(predictor, args.data, args.clicks, max_images=args.max_images, max_masks=args.max_masks)
     print(f"{len(result.per_mask)} masks")
     print(result.summary())

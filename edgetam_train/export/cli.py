@@ -32,6 +32,7 @@ import torch
 from ..cli_common import IMAGE_SIZE_HELP, model_help
 from ..models.arch_record import describe
 from ..models.checkpoint import CheckpointMismatchError
+from ..progress import stage
 from .official import ExportCheckError, ExportReport, export_official, load_model
 
 FORMATS = ("official", "hf", "onnx")
@@ -54,20 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_export(checkpoint: Path, fmt: str, out: Path, model: str | None = None, image_size: int | None = None
                ) -> ExportReport:
-    """Load ``checkpoint`` as ``model`` and export it in format ``fmt`` to ``out``; returns the check report."""
+    """Load ``checkpoint`` as ``model`` and export it in format ``fmt`` to ``out``; returns the check report.
+    Each stage is announced on stderr with its time (:func:`edgetam_train.progress.stage`)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    net = load_model(checkpoint, model, image_size)
-    if fmt == "official":
-        report = export_official(net, out, model)
-    elif fmt == "hf":
-        from .hf import export_hf
+    with stage("edgetam-export", f"loading {checkpoint} as {model or 'the model its checkpoint names'}"):
+        net = load_model(checkpoint, model, image_size)
+    with stage("edgetam-export", f"writing {fmt} to {out} and checking it against the source model"):
+        if fmt == "official":
+            report = export_official(net, out, model)
+        elif fmt == "hf":
+            from .hf import export_hf
 
-        report = export_hf(net, out, model)
-    else:
-        from .onnx import export_onnx
+            report = export_hf(net, out, model)
+        else:
+            from .onnx import export_onnx
 
-        report = export_onnx(net, out)
+            report = export_onnx(net, out)
     report.arch = getattr(net, "arch_record", None)
     return report
 

@@ -25,12 +25,10 @@ from .cluster import (
     newest_resume_checkpoint,
     training_checkpoint_problem,
 )
-from .preflight import (
-    FREE_CHECKPOINTS,
-    check_numeric_config,
-    check_run_dir,
-    checkpoint_bytes,
-)
+from .console import tidy_console
+from .log_config import assign_wandb_tags, experiment_tags, log_config
+from .preflight import FREE_CHECKPOINTS, check_numeric_config, check_run_dir, checkpoint_bytes
+from .resume_check import check_resume_config
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +93,29 @@ def check_teacher_choice(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; returns the final logged metrics."""
     register_resolvers()
+    tidy_console()  # each Lightning line once, no warnings the user cannot act on
     check_numeric_config(cfg)  # lr=abc, batch_size=-1, ...: named now, not after the models are built
     check_no_secrets(cfg)  # before anything writes the config (config_resolved.yaml, logger hyper-parameters)
     check_model_config(cfg.get("model"))
     check_teacher_choice(cfg)
+    output_dir = cfg.paths.output_dir
+    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    check_resume_config(cfg, output_dir, ckpt)  # a resume with a changed config stops here unless safe or accepted
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model, _convert_="partial")
     record_student_architecture(model, cfg)  # checkpoints say which model they hold (trunk, image size)
-    output_dir = cfg.paths.output_dir
     run_dirs = {"paths.output_dir": output_dir, "paths.ckpt_dir": cfg.paths.get("ckpt_dir", output_dir)}
     check_run_dir(run_dirs, FREE_CHECKPOINTS * checkpoint_bytes(model))  # not at the first save, steps later
-    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     # W&B: the run id stored in the run directory when resuming, else a new one (configs/logger/wandb.yaml)
     assign_wandb_run_ids(cfg.get("logger"), output_dir, str(cfg.get("run_name", "run")), resuming=ckpt is not None)
+    assign_wandb_tags(cfg.get("logger"), experiment_tags())  # e.g. "edgetam_distill", "debug:quickstart"
     callbacks = _instantiate_list(cfg.get("callbacks"), "callback")
     loggers = _instantiate_list(cfg.get("logger"), "logger")
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_config(trainer.loggers, cfg, model)  # the whole resolved config, not only the module's hyper-parameters
     if trainer.is_global_zero:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, Path(output_dir) / "config_resolved.yaml", resolve=True)
