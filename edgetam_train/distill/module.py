@@ -35,6 +35,7 @@ from edgetam_train.eval.validation import ValScores, one_click_ious, score_video
 from edgetam_train.models.checkpoint import check_state_dict, read_state_dict
 from edgetam_train.models.sam2_model import SAM2Model
 
+from .efficiency import apply_activation_checkpointing, compile_student
 from .losses import DistillationLoss, sum_loss_dicts
 from .nonfinite import DEFAULT_MAX_CONSECUTIVE_NONFINITE, NonFiniteGuard, zero_loss
 from .optim import build_optimizer, build_scheduler
@@ -59,11 +60,14 @@ class DistillationModule(pl.LightningModule):
         optimizer / scheduler: dicts for :func:`edgetam_train.distill.optim.build_optimizer` / ``build_scheduler``.
         init_from: a checkpoint (official or training) whose weights initialise the student (student keys only).
         vis_every_n_steps: how often the step returns mask-picture tensors for ``MaskPicturesCallback``.
+        activation_checkpointing / compile: memory and speed switches of the step
+            (:mod:`edgetam_train.distill.efficiency`: none / heads / full; false / true / encoder / student).
     """
 
     def __init__(self, student: SAM2Model, teacher: Teacher | None, loss: DistillationLoss,
                  prompts: PromptConfig | dict | None = None, optimizer: dict | None = None,
-                 scheduler: dict | None = None, init_from: str | None = None, vis_every_n_steps: int = 500) -> None:
+                 scheduler: dict | None = None, init_from: str | None = None, vis_every_n_steps: int = 500,
+                 activation_checkpointing: str | bool | None = None, compile: str | bool | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher", "loss"])
         self.student = student
@@ -85,6 +89,8 @@ class DistillationModule(pl.LightningModule):
             check_state_dict(student, sd, str(init_from))
             student.load_state_dict(sd)
             log.info("student initialised from %s", init_from)
+        apply_activation_checkpointing(student, loss.task_loss, activation_checkpointing)
+        compile_student(student, compile)
 
     # ------------------------------------------------------------------ plumbing
     def setup(self, stage: str) -> None:
