@@ -13,13 +13,18 @@ images (random pixels, rectangular masks: the work does not depend on the conten
 - MFU = FLOPs per step / step time / the GPU's peak dense bf16 FLOP/s: a table by device name (H100 SXM / PCIe /
   NVL, H200, GH200, B200, A100, L40S; ``--peak-tflops`` overrides or supplies it).
 
+Defaults come from ``experiment=edgetam_distill``: the per-device ``data.batch_size`` and
+``model.activation_checkpointing``. Each mode's measured peak (``torch.cuda.max_memory_allocated``) is compared with
+the memory plan of ``step_memory.py`` for the same step (traced step peak + persistent states, + 10 %): a PASS/FAIL
+line per mode (stage 1 only; the stage-2 clip step is not profiled here yet).
+
 Writes (or replaces) the "GPU profile" section of docs/benchmarks.md (``--doc``; ``--no-doc`` to skip) and, with
 ``--json FILE``, rows for ``run_all.py``. Without CUDA it exits with status 2 and says so; ``--device cpu`` runs the
 same code (small sizes, no compile) as a functional check. Stage-1 activations are large: measured on the CPU in fp32,
 5.1 GiB per image with 64 masks at 256² (1.4 GiB with 16 masks, 5.4 GiB with 16 masks at 512²), i.e. ~80 GiB per
 image at 1024² in fp32 (bf16 autocast saves part of it; the upsampled mask logits stay fp32), hence 1 image per step.
 
-    python scripts/bench/gpu_profile.py                          # 1024², 1 image x 64 masks, B+ teacher, compiled
+    python scripts/bench/gpu_profile.py                          # 1024², the experiment's batch x 64 masks, B+, compiled
     python scripts/bench/gpu_profile.py --batch-size 2 --compile encoder --peak-tflops 989
 """
 
