@@ -20,9 +20,8 @@ line per mode (stage 1 only; the stage-2 clip step is not profiled here yet).
 
 Writes (or replaces) the "GPU profile" section of docs/benchmarks.md (``--doc``; ``--no-doc`` to skip) and, with
 ``--json FILE``, rows for ``run_all.py``. Without CUDA it exits with status 2 and says so; ``--device cpu`` runs the
-same code (small sizes, no compile) as a functional check. Stage-1 activations are large: measured on the CPU in fp32,
-5.1 GiB per image with 64 masks at 256² (1.4 GiB with 16 masks, 5.4 GiB with 16 masks at 512²), i.e. ~80 GiB per
-image at 1024² in fp32 (bf16 autocast saves part of it; the upsampled mask logits stay fp32), hence 1 image per step.
+same code (small sizes, no compile) as a functional check. Stage-1 activations are large: see docs/benchmarks.md
+"Memory plan" (~10.4 GiB per image at 1024² bf16 with the decoder passes checkpointed, ~55 GiB without).
 
     python scripts/bench/gpu_profile.py                          # 1024², the experiment's batch x 64 masks, B+, compiled
     python scripts/bench/gpu_profile.py --batch-size 2 --compile encoder --peak-tflops 989
