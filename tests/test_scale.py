@@ -7,6 +7,7 @@ CPU only, 256² (the smallest size the student's 2D perceiver allows), randomly 
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import warnings
@@ -192,7 +193,7 @@ def test_fake_trace_equals_real_peak():
     assert abs(fake["peak"] - real["peak"]) <= 0.02 * real["peak"], (fake["peak"], real["peak"])
 
 
-def test_memory_check_reads_experiment_defaults_and_global_batch(monkeypatch, capsys):
+def test_memory_check_reads_experiment_defaults_and_global_batch(monkeypatch, capsys, tmp_path):
     """--check: the experiments give the paper's global batch on 8 devices; a row that does not fit fails."""
     for stage, total in (("image", 128), ("video", 256)):
         cfg = step_memory.compose(stage, ["trainer=ddp"])
@@ -204,7 +205,9 @@ def test_memory_check_reads_experiment_defaults_and_global_batch(monkeypatch, ca
         return {"device": device, "fits": device <= 0.85 * 80e9, "headroom": 1 - device / 80e9}
 
     monkeypatch.setattr(step_memory, "estimate", fake_estimate)
-    assert step_memory.check(8) == 1
+    assert step_memory.check(8, tmp_path / "rows.json") == 1
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["value"], r["passed"]) for r in rows] == [(27.9, True), (65.2, False)]
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("step_memory --check: FAIL") and "video 65.2 GiB (12% free)" in last
     assert step_memory.check(4) == 1  # 4 devices: the global batch is half the paper's

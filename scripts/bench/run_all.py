@@ -48,6 +48,7 @@ ARGS: dict[str, tuple[list[str], list[str] | None]] = {
     "teacher_cache": ([], ["--quick"]),
     "ddp_scaling": ([], ["--steps", "3", "--warmup", "1"]),
     "gpu_profile": ([], ["--steps", "5"]),
+    "step_memory": (["--check"], ["--check"]),  # the full table (~30 min): python scripts/bench/step_memory.py
 }
 NOT_BENCHES = {"run_all"}
 QUICKSTART = "quickstart_rss"

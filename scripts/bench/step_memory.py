@@ -181,10 +181,11 @@ HEADER = ("| stage | per-device batch | precision | checkpointing | step peak (t
           "| fits (>= 15 % free) | largest at the peak (by op) |\n|---|---|---|---|---|---|---|---|---|")
 
 
-def check(devices: int) -> int:
-    """The experiments' defaults on ``devices`` x 80 GB: fit with >= 15 % margin and the paper's global batch."""
+def check(devices: int, json_path: Path | None = None) -> int:
+    """The experiments' defaults on ``devices`` x 80 GB: fit with >= 15 % margin and the paper's global batch;
+    ``json_path``: also write one row per experiment for ``run_all.py``."""
     ok = True
-    summary = []
+    summary, rows = [], []
     for stage in ("image", "video"):
         cfg = compose(stage, ["trainer=ddp"])  # the cluster trainers (ddp, slurm) run bf16-mixed
         b, acc = int(cfg.data.batch_size), int(cfg.trainer.accumulate_grad_batches)
@@ -197,6 +198,13 @@ def check(devices: int) -> int:
               f"{global_batch} (paper {GLOBAL_BATCH[stage]}), {precision}, checkpointing {level}: "
               f"{gib(r['device'])} of 80 GB, {r['headroom']:.0%} free -> {'PASS' if good else 'FAIL'}")
         summary.append(f"{stage} {gib(r['device'])} ({r['headroom']:.0%} free)")
+        rows.append({"name": f"step_memory: {EXPERIMENTS[stage]} defaults per 80 GB device ({b} x {acc} x {devices} = "
+                             f"{global_batch}, {precision}, checkpointing {level}; fake-tensor trace at 1024²)",
+                     "value": round(r["device"] / 2**30, 1), "unit": "GiB",
+                     "goal": f"<= {(1 - MARGIN) * GPU_BYTES / 2**30:.1f}", "passed": bool(good),
+                     "detail": f"{r['headroom']:.0%} of 80 GB free; global batch {global_batch}"})
+    if json_path is not None:
+        json_path.write_text(json.dumps(rows, indent=1))
     print(f"step_memory --check: {'PASS' if ok else 'FAIL'}: " + "; ".join(summary)
           + f" on {devices} x 80 GB, margin >= {MARGIN:.0%}")
     return 0 if ok else 1
@@ -294,13 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-steps", type=int, default=2, help="timed steps per checkpointing level (0: skip)")
     p.add_argument("--job", action="append", default=[], help="STAGE:BATCH:PRECISION:LEVEL rows instead of the table")
     p.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    p.add_argument("--json", type=Path, help="with --check: write its rows (for run_all.py) to this file")
     p.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.rss_child:
         rss_child(Job(**json.loads(args.rss_child)))
         return 0
     if args.check:
-        return check(args.devices)
+        return check(args.devices, args.json)
     if args.cross_check:
         cross_check(args.cross_size, args.cross_masks)
         return 0
