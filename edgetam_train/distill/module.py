@@ -37,6 +37,7 @@ from edgetam_train.models.sam2_model import SAM2Model
 
 from .freeze import freeze as freeze_modules
 from .freeze import keep_frozen_in_eval, trainable_summary
+from .efficiency import apply_activation_checkpointing, compile_student
 from .losses import DistillationLoss, sum_loss_dicts
 from .nonfinite import DEFAULT_MAX_CONSECUTIVE_NONFINITE, NonFiniteGuard, zero_loss
 from .optim_select import describe, make_optimizer, make_scheduler
@@ -65,13 +66,16 @@ class DistillationModule(pl.LightningModule):
             and never updated); ``debug=identity`` sets it so that student and teacher compute the same function.
         freeze: module-name prefixes of the student to freeze (``model.freeze``, :mod:`edgetam_train.distill.freeze`):
             no gradients, not in the optimizer, in eval mode for the whole run.
+        activation_checkpointing / compile: memory and speed switches of the step
+            (:mod:`edgetam_train.distill.efficiency`: none / heads / full; false / true / encoder / student).
     """
 
     def __init__(self, student: SAM2Model, teacher: Teacher | None, loss: DistillationLoss,
                  prompts: PromptConfig | dict | None = None, optimizer: Callable | dict | None = None,
                  scheduler: Callable | dict | None = None, init_from: str | None = None,
                  vis_every_n_steps: int = 500, freeze_batchnorm: bool = False,
-                 freeze: Sequence[str] | None = None) -> None:
+                 freeze: Sequence[str] | None = None, activation_checkpointing: str | bool | None = None,
+                 compile: str | bool | None = None) -> None:
         # save_hyperparameters reads these locals: it records plain dicts (weights_only-loadable), not the partials
         optimizer_spec, optimizer = optimizer, describe(optimizer)
         scheduler_spec, scheduler = scheduler, describe(scheduler)
@@ -102,6 +106,8 @@ class DistillationModule(pl.LightningModule):
                      ", ".join(map(str, freeze)), *trainable_summary(student))
         if teacher is not None:
             teacher.bind_student(student)
+        apply_activation_checkpointing(student, loss.task_loss, activation_checkpointing)
+        compile_student(student, compile)
 
     def on_train_start(self) -> None:
         """Lightning does not call ``train()`` when fitting starts (modules are built in training mode)."""

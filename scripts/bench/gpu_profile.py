@@ -13,13 +13,17 @@ images (random pixels, rectangular masks: the work does not depend on the conten
 - MFU = FLOPs per step / step time / the GPU's peak dense bf16 FLOP/s: a table by device name (H100 SXM / PCIe /
   NVL, H200, GH200, B200, A100, L40S; ``--peak-tflops`` overrides or supplies it).
 
+Defaults come from ``experiment=edgetam_distill``: the per-device ``data.batch_size`` and
+``model.activation_checkpointing``. Each mode's measured peak (``torch.cuda.max_memory_allocated``) is compared with
+the memory plan of ``step_memory.py`` for the same step (traced step peak + persistent states, + 10 %): a PASS/FAIL
+line per mode (stage 1 only; the stage-2 clip step is not profiled here yet).
+
 Writes (or replaces) the "GPU profile" section of docs/benchmarks.md (``--doc``; ``--no-doc`` to skip) and, with
 ``--json FILE``, rows for ``run_all.py``. Without CUDA it exits with status 2 and says so; ``--device cpu`` runs the
-same code (small sizes, no compile) as a functional check. Stage-1 activations are large: measured on the CPU in fp32,
-5.1 GiB per image with 64 masks at 256² (1.4 GiB with 16 masks, 5.4 GiB with 16 masks at 512²), i.e. ~80 GiB per
-image at 1024² in fp32 (bf16 autocast saves part of it; the upsampled mask logits stay fp32), hence 1 image per step.
+same code (small sizes, no compile) as a functional check. Stage-1 activations are large: see docs/benchmarks.md
+"Memory plan" (~10.4 GiB per image at 1024² bf16 with the decoder passes checkpointed, ~55 GiB without).
 
-    python scripts/bench/gpu_profile.py                          # 1024², 1 image x 64 masks, B+ teacher, compiled
+    python scripts/bench/gpu_profile.py                          # 1024², the experiment's batch x 64 masks, B+, compiled
     python scripts/bench/gpu_profile.py --batch-size 2 --compile encoder --peak-tflops 989
 """
 
@@ -44,6 +48,7 @@ from run_all import DOC, update_section  # noqa: E402
 from teacher_cache import build_module, step_flops, synthetic_batch  # noqa: E402
 
 from edgetam_train.distill import cache_teacher  # noqa: E402
+from edgetam_train.distill.efficiency import apply_activation_checkpointing
 from edgetam_train.distill.optim import build_optimizer
 from edgetam_train.distill.teacher import FrozenTeacher
 
@@ -127,12 +132,13 @@ def render(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
              f"- step: {info['images']} image(s) x {info['masks']} masks at {info['size']}², 1 + {info['clicks']} "
              f"decoder passes per mask, bf16 autocast, AdamW; teacher {info['teacher']}; torch.compile: "
              f"{info['compiled'] or 'none'}", "",
-             "| mode | images/s | step (median) | TFLOP per step | achieved TFLOP/s | MFU | peak memory |",
-             "|---|---|---|---|---|---|---|"]
+             "| mode | images/s | step (median) | TFLOP per step | achieved TFLOP/s | MFU | peak memory | plan | "
+             "result |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "— (peak unknown: --peak-tflops)"
         lines.append(f"| {r['mode']} | {r['images_per_s']:.2f} | {r['step_s'] * 1e3:.1f} ms | "
-                     f"{r['flops'] / 1e12:.2f} | {r['achieved_tflops']:.1f} | {mfu} | {r['peak_gib']:.1f} GiB |")
+                     f"{r['flops'] / 1e12:.2f} | {r['achieved_tflops']:.1f} | {mfu} | {r['peak_gib']:.1f} GiB | "
+                     f"<= {r['plan_gib']:.1f} GiB | {r['verdict']} |")
     if len(results) == 2:
         lines += ["", f"Cached F16 / live teacher step time: {results[1]['step_s'] / results[0]['step_s']:.3f}."]
     lines += ["", "MFU counts the model FLOPs of the step (FlopCounterMode: matmuls, convolutions, attention; the "
@@ -144,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the profile; 0 on success, 2 without CUDA (or on bad arguments)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image-size", type=int, default=1024)
-    p.add_argument("--batch-size", type=int, default=1, help="images per step")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per step (default: experiment=edgetam_distill's data.batch_size)")
+    p.add_argument("--checkpointing", default=None,
+                   help="none | heads | full (default: the experiment's model.activation_checkpointing)")
     p.add_argument("--masks", type=int, default=64, help="masks per image (paper: 64)")
     p.add_argument("--clicks", type=int, default=7, help="correction clicks (decoder passes = 1 + clicks)")
     p.add_argument("--teacher", default="sam2.1_hiera_b+", help="teacher model (configs/arch/<name>.yaml)")
@@ -159,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-doc", action="store_true", help="do not write the markdown section")
     p.add_argument("--json", type=Path, help="write the result rows (for run_all.py) to this file")
     args = p.parse_args(argv)
+    import step_memory
+
+    defaults = step_memory.compose("image")
+    if args.batch_size is None:
+        args.batch_size = int(defaults.data.batch_size)
+    if args.checkpointing is None:
+        args.checkpointing = str(defaults.model.activation_checkpointing)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_profile: CUDA is not available here (torch.cuda.is_available() is False): run it on a machine with "
@@ -178,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     teacher = FrozenTeacher(cache_teacher.build_teacher(args.teacher, args.image_size, None, 0),
                             allow_random_init=True).to(device)
     module = build_module(args.image_size, teacher, args.clicks).to(device)
+    apply_activation_checkpointing(module.student, module.loss.task_loss, args.checkpointing)
+    plan = step_memory.estimate(step_memory.Job("image", args.batch_size, "bf16-mixed", args.checkpointing,
+                                                args.image_size, masks=args.masks))
+    print(f"gpu_profile: memory plan for {args.batch_size} image(s) x {args.masks} masks at {args.image_size}², "
+          f"checkpointing {args.checkpointing}: step peak {plan['peak'] / 2**30:.1f} GiB (step_memory.py)")
     optimizer = build_optimizer(module.student, lr=4e-4, weight_decay=0.1)
     batch = {k: v.to(device) for k, v in synthetic_batch(args.image_size, args.masks, args.batch_size).items()}
     side = args.image_size // 16
@@ -203,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         results.append({"mode": "live teacher" if mode == "live" else "cached F16 (no teacher)", **r,
                         "flops": flops[mode], "images_per_s": args.batch_size / r["step_s"],
                         "achieved_tflops": achieved, "mfu": achieved / peak if peak else None})
+        # PASS: the measured peak is within the plan's traced step peak + persistent states (+ 10 %)
+        bound = (plan["peak"] + plan["static"]) * 1.10 / 2**30
+        verdict = "n/a (CPU)" if device.type != "cuda" else ("PASS" if r["peak_gib"] <= bound else "FAIL")
+        results[-1]["plan_gib"], results[-1]["verdict"] = bound, verdict
+        print(f"gpu_profile {mode}: peak {r['peak_gib']:.1f} GiB vs plan <= {bound:.1f} GiB: {verdict}")
         print(f"gpu_profile {mode}: {results[-1]['images_per_s']:.2f} images/s, step {r['step_s'] * 1e3:.1f} ms "
               f"(min {r['min_s'] * 1e3:.1f}, warm-up {r['warmup_s']:.0f}s), {flops[mode] / 1e12:.2f} TFLOP/step, "
               f"{achieved:.1f} TFLOP/s" + (f", MFU {achieved / peak:.1%} of {peak:g}" if peak else "") +

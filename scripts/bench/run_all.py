@@ -49,6 +49,7 @@ ARGS: dict[str, tuple[list[str], list[str] | None]] = {
     "ddp_scaling": ([], ["--steps", "3", "--warmup", "1"]),
     "gpu_profile": ([], ["--steps", "5"]),
     "trunks": ([], ["--quick"]),
+    "step_memory": (["--check"], ["--check"]),  # the full table (~30 min): python scripts/bench/step_memory.py
 }
 OWN_SECTION = {"gpu_profile", "trunks"}  # benches that also write their own section of the doc (--doc)
 NOT_BENCHES = {"run_all"}
