@@ -39,7 +39,9 @@ official predictors' usage). Writes into the folder ``OUT``:
 The PNGs are thresholded from the float32 logits (float16 keeps the sign of every logit of magnitude >= 6e-8).
 
 The checkpoint is a Lightning checkpoint from ``train.py`` or an official ``.pt``; ``--model`` names the
-architecture (``edgetam`` default, ``sam2.1_hiera_t`` ... for teachers).
+architecture (``edgetam`` default, ``sam2.1_hiera_t`` ... for teachers). ``--runtime onnx|executorch|tflite
+--model-dir DIR`` runs an ``edgetam-export`` on-device directory instead (same preprocessing and outputs;
+:mod:`edgetam_train.predictor.runtimes`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from PIL import Image
 from ..cli_common import add_model_arguments, load_model, run_subcommand, subcommand_parser
 from ..models.checkpoint import CheckpointMismatchError
 from .image import ImagePrediction, ImagePredictor
+from .runtimes import add_runtime_arguments, image_predictor, video_predictor
 from .video import VideoPredictor, VideoState, frame_files
 
 OVERLAY_COLOR = (30, 144, 255)  # RGB
@@ -178,6 +181,7 @@ def save_image_prediction(prefix: Path, image: np.ndarray, pred: ImagePrediction
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``edgetam-predict image``."""
     add_model_arguments(parser)  # --ckpt, --model, --image-size, --device
+    add_runtime_arguments(parser)  # --runtime, --model-dir (exported graphs, predictor/runtimes.py)
     parser.add_argument("--image", required=True, type=Path, help="image file (RGB)")
     add_prompt_arguments(parser, "image")
     parser.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None,
@@ -194,7 +198,7 @@ def run_image(args: argparse.Namespace) -> int:
     if multimask is None:
         multimask = box is None and points is not None and len(points) == 1
     image = read_rgb(args.image)
-    predictor = ImagePredictor(load_model(args), fuse=args.fuse)
+    predictor = image_predictor(args, lambda: ImagePredictor(load_model(args), fuse=args.fuse))
     predictor.set_image(image)
     pred = predictor.predict(points=points, labels=labels, box=box, multimask_output=multimask)
     npz, png = save_image_prediction(output_prefix(args.out), image, pred, points, labels, box)
@@ -291,6 +295,7 @@ def label_png(masks: np.ndarray, obj_ids: Sequence[int], palette: list[int]) -> 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``edgetam-predict video``."""
     add_model_arguments(parser)  # --ckpt, --model, --image-size, --device
+    add_runtime_arguments(parser)  # --runtime, --model-dir (exported graphs, predictor/runtimes.py)
     parser.add_argument("--frames", required=True, type=Path,
                         help="folder of .jpg/.jpeg/.png frames (integer names in numeric order, else sorted by "
                              "name) or a video file (.mp4 ..., decoded with PyAV and held in memory)")
@@ -335,7 +340,8 @@ def run_video(args: argparse.Namespace) -> int:
     num, k = len(frames.names), args.frame_idx
     if not 0 <= k < num:
         raise ValueError(f"--frame-idx {k} is out of range: {args.frames} has {num} frames (valid: 0 .. {num - 1})")
-    predictor = VideoPredictor(load_model(args), fill_hole_area=args.fill_hole_area, fuse=args.fuse)
+    predictor = video_predictor(args, lambda: VideoPredictor(load_model(args), fill_hole_area=args.fill_hole_area,
+                                                             fuse=args.fuse))
     state = predictor.init_state(frames.source)
     obj_ids = [args.obj_id]
     predictor.add_clicks(state, k, args.obj_id, points=points, labels=labels, box=box)  # checks them (inside ...)
