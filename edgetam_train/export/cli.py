@@ -94,9 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgetam-export: error: {err}", file=sys.stderr)
         return 2
     except ImportError as err:
-        if getattr(err, "fmt", None):  # runtime_backends.MissingToolchainError: names its extra
-            print(f"edgetam-export: error: {err}", file=sys.stderr)
-            return 2
         print(f"edgetam-export: error: {err}; the '{args.format}' format needs the export extra "
               f"(pip install 'edgetam-train[export]': transformers, safetensors, onnx, onnxruntime)", file=sys.stderr)
         return 2

@@ -66,7 +66,8 @@ class PromptDecoderPart(OnnxPromptDecoder):
         single_mask, single_iou = self.mask_decoder._dynamic_multimask_via_stability(all_masks, all_ious)
         multi_ious = all_ious[:, 1:]
         if self.multimask_tokens:  # the token of the best multimask candidate, as a one-hot sum (no gather)
-            best = F.one_hot(multi_ious.argmax(dim=-1), multi_ious.shape[1]).to(tokens.dtype)
+            choice = torch.arange(multi_ious.shape[1], device=multi_ious.device)
+            best = (choice[None] == multi_ious.argmax(dim=-1, keepdim=True)).to(tokens.dtype)
             multi_token = (best[:, :, None] * tokens[:, 1:]).sum(dim=1)
         else:
             multi_token = tokens[:, 0]

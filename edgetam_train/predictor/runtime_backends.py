@@ -28,8 +28,9 @@ PACKAGES = {"onnx": "onnx, onnxruntime", "executorch": "executorch==1.5.1, torch
 MANIFEST = "manifest.json"
 
 
-class MissingToolchainError(ImportError):
-    """A format's toolchain is not installed; the message names the extra that installs it."""
+class MissingToolchainError(ImportError, ValueError):
+    """A format's toolchain is not installed; the message names the extra that installs it (a ValueError too, so the
+    CLIs report it as bad input, exit status 2)."""
 
     def __init__(self, fmt: str, err: ImportError | None = None) -> None:
         detail = f" ({err})" if err is not None else ""
