@@ -48,6 +48,7 @@ ARGS: dict[str, tuple[list[str], list[str] | None]] = {
     "teacher_cache": ([], ["--quick"]),
     "ddp_scaling": ([], ["--steps", "3", "--warmup", "1"]),
     "gpu_profile": ([], ["--steps", "5"]),
+    "export_runtimes": ([], ["--image-size", "256", "--images", "2", "--reps", "3", "--formats", "onnx", "executorch"]),
 }
 NOT_BENCHES = {"run_all"}
 QUICKSTART = "quickstart_rss"
