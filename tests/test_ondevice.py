@@ -226,3 +226,27 @@ def test_executorch_export_checked_and_tracks_like_torch(executorch_dir, checkpo
     assert all((_p(executorch_dir) / p["file"]).suffix == ".pte" for p in manifest["parts"].values())
     _check_tracking_matches(checkpoint[1], executorch_dir, "executorch")
     _check_image_matches(checkpoint[1], executorch_dir, "executorch")
+
+
+# ----------------------------------------------------------------------------------------------- int8
+
+def test_onnx_int8_quantizes_the_image_encoder(onnx_dir, checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        Image.fromarray((rng.random((90, 120, 3)) * 255).astype(np.uint8)).save(calib / f"{i}.png")
+    base = [str(checkpoint[0]), "--format", "onnx", "--image-size", str(S), "--quantize", "int8"]
+    assert cli.main(base + ["--out", str(tmp_path / "bad")]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    assert cli.main(base + ["--calibration", str(calib), "--out", str(tmp_path / "int8")]) == 0
+    manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
+    float_manifest = json.loads((_p(onnx_dir) / "manifest.json").read_text())
+    assert manifest["quantize"] == "int8" and manifest["quantized"]["image_encoder"].startswith("int8 static")
+    assert manifest["quantized"]["memory_attention"] == "float32"
+    assert manifest["parts"]["image_encoder"]["bytes"] < 0.5 * float_manifest["parts"]["image_encoder"]["bytes"]
+    diffs = manifest["checks"]["max_abs_diff"]
+    assert 0 < diffs["encoder/image_embeddings"] < 0.5  # quantised (not float), but close
+    assert diffs["memory_attention/full"] <= 1e-3  # float parts stay exact

@@ -55,7 +55,9 @@ def calibration_pixels(folder: str | Path, image_size: int, limit: int = 32) -> 
     return out
 
 
-def _pt2e(module: nn.Module, inputs: dict[str, Tensor], quantizer, batches: list[Tensor]):
+def _pt2e(module: nn.Module, inputs: dict[str, Tensor], quantizer, batches: list[Tensor], fold: bool):
+    """PT2E: export, prepare with ``quantizer``, calibrate on ``batches``, convert (``fold``: weights pre-quantised,
+    as ExecuTorch needs; litert-torch wants them unfolded)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     args = tuple(inputs.values())
@@ -63,7 +65,7 @@ def _pt2e(module: nn.Module, inputs: dict[str, Tensor], quantizer, batches: list
         prepared = prepare_pt2e(torch.export.export(module, args).module(), quantizer)
         for pixels in batches:
             prepared(pixels)
-        return convert_pt2e(prepared, fold_quantize=False), args
+        return convert_pt2e(prepared, fold_quantize=fold), args
 
 
 def _executorch(module, inputs, outputs, path, batches) -> None:
@@ -75,7 +77,7 @@ def _executorch(module, inputs, outputs, path, batches) -> None:
     except ImportError as err:
         raise MissingToolchainError("executorch", err) from None
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    converted, args = _pt2e(module, inputs, quantizer, batches)
+    converted, args = _pt2e(module, inputs, quantizer, batches, fold=True)
     with torch.no_grad():
         write_executorch(torch.export.export(converted, args), inputs, outputs, path)
 
@@ -87,7 +89,7 @@ def _tflite(module, inputs, outputs, path, batches) -> None:
     except ImportError as err:
         raise MissingToolchainError("tflite", err) from None
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    converted, _ = _pt2e(module, inputs, quantizer, batches)
+    converted, _ = _pt2e(module, inputs, quantizer, batches, fold=False)
     write_tflite(converted, inputs, outputs, path, quant_config=QuantConfig(pt2e_quantizer=quantizer))
 
 
