@@ -100,7 +100,7 @@ def write_coreml(module: nn.Module, inputs: dict[str, Tensor], outputs: list[str
         import coremltools as ct
     except ImportError as err:
         raise MissingToolchainError("coreml", err) from None
-    program = exported_program(module, inputs).run_decompositions({})
+    program = _drop_aliases(exported_program(module, inputs).run_decompositions({}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ml = ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
@@ -112,6 +112,18 @@ def write_coreml(module: nn.Module, inputs: dict[str, Tensor], outputs: list[str
             ml = cto.linear_quantize_weights(ml, config)
     ml.save(str(path))
     return path
+
+
+def _drop_aliases(program):
+    """Replace ``aten.alias`` nodes (a full-length slice, e.g. RoPE self-attention's ``k[:, :, :N]``) by their input:
+    coremltools 9 has no conversion for them."""
+    graph = program.graph_module.graph
+    for node in list(graph.nodes):
+        if node.target == torch.ops.aten.alias.default:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    program.graph_module.recompile()
+    return program
 
 
 def coreml_spec(path: Path) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
