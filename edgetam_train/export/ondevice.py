@@ -123,8 +123,7 @@ class MemoryAttentionPart(nn.Module):
                     if attn.k_sizes is not None:
                         attn.rope_table(*attn.k_sizes, torch.device("cpu"))
         self.register_buffer("curr_pos", curr_pos.detach().clone())
-        self.register_buffer("memory_pos", memory_pos.detach().clone().reshape(1, 1, *memory_pos.shape[-2:]),
-                             )
+        self.register_buffer("memory_pos", memory_pos.detach().clone().reshape(1, 1, *memory_pos.shape[-2:]))
 
     def _keys(self, memory: Tensor, memory_tpos: Tensor, memory_valid: Tensor, obj_ptrs: Tensor,
               obj_ptr_tpos: Tensor, obj_ptr_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
