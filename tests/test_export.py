@@ -20,6 +20,7 @@ from edgetam_train.models.build import build_model
 from edgetam_train.models.checkpoint import load_checkpoint, read_state_dict
 
 S = 256
+DECODER_OUTPUTS = ["masks", "iou_predictions", "single_mask", "single_iou", "object_score_logits"]
 MODELS = {"edgetam": "edgetam", "sam2.1_hiera_t": "sam2.1_hiera_tiny"}  # ours -> transformers-side name
 
 
@@ -183,7 +184,9 @@ def test_onnx_graphs_match_torch(checkpoints, tmp_path, capsys):
     decoder = ort.InferenceSession(str(out_dir / "prompt_decoder.onnx"), providers=["CPUExecutionProvider"])
     model = _model("edgetam", sd)
     pixels = torch.randn(1, 3, S, S, generator=torch.Generator().manual_seed(11))
-    embeddings, hr0, hr1 = encoder.run(None, {"pixels": pixels.numpy()})
+    # by name: the on-device split adds vision_features (encoder) and the object pointers (decoder)
+    embeddings, hr0, hr1 = encoder.run(["image_embeddings", "high_res_feats_0", "high_res_feats_1"],
+                                       {"pixels": pixels.numpy()})
     assert embeddings.shape == (1, 256, S // 16, S // 16) and hr0.shape == (1, 32, S // 4, S // 4)
     assert hr1.shape == (1, 64, S // 8, S // 8)
     gen = torch.Generator().manual_seed(12)
@@ -193,7 +196,7 @@ def test_onnx_graphs_match_torch(checkpoints, tmp_path, capsys):
         mask = torch.randn(1, 1, S // 4, S // 4, generator=gen) * 3
         for use_mask in (False, True):
             ref = image_outputs(model, pixels, points, labels, mask if use_mask else None)
-            masks, ious, single, single_iou, obj = decoder.run(None, {
+            masks, ious, single, single_iou, obj = decoder.run(DECODER_OUTPUTS, {
                 "image_embeddings": embeddings, "high_res_feats_0": hr0, "high_res_feats_1": hr1,
                 "point_coords": points.numpy(), "point_labels": labels.float().numpy(), "mask_input": mask.numpy(),
                 "has_mask_input": np.array([float(use_mask)], dtype=np.float32)})

@@ -111,5 +111,7 @@ def test_export_bad_input_exits_2_with_one_line(tmp_path, capsys, ckpt, monkeypa
     rc = export_cli.main([str(source), "--format", "official", "--out", str(out), "--image-size", str(S)])
     err = capsys.readouterr().err.strip()
     assert rc == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("edgetam-export: error:") and "Traceback" not in err
+    *stages, err = err.splitlines()  # progress lines (edgetam_train.progress.stage), then the error in one line
+    assert all(line.endswith((" ...", " s")) for line in stages) and "Traceback" not in "".join(stages)
+    assert err.startswith("edgetam-export: error:")
     assert str(source if case == "garbage_checkpoint" else out) in err or str(out.parent) in err

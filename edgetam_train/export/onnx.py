@@ -1,6 +1,7 @@
-"""Export the single-image path to two ONNX graphs (opset 17), checked with onnxruntime against PyTorch.
+"""The single-image path as export-only modules (image encoder, prompt decoder), the ONNX writer (opset 17) and the
+image-path check; the on-device split (:mod:`~edgetam_train.export.ondevice`) extends both modules.
 
-``<out>/image_encoder.onnx`` -- run once per image:
+``image_encoder`` -- run once per image:
 
 * input ``pixels`` float32 (1, 3, S, S): RGB resized to S x S (bilinear), /255, ImageNet mean / std.
 * output ``image_embeddings`` (1, 256, S/16, S/16): F16 + the no-memory embedding (what the decoder reads).
@@ -11,7 +12,7 @@ The encoder is exported fused: RepViT's BatchNorms / RepVGG branches folded by t
 (timm) and the decoder's ``conv_s0`` / ``conv_s1`` folded into the FPN's lateral convs
 (:meth:`~edgetam_train.models.sam2_model.SAM2Model.fuse_high_res_projection`).
 
-``<out>/prompt_decoder.onnx`` -- prompt encoder + mask decoder for B prompt sets on one image (B and the number of
+``prompt_decoder`` -- prompt encoder + mask decoder for B prompt sets on one image (B and the number of
 points N are dynamic):
 
 * inputs ``image_embeddings``, ``high_res_feats_0``, ``high_res_feats_1``: the encoder's outputs (batch 1, shared
@@ -31,9 +32,8 @@ Both outputs come from one decoder pass, so there is no ``multimask_output`` inp
 (ambiguous prompts) and ``single_mask`` for several clicks / a box, as the image predictor does. A box is two
 points (labels 2, 3) placed before the clicks; the graph appends SAM's padding point itself.
 
-:func:`export_onnx` writes both graphs and checks them with onnxruntime against the *unfused* PyTorch model on
-:func:`~edgetam_train.export.official.fixed_input` with 1, 3 and 5 points, with and without a mask input
-(tolerance 1e-3). The legacy TorchScript exporter (``dynamo=False``) is used: it needs only ``onnx``, not
+:func:`check_image_graphs` checks both graphs (run by any runtime) against the *unfused* PyTorch model on
+:func:`~edgetam_train.export.official.fixed_input` with 1, 3 and 5 points, with and without a mask input. The legacy TorchScript exporter (``dynamo=False``) is used: it needs only ``onnx``, not
 ``onnxscript``.
 """
 
@@ -49,11 +49,9 @@ from torch import Tensor, nn
 
 from ..models.sam2_model import SAM2Model
 from ..predictor.image import fuse_for_inference
-from .official import ONNX_TOLERANCE, ExportReport, fixed_input, image_outputs, max_abs_diff
+from .official import ExportReport, fixed_input, image_outputs, max_abs_diff
 
 OPSET = 17
-ENCODER_FILE = "image_encoder.onnx"
-DECODER_FILE = "prompt_decoder.onnx"
 ENCODER_OUTPUTS = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")
 DECODER_INPUTS = ("image_embeddings", "high_res_feats_0", "high_res_feats_1", "point_coords", "point_labels",
                   "mask_input", "has_mask_input")
@@ -102,17 +100,25 @@ class OnnxPromptDecoder(nn.Module):
     def forward(self, image_embeddings: Tensor, high_res_feats_0: Tensor, high_res_feats_1: Tensor,
                 point_coords: Tensor, point_labels: Tensor, mask_input: Tensor, has_mask_input: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        all_masks, all_ious, _, object_score = self.decode_all(
+            image_embeddings, high_res_feats_0, high_res_feats_1, point_coords, point_labels, mask_input,
+            has_mask_input)
+        single_mask, single_iou = self.mask_decoder._dynamic_multimask_via_stability(all_masks, all_ious)
+        return all_masks[:, 1:], all_ious[:, 1:], single_mask, single_iou, object_score
+
+    def decode_all(self, image_embeddings: Tensor, high_res_feats_0: Tensor, high_res_feats_1: Tensor,
+                   point_coords: Tensor, point_labels: Tensor, mask_input: Tensor, has_mask_input: Tensor
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One decoder pass: all 4 masks (B,4,h,w), IoUs (B,4), mask tokens (B,4,256), object score (B,1)."""
         b = point_coords.shape[0]
         sparse = self.prompt_encoder.embed_points(point_coords, point_labels, pad=True)
         has_mask = has_mask_input.reshape(-1, 1, 1, 1)
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = has_mask * self.prompt_encoder.mask_downscaling(mask_input) + (1.0 - has_mask) * no_mask
         images = image_embeddings.expand(b, -1, -1, -1)
-        all_masks, all_ious, _, object_score = self.mask_decoder.predict_masks(
+        return self.mask_decoder.predict_masks(
             images, self.prompt_encoder.get_dense_pe(), sparse, dense, repeat_image=False,
             high_res_features=[high_res_feats_0, high_res_feats_1])
-        single_mask, single_iou = self.mask_decoder._dynamic_multimask_via_stability(all_masks, all_ious)
-        return all_masks[:, 1:], all_ious[:, 1:], single_mask, single_iou, object_score
 
 
 def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names, output_names,
@@ -120,6 +126,7 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names
     with warnings.catch_warnings():  # shape checks traced as constants and opset notes: expected, not actionable
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*advanced indexing.*")
+        warnings.filterwarnings("ignore", message=".*Constant folding.*")
         _onnx_export(module, args, path, input_names, output_names, dynamic_axes)
 
 
@@ -144,60 +151,31 @@ def decoder_example(image_size: int, num_points: int, batch: int = 1, with_mask:
             "has_mask_input": np.full((batch,), 1.0 if with_mask else 0.0, dtype=np.float32)}
 
 
-def save_onnx(model: SAM2Model, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``image_encoder.onnx`` and ``prompt_decoder.onnx`` of a fused copy of ``model`` into ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fused = fuse_for_export(model)
-    size = fused.image_size
-    pixels, _, _ = fixed_input(size)
-    encoder, decoder = OnnxImageEncoder(fused).eval(), OnnxPromptDecoder(fused).eval()
-    enc_path, dec_path = out_dir / ENCODER_FILE, out_dir / DECODER_FILE
-    with torch.no_grad():
-        _export(encoder, (pixels,), enc_path, ["pixels"], ENCODER_OUTPUTS)
-        feats = encoder(pixels)
-        prompts = {k: torch.from_numpy(v) for k, v in decoder_example(size, num_points=2).items()}
-        dynamic = {"point_coords": {0: "num_prompts", 1: "num_points"},
-                   "point_labels": {0: "num_prompts", 1: "num_points"},
-                   "mask_input": {0: "num_prompts"}, "has_mask_input": {0: "num_prompts"},
-                   **{name: {0: "num_prompts"} for name in DECODER_OUTPUTS}}
-        _export(decoder, (*feats, *prompts.values()), dec_path, DECODER_INPUTS, DECODER_OUTPUTS, dynamic)
-    return enc_path, dec_path
+def check_image_graphs(model: SAM2Model, encoder, decoder, report: ExportReport,
+                       num_points: tuple[int, ...] = (1, 3, 5), batch: bool = True) -> ExportReport:
+    """Compare the image path's graphs with the unfused PyTorch ``model``; adds the differences to ``report``.
 
-
-def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, torch.get_num_threads())
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def export_onnx(model: SAM2Model, out_dir: str | Path, num_points: tuple[int, ...] = (1, 3, 5)) -> ExportReport:
-    """Write both graphs (:func:`save_onnx`) and compare onnxruntime with the unfused PyTorch ``model``.
-
-    Checks on :func:`fixed_input`: the three encoder outputs; for each count in ``num_points``, without and with a
-    mask input, all five decoder outputs against :func:`image_outputs` (multimask and single-mask paths); one
-    2-prompt-set batch. Tolerance 1e-3.
+    ``encoder(pixels=...)`` and ``decoder(**inputs)`` return ``{output name: array}`` (any
+    :class:`~edgetam_train.predictor.runtime_backends.Graph`). Checks on :func:`fixed_input`: the three encoder
+    outputs; for each count in ``num_points``, without and with a mask input, all five decoder outputs against
+    :func:`image_outputs` (multimask and single-mask paths); with ``batch``, one 2-prompt-set batch.
     """
     model.eval()
-    enc_path, dec_path = save_onnx(model, out_dir)
-    report = ExportReport(Path(out_dir), tolerance=ONNX_TOLERANCE)
     size = model.image_size
     pixels, _, _ = fixed_input(size)
-    encoder, decoder = _session(enc_path), _session(dec_path)
-    feats = dict(zip(ENCODER_OUTPUTS, encoder.run(list(ENCODER_OUTPUTS), {"pixels": pixels.numpy()})))
+    feats = encoder(pixels=pixels.numpy())
+    feats = {name: feats[name] for name in ENCODER_OUTPUTS}
     ref = image_outputs(model, pixels, *fixed_input(size)[1:])
     for name, key in zip(ENCODER_OUTPUTS, ("f16", "high_res_0", "high_res_1")):
         report.diffs[f"encoder/{name}"] = max_abs_diff(torch.from_numpy(feats[name]), ref[key])
     pairs = (("masks", "multimask_logits"), ("iou_predictions", "multimask_iou"), ("single_mask", "single_logits"),
              ("single_iou", "single_iou"), ("object_score_logits", "object_score"))
-    cases = [(n, m, 1) for n in num_points for m in (False, True)] + [(num_points[-1], True, 2)]
-    for n, with_mask, batch in cases:
-        prompts = decoder_example(size, n, batch=batch, with_mask=with_mask)
-        got = dict(zip(DECODER_OUTPUTS, decoder.run(list(DECODER_OUTPUTS), {**feats, **prompts})))
-        tag = f"decoder/{n}pt" + ("+mask" if with_mask else "") + (f"x{batch}" if batch > 1 else "")
-        for row in range(batch):
+    cases = [(n, m, 1) for n in num_points for m in (False, True)] + ([(num_points[-1], True, 2)] if batch else [])
+    for n, with_mask, rows in cases:
+        prompts = decoder_example(size, n, batch=rows, with_mask=with_mask)
+        got = decoder(**feats, **prompts)
+        tag = f"decoder/{n}pt" + ("+mask" if with_mask else "") + (f"x{rows}" if rows > 1 else "")
+        for row in range(rows):
             mask = torch.from_numpy(prompts["mask_input"][row:row + 1]) if with_mask else None
             ref = image_outputs(model, pixels, torch.from_numpy(prompts["point_coords"][row:row + 1]),
                                 torch.from_numpy(prompts["point_labels"][row:row + 1]).to(torch.int32), mask)

@@ -47,6 +47,8 @@ The checkpoint is a Lightning checkpoint from ``train.py`` or an official ``.pt`
 their architecture (trunk included) and input size, and are rebuilt from that alone; ``--model`` (``edgetam``,
 ``edgetam_*``, ``sam2.1_hiera_t`` ...) and ``--image-size`` are for files without a record (official releases) and
 are errors when they contradict one (:func:`edgetam_train.models.build.load_model_file`).
+``--runtime onnx|executorch|tflite --model-dir DIR`` runs an ``edgetam-export`` on-device directory instead (same
+preprocessing and outputs; :mod:`edgetam_train.predictor.runtimes`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from .image import ImagePrediction, ImagePredictor
 from .image_io import image_hw, read_rgb
 from .overlay import DrawnPrompt, draw_overlay, object_colors, overlay
 from .prompt_text import parse_box, parse_labels, parse_points
+from .runtimes import add_runtime_arguments, image_predictor, video_predictor
 from .video import VideoPredictor, VideoState, frame_files
 from .video_prompts import add_video_prompt_arguments, apply_prompts, collect_prompts
 
@@ -120,6 +123,7 @@ def save_image_prediction(prefix: Path, image: np.ndarray, pred: ImagePrediction
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``edgetam-predict image``."""
     add_model_arguments(parser)  # --ckpt, --model, --image-size, --device
+    add_runtime_arguments(parser)  # --runtime, --model-dir (exported graphs, predictor/runtimes.py)
     parser.add_argument("--image", required=True, type=Path, help="image file (RGB)")
     add_prompt_arguments(parser, "image")
     parser.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None,
@@ -136,7 +140,7 @@ def run_image(args: argparse.Namespace) -> int:
     if multimask is None:
         multimask = box is None and points is not None and len(points) == 1
     image = read_rgb(args.image)
-    predictor = ImagePredictor(load_model(args), fuse=args.fuse)
+    predictor = image_predictor(args, lambda: ImagePredictor(load_model(args), fuse=args.fuse))
     predictor.set_image(image)
     pred = predictor.predict(points=points, labels=labels, box=box, multimask_output=multimask)
     npz, png = save_image_prediction(output_prefix(args.out), image, pred, points, labels, box)
@@ -231,6 +235,7 @@ def label_png(masks: np.ndarray, obj_ids: Sequence[int], palette: list[int]) -> 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``edgetam-predict video``."""
     add_model_arguments(parser)  # --ckpt, --model, --image-size, --device
+    add_runtime_arguments(parser)  # --runtime, --model-dir (exported graphs, predictor/runtimes.py)
     parser.add_argument("--frames", required=True, type=Path,
                         help="folder of .jpg/.jpeg/.png frames (integer names in numeric order, else sorted by "
                              "name) or a video file (.mp4 ..., decoded with PyAV and held in memory)")
@@ -269,7 +274,8 @@ def run_video(args: argparse.Namespace) -> int:
     frames = read_frames(args.frames)
     num = len(frames.names)
     prompts = collect_prompts(args, frames.names, frames.hw)  # checks them (frames in range, masks' size ...)
-    predictor = VideoPredictor(load_model(args), fill_hole_area=args.fill_hole_area, fuse=args.fuse)
+    predictor = video_predictor(args, lambda: VideoPredictor(load_model(args), fill_hole_area=args.fill_hole_area,
+                                                             fuse=args.fuse))
     state = predictor.init_state(frames.source)
     apply_prompts(predictor, state, prompts)  # checks the clicks / boxes (inside the frame ...)
     obj_ids, k = state.obj_ids, min(p.frame_idx for p in prompts)

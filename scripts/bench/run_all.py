@@ -50,6 +50,7 @@ ARGS: dict[str, tuple[list[str], list[str] | None]] = {
     "gpu_profile": ([], ["--steps", "5"]),
     "trunks": ([], ["--quick"]),
     "step_memory": (["--check"], ["--check"]),  # the full table (~30 min): python scripts/bench/step_memory.py
+    "export_runtimes": ([], ["--image-size", "256", "--images", "2", "--reps", "3", "--formats", "onnx", "executorch"]),
 }
 OWN_SECTION = {"gpu_profile", "trunks"}  # benches that also write their own section of the doc (--doc)
 NOT_BENCHES = {"run_all"}

@@ -1,0 +1,144 @@
+"""Write one graph of the on-device split in one format: ONNX, ExecuTorch (.pte, XNNPACK), LiteRT (.tflite), Core ML.
+
+Each writer takes the export-only module, its example inputs (an ordered ``{name: tensor}``), the output names and
+the path, and returns the path written. Toolchains are imported here, lazily; a missing one raises
+:class:`~edgetam_train.predictor.runtime_backends.MissingToolchainError` naming the extra.
+
+Shapes are fixed at the example inputs' shapes, except the decoder's prompt: ONNX keeps the number of prompt sets
+and points dynamic (as the image-path ONNX export always did) and ExecuTorch the number of points (1 ..
+:data:`MAX_POINTS`, bounded dynamic shape, still one XNNPACK program). LiteRT and Core ML get the example's point
+count; the manifest records it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..predictor.runtime_backends import MissingToolchainError
+from .onnx import _export
+
+MAX_POINTS = 16
+POINT_INPUTS = ("point_coords", "point_labels")
+
+
+def _dynamic_onnx(inputs: dict[str, Tensor], outputs: list[str]) -> dict | None:
+    if "point_coords" not in inputs:
+        return None
+    axes = {"point_coords": {0: "num_prompts", 1: "num_points"}, "point_labels": {0: "num_prompts", 1: "num_points"},
+            "mask_input": {0: "num_prompts"}, "has_mask_input": {0: "num_prompts"}}
+    axes.update({name: {0: "num_prompts"} for name in outputs})
+    return axes
+
+
+def write_onnx(module: nn.Module, inputs: dict[str, Tensor], outputs: list[str], path: Path) -> Path:
+    """ONNX opset 17 (legacy TorchScript exporter, as :mod:`~edgetam_train.export.onnx`)."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError as err:
+        raise MissingToolchainError("onnx", err) from None
+    with torch.no_grad():
+        _export(module, tuple(inputs.values()), path, list(inputs), outputs, _dynamic_onnx(inputs, outputs))
+    return path
+
+
+def onnx_input_names(path: Path) -> list[str]:
+    """The inputs an ONNX file kept: the exporter drops inputs the graph does not read (EdgeTAM's memory encoder
+    ignores ``object_score_logits``, its memory attention ``obj_ptr_tpos``)."""
+    import onnx
+
+    return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+
+
+def exported_program(module: nn.Module, inputs: dict[str, Tensor], dynamic_points: bool = False):
+    """``torch.export`` of ``module`` on ``inputs`` (the decoder's point count dynamic when asked)."""
+    dynamic = None
+    if dynamic_points and "point_coords" in inputs:
+        n = torch.export.Dim("num_points", min=1, max=MAX_POINTS)
+        dynamic = {name: ({1: n} if name in POINT_INPUTS else None) for name in inputs}
+    with torch.no_grad():
+        return torch.export.export(module, tuple(inputs.values()), dynamic_shapes=dynamic)
+
+
+def write_executorch(module: nn.Module | torch.export.ExportedProgram, inputs: dict[str, Tensor], outputs: list[str],
+                     path: Path) -> Path:
+    """ExecuTorch program lowered to the XNNPACK delegate (``module`` may be a quantized ExportedProgram)."""
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+    except ImportError as err:
+        raise MissingToolchainError("executorch", err) from None
+    program = module if isinstance(module, torch.export.ExportedProgram) else exported_program(
+        module, inputs, dynamic_points=True)
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    path.write_bytes(lowered.buffer)
+    return path
+
+
+def write_tflite(module: nn.Module, inputs: dict[str, Tensor], outputs: list[str], path: Path,
+                 quant_config=None) -> Path:
+    """LiteRT flatbuffer through litert-torch (inputs ``args_<i>``, outputs ``output_<i>`` in the given order)."""
+    try:
+        import litert_torch
+    except ImportError as err:
+        raise MissingToolchainError("tflite", err) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kwargs = {"quant_config": quant_config} if quant_config is not None else {}
+        litert_torch.convert(module, tuple(inputs.values()), **kwargs).export(str(path))
+    return path
+
+
+def write_coreml(module: nn.Module, inputs: dict[str, Tensor], outputs: list[str], path: Path,
+                 weights_int8: bool = False) -> Path:
+    """Core ML ML program (iOS 17, float16 compute) through coremltools' ``torch.export`` path, named outputs;
+    ``weights_int8``: linear symmetric int8 weights (coremltools.optimize)."""
+    try:
+        import coremltools as ct
+    except ImportError as err:
+        raise MissingToolchainError("coreml", err) from None
+    program = _drop_aliases(exported_program(module, inputs).run_decompositions({}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ml = ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                        outputs=[ct.TensorType(name=n) for n in outputs])
+        if weights_int8:
+            import coremltools.optimize.coreml as cto
+
+            config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric"))
+            ml = cto.linear_quantize_weights(ml, config)
+    ml.save(str(path))
+    return path
+
+
+def _drop_aliases(program):
+    """Replace ``aten.alias`` nodes (a full-length slice, e.g. RoPE self-attention's ``k[:, :, :N]``) by their input:
+    coremltools 9 has no conversion for them."""
+    graph = program.graph_module.graph
+    for node in list(graph.nodes):
+        if node.target == torch.ops.aten.alias.default:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    program.graph_module.recompile()
+    return program
+
+
+def coreml_spec(path: Path) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
+    """Inputs and outputs of a saved ``.mlpackage`` read back from its spec: ``{"inputs": [(name, shape)], ...}``."""
+    try:
+        import coremltools as ct
+    except ImportError as err:
+        raise MissingToolchainError("coreml", err) from None
+    spec = ct.utils.load_spec(str(path))
+
+    def rows(items):
+        return [(i.name, tuple(int(d) for d in i.type.multiArrayType.shape)) for i in items]
+
+    return {"inputs": rows(spec.description.input), "outputs": rows(spec.description.output),
+            "spec_version": int(spec.specificationVersion)}
+
+
+WRITERS = {"onnx": write_onnx, "executorch": write_executorch, "tflite": write_tflite, "coreml": write_coreml}

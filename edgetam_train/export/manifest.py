@@ -1,0 +1,128 @@
+"""``manifest.json`` and ``README.md`` of an on-device export directory.
+
+The manifest is what a runtime needs besides the graph files: per graph its file, size, inputs and outputs (name,
+shape, dtype, meaning) in call order; the preprocessing; the tracking rules' settings (memory slots, pointer
+count, multimask rule, ...); the source checkpoint's sha256; how the files were checked and the measured
+differences. ``edgetam-predict --runtime ... --model-dir DIR`` reads it
+(:mod:`~edgetam_train.predictor.runtime_backends`); the README explains the same for app developers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..models.sam2_model import NO_OBJ_SCORE, SAM2Model
+from ..predictor.runtime_backends import MANIFEST
+from .official import ExportReport
+
+TRACKING_KEYS = ("num_maskmem", "max_obj_ptrs_in_encoder", "max_cond_frames_in_attn", "memory_temporal_stride_for_eval",
+                 "only_obj_ptrs_in_the_past_for_eval", "use_signed_tpos_enc_to_obj_ptrs", "add_tpos_enc_to_obj_ptrs",
+                 "multimask_output_in_sam", "multimask_output_for_tracking", "multimask_min_pt_num",
+                 "multimask_max_pt_num", "binarize_mask_from_pts_for_mem_enc", "use_mask_input_as_output_without_sam",
+                 "directly_add_no_mem_embed")
+RUNTIMES = {"onnx": "onnxruntime (CPUExecutionProvider)", "executorch": "ExecuTorch runtime, XNNPACK delegate",
+            "tflite": "LiteRT interpreter (ai_edge_litert)", "coreml": "Core ML (macOS / iOS only)"}
+
+
+def sha256(path: str | Path) -> str:
+    """Hex sha256 of a file (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def write_manifest(out_dir: Path, fmt: str, model: SAM2Model, model_name: str, checkpoint, specs: dict,
+                   files: dict[str, Path], report: ExportReport, note: str, quantize: str | None,
+                   quantized: dict[str, str], dynamic_points: tuple[int, int | None] | None) -> Path:
+    """Write ``manifest.json`` and ``README.md`` into ``out_dir``; returns the manifest path."""
+    manifest = {
+        "format": fmt, "runtime": RUNTIMES[fmt], "model": model_name, "image_size": model.image_size,
+        "quantize": quantize, "quantized": quantized,
+        "source_checkpoint": None if checkpoint is None else {"file": Path(checkpoint).name,
+                                                             "sha256": sha256(checkpoint)},
+        "preprocessing": {
+            "image": "RGB uint8 -> float /255 -> bilinear antialiased resize to SxS -> (x - mean) / std",
+            "video": "RGB uint8 resized to SxS with PIL (bilinear) -> /255 -> (x - mean) / std",
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "layout": "NCHW float32",
+            "points": "pixel x, y of the original image scaled by S / W, S / H; a box is two points (labels 2, 3) "
+                      "before the clicks",
+            "output": "low-res logits (S/4 x S/4) -> bilinear to the original size -> > 0 is the mask"},
+        "prompt_points": {"fixed": specs["prompt_decoder"].inputs[3].shape[1]} if dynamic_points is None
+        else {"min": dynamic_points[0], "max": dynamic_points[1]},
+        "memory": {"max_memory_frames": specs["memory_attention"].inputs[1].shape[1],
+                   "memory_tokens": specs["memory_attention"].inputs[1].shape[2],
+                   "max_object_pointers": specs["memory_attention"].inputs[4].shape[1]},
+        "tracking": {k: getattr(model, k) for k in TRACKING_KEYS} | {"no_object_score": NO_OBJ_SCORE},
+        "parts": {name: {"file": files[name].name, "bytes": _size(files[name]), "doc": spec.doc,
+                         "inputs": [vars(t) | {"shape": list(t.shape)} for t in spec.inputs],
+                         "outputs": [vars(t) | {"shape": list(t.shape)} for t in spec.outputs]}
+                  for name, spec in specs.items()},
+        "checks": {"verified": note, "tolerance": report.tolerance,
+                   "max_abs_diff": {k: _finite(v) for k, v in report.diffs.items()}},
+    }
+    path = out_dir / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    (out_dir / "README.md").write_text(readme(manifest))
+    return path
+
+
+def readme(manifest: dict) -> str:
+    """The app developers' README of an export directory, from its manifest."""
+    s, mem = manifest["image_size"], manifest["memory"]
+    lines = [f"# EdgeTAM on-device export ({manifest['format']}, {manifest['runtime']})", "",
+             f"Model `{manifest['model']}` at {s}x{s}"
+             + (f", int8 ({', '.join(f'{k}: {v}' for k, v in manifest['quantized'].items())})"
+                if manifest["quantize"] else ", float32")
+             + (f", from `{manifest['source_checkpoint']['file']}` (sha256 {manifest['source_checkpoint']['sha256']})"
+                if manifest["source_checkpoint"] else "") + ".", "",
+             f"Check: {manifest['checks']['verified']}. Largest difference: "
+             f"{max((v for v in manifest['checks']['max_abs_diff'].values() if v is not None), default=0):.3g}.", "",
+             "## Per frame", "",
+             "1. `image_encoder(pixels)` (preprocessing below) -> `image_embeddings`, `high_res_feats_0/1`, "
+             "`vision_features`.",
+             "2. Prompted frame (first frame of an object): `prompt_decoder(image_embeddings, high_res_feats_0, "
+             "high_res_feats_1, clicks)`. Tracked frame: `memory_attention(vision_features, memory bank, pointers)` "
+             "-> `pix_feat`, then `prompt_decoder(pix_feat, ...)` with one padding point (label -1).",
+             "3. Pick the mask: `masks` / `obj_ptr` (best `iou_predictions`) for multimask output (1 click, "
+             "tracked frames), else `single_mask` / `single_obj_ptr`. Where `object_score_logits` <= 0 set the "
+             f"logits to {manifest['tracking']['no_object_score']:g}.",
+             "4. `memory_encoder(vision_features, mask logits bilinearly upsampled to SxS, object score, binarize)` "
+             "(`binarize` = 1 on prompted frames) -> `memory`; store it with the pointer.",
+             "", "## Memory bank", "",
+             f"`memory_attention` holds {mem['max_memory_frames']} memory slots of {mem['memory_tokens']} tokens and "
+             f"{mem['max_object_pointers']} pointer slots; set `*_valid` to 0 for empty slots. Slot contents follow "
+             "SAM 2: the conditioning (prompted) frames with `memory_tpos` 0, then the frames 1 .. "
+             f"{manifest['tracking']['num_maskmem'] - 1} back with `memory_tpos` = that distance; pointers of the "
+             "conditioning frames, then of up to "
+             f"{manifest['tracking']['max_obj_ptrs_in_encoder'] - 1} previous frames. Slot order does not matter.",
+             "", "## Preprocessing", ""]
+    lines += [f"* {k}: {v}" for k, v in manifest["preprocessing"].items()]
+    lines += ["", "## Tensors", ""]
+    for name, part in manifest["parts"].items():
+        lines += [f"### {name} (`{part['file']}`, {part['bytes'] / 1e6:.1f} MB): {part['doc']}", "",
+                  "| | name | shape | dtype | meaning |", "|---|---|---|---|---|"]
+        for side in ("inputs", "outputs"):
+            lines += [f"| {side[:-1]} | `{t['name']}` | {tuple(t['shape'])} | {t['dtype']} | {t['doc']} |"
+                      for t in part[side]]
+        lines.append("")
+    pts = manifest["prompt_points"]
+    lines.append("Prompt points: " + (f"exactly {pts['fixed']} per call (pad with label -1; padding changes the "
+                                      "output slightly, as in SAM)" if "fixed" in pts else
+                                      f"{pts['min']} .. {pts['max'] or 'any'} (dynamic)") + ".")
+    lines += ["", "Run it on Linux: `edgetam-predict image|video --runtime "
+              f"{manifest['format']} --model-dir DIR ...` (same outputs as `--runtime torch`).", ""]
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""Run one exported graph of the on-device split (``edgetam-export --format onnx|executorch|tflite``) by tensor name.
+
+Every backend is a :class:`Graph`: ``graph(**inputs) -> {output name: array}`` with numpy float32 / int32 arrays in
+the order and names of the model directory's ``manifest.json``. The toolchains are optional extras; a missing one
+raises :class:`MissingToolchainError` naming the extra to install.
+
+========== ============ ========================================================= ================================
+runtime    file         Python runtime used                                       extra
+========== ============ ========================================================= ================================
+onnx       ``.onnx``    onnxruntime (CPU execution provider)                      ``edgetam-train[export]``
+executorch ``.pte``     ExecuTorch runtime Python bindings (XNNPACK delegate)     ``edgetam-train[executorch]``
+tflite     ``.tflite``  LiteRT interpreter (``ai_edge_litert``)                   ``edgetam-train[litert]``
+coreml     ``.mlpackage`` none on Linux: Core ML runs only on macOS               ``edgetam-train[coreml]``
+========== ============ ========================================================= ================================
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+SUFFIX = {"onnx": ".onnx", "executorch": ".pte", "tflite": ".tflite", "coreml": ".mlpackage"}
+EXTRA = {"onnx": "export", "executorch": "executorch", "tflite": "litert", "coreml": "coreml"}
+PACKAGES = {"onnx": "onnx, onnxruntime", "executorch": "executorch==1.5.1, torchao==0.18.0",
+            "tflite": "litert-torch==0.10.0, ai-edge-litert", "coreml": "coremltools==9.0"}
+MANIFEST = "manifest.json"
+
+
+class MissingToolchainError(ImportError, ValueError):
+    """A format's toolchain is not installed; the message names the extra that installs it (a ValueError too, so the
+    CLIs report it as bad input, exit status 2)."""
+
+    def __init__(self, fmt: str, err: ImportError | None = None) -> None:
+        detail = f" ({err})" if err is not None else ""
+        super().__init__(f"the {fmt!r} format needs its toolchain{detail}: pip install 'edgetam-train[{EXTRA[fmt]}]' "
+                         f"({PACKAGES[fmt]})")
+        self.fmt = fmt
+
+
+def read_manifest(model_dir: str | Path) -> dict:
+    """``model_dir/manifest.json`` as a dict; ValueError naming the file when it is missing or not a manifest."""
+    path = Path(model_dir) / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"--model-dir {model_dir}: no {MANIFEST} (write the directory with edgetam-export "
+                         "--format onnx|executorch|tflite|coreml)")
+    manifest = json.loads(path.read_text())
+    for key in ("format", "image_size", "parts"):
+        if key not in manifest:
+            raise ValueError(f"{path}: key {key!r} missing; expected an edgetam-export on-device manifest")
+    return manifest
+
+
+class Graph:
+    """One exported graph: ``graph(**arrays) -> {output name: np.ndarray}``.
+
+    Args:
+        path: the graph file.
+        inputs: input names in call order; outputs: output names in graph order.
+    """
+
+    def __init__(self, path: str | Path, inputs: list[str], outputs: list[str]) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: graph file missing")
+        self.inputs, self.outputs = list(inputs), list(outputs)
+
+    def __call__(self, **arrays: np.ndarray) -> dict[str, np.ndarray]:
+        missing = [n for n in self.inputs if n not in arrays]
+        if missing:
+            raise ValueError(f"{self.path.name}: inputs {missing} not given (expected {self.inputs})")
+        values = self._run([np.ascontiguousarray(arrays[n]) for n in self.inputs])
+        return dict(zip(self.outputs, values))
+
+    def _run(self, values: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+class OnnxGraph(Graph):
+    def __init__(self, path, inputs, outputs, threads: int | None = None) -> None:
+        super().__init__(path, inputs, outputs)
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise MissingToolchainError("onnx", err) from None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+
+    def _run(self, values):
+        return self.session.run(self.outputs, dict(zip(self.inputs, values)))
+
+
+class ExecuTorchGraph(Graph):
+    def __init__(self, path, inputs, outputs, threads: int | None = None) -> None:
+        super().__init__(path, inputs, outputs)
+        try:
+            import torch
+            from executorch.runtime import Runtime
+        except ImportError as err:
+            raise MissingToolchainError("executorch", err) from None
+        self._torch = torch
+        self.method = Runtime.get().load_program(str(self.path)).load_method("forward")
+
+    def _run(self, values):
+        outs = self.method.execute([self._torch.from_numpy(v) for v in values])
+        return [o.numpy() for o in outs]
+
+
+class TFLiteGraph(Graph):
+    """LiteRT interpreter; litert-torch names the signature's inputs ``args_<i>`` and outputs ``output_<i>``."""
+
+    def __init__(self, path, inputs, outputs, threads: int | None = None) -> None:
+        super().__init__(path, inputs, outputs)
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as err:
+            raise MissingToolchainError("tflite", err) from None
+        self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+        self.runner = self.interpreter.get_signature_runner()
+
+    def _run(self, values):
+        out = self.runner(**{f"args_{i}": v for i, v in enumerate(values)})
+        return [out[f"output_{i}"] for i in range(len(self.outputs))]
+
+
+GRAPHS = {"onnx": OnnxGraph, "executorch": ExecuTorchGraph, "tflite": TFLiteGraph}
+
+
+def load_graph(runtime: str, path: str | Path, inputs: list[str], outputs: list[str],
+               threads: int | None = None) -> Graph:
+    """The :class:`Graph` of ``runtime`` for ``path``; ValueError for a runtime that cannot run on this machine."""
+    if runtime == "coreml":
+        raise ValueError("Core ML models run only on macOS / iOS (coremltools' predict needs macOS); on Linux the "
+                         "export validates the Core ML spec but cannot run it")
+    if runtime not in GRAPHS:
+        raise ValueError(f"unknown runtime {runtime!r}; expected one of {', '.join(GRAPHS)}")
+    return GRAPHS[runtime](path, inputs, outputs, threads)
+
+
+def load_parts(model_dir: str | Path, manifest: dict | None = None, threads: int | None = None
+               ) -> dict[str, Graph]:
+    """All graphs listed in ``model_dir``'s manifest, loaded with the manifest's runtime."""
+    manifest = manifest or read_manifest(model_dir)
+    runtime = manifest["format"]
+    return {name: load_graph(runtime, Path(model_dir) / part["file"], [t["name"] for t in part["inputs"]],
+                             [t["name"] for t in part["outputs"]], threads)
+            for name, part in manifest["parts"].items()}
