@@ -382,8 +382,12 @@ def test_quickstart_video_warmup_follows_max_steps(max_steps, warmup):
         cfg = compose("train", overrides=["experiment=edgetam_distill_video", "debug=quickstart_video",
                                           f"trainer.max_steps={max_steps}", "paths.output_dir=/tmp/unused"])
     assert cfg.model.scheduler.warmup_steps == warmup
+    from hydra.utils import instantiate
+
+    from edgetam_train.distill.optim_select import make_scheduler
+
     opt = build_optimizer(torch.nn.Linear(2, 2), lr=1e-3)
-    build_scheduler(opt, total_steps=max_steps, **cfg.model.scheduler)
+    make_scheduler(instantiate(cfg.model.scheduler), opt, total_steps=max_steps)
 
 
 def test_full_config_reaches_the_loggers_and_wandb_tags(compose_cfg, tmp_path):

@@ -38,7 +38,7 @@ def test_video_quickstart_on_two_cpu_processes(tmp_path):
          "data.clip_len=2", "data.max_objects=1", "model.prompts.num_correction_clicks=1",
          "data.val.vos.root=null", "data.val.miou.root=null",
          # all three datasets likely, so "the same dataset on every rank" is tested across datasets
-         "data.datasets.sa1b.weight=1.0", "data.datasets.davis.weight=1.0",
+         "data.datasets.sa1b.share=0.34", "data.datasets.davis.weight=1.0",
          "+callbacks.samples._target_=tests.ddp_sample_recorder.SampleRecorder",
          f"+callbacks.samples.out_dir={records_dir}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)

@@ -85,7 +85,7 @@ def test_export_keeps_the_frozen_trunk_bit_identical_and_loads_strictly(finetune
     assert "OK" in proc.stdout
 
     exported = torch.load(out, map_location="cpu", weights_only=True)
-    assert set(exported) == {"model"}
+    assert set(exported) == {"model", "edgetam_arch"}  # the official key + the recorded architecture (issue 16)
     sd, before = exported["model"], torch.load(init, map_location="cpu", weights_only=True)["model"]
     # the official loader's view: exactly the official keys, in order, with their shapes
     layout = read_layout("edgetam")

@@ -133,7 +133,7 @@ def test_self_distillation_identity_in_process(experiment, frames):
         losses, aux = module.clip_step(batch)
         losses = {k: v.detach() for k, v in losses.items()}
         assert float(losses["loss_f16"]) <= 1e-6 and float(losses["loss_fm"]) <= 1e-6, (seed, losses)
-        assert (aux["teacher_steps"] is not None) == (frames > 1)  # stage 2: the teacher replayed the clip
+        assert (aux["teacher_records"] is not None) == (frames > 1)  # stage 2: the teacher replayed the clip
     assert len(kinds) >= 2
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -232,3 +235,28 @@ def test_davis_training_frame_without_its_jpg_or_png_is_counted(sample, tmp_path
         assert sparse[0]["skips"] == {}
     else:  # a png without its jpg is always a missing frame
         assert sparse[0]["skips"] == {"missing_frame": 1}
+
+
+_FORK_SCRIPT = """
+import cv2, numpy as np, torch
+from torch.utils.data import DataLoader
+from edgetam_train.data.datamodule import SA1BDataModule
+img = np.random.rand(1500, 1500, 3).astype(np.float32)
+shear = np.float32([[1, 0.2, 3], [0.1, 1, 2]])
+for _ in range(3):  # in-process loading (data.num_workers=0) runs OpenCV's thread pool in this process
+    cv2.warpAffine(img, shear, (1500, 1500))
+dm = SA1BDataModule(ROOT, image_size=64, index_cache=IDX, num_workers=0)
+class Warp(torch.utils.data.Dataset):
+    def __len__(self): return 2
+    def __getitem__(self, i): return float(cv2.warpAffine(img[:64, :64], shear, (64, 64)).mean())
+print(len(list(DataLoader(Warp(), batch_size=None, num_workers=2, worker_init_fn=dm._worker_init(2)))))
+"""
+
+
+def test_workers_forked_after_in_process_opencv_do_not_hang(sample, tmp_path):
+    """A fine-tuning run with data.num_workers=0 hung forever at its first validation: the val loader's forked
+    workers inherited OpenCV's busy thread pool and blocked in init_worker's cv2.setNumThreads."""
+    script = _FORK_SCRIPT.replace("ROOT", repr(str(sample / "sa1b"))).replace("IDX", repr(str(tmp_path / "i.txt")))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr[-2000:]

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -128,7 +129,8 @@ def test_train_py_refuses_a_changed_resume_before_building_anything(tmp_path):
                                           f"paths.root_dir={project}", f"paths.output_dir={run_dir}"])
     _stored(run_dir, OmegaConf.to_container(cfg, resolve=True))
     (run_dir / "checkpoints").mkdir()
-    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"not read: the check comes first")
+    # a loadable training checkpoint without weights: the config check comes before the weights are read
+    torch.save({"pytorch-lightning_version": "2", "state_dict": {}}, run_dir / "checkpoints" / "last.ckpt")
     env = {**os.environ, "PROJECT_ROOT": str(project), "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), "experiment=edgetam_distill", "debug=quickstart",
                            "ckpt_path=auto", "model.optimizer.lr=1e-3", "data.max_masks=2"],

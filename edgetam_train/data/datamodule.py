@@ -94,6 +94,17 @@ def init_worker(worker_id: int, max_image_pixels: int | None = None, min_image_s
     set_image_limits(max_image_pixels, min_image_side)
 
 
+def fork_safe_opencv() -> None:
+    """One OpenCV thread in this process before DataLoader workers are forked from it.
+
+    When this process has run OpenCV with its thread pool (in-process loading: ``data.num_workers=0``, then a
+    validation loader with workers), a forked worker inherits the pool's locked state without its threads, and its
+    first OpenCV call (``init_worker``'s ``cv2.setNumThreads``) waits forever: validation hung with no message. With
+    one thread the pool is shut down before the fork. Loading in this process is then single-threaded in OpenCV,
+    which only matters with ``num_workers=0`` (debug runs)."""
+    cv2.setNumThreads(1)
+
+
 def split_files(files: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
     """(train, val) by a stable hash of each path: an image stays in its split when the root grows."""
     if val_fraction <= 0:
@@ -126,8 +137,12 @@ class DataModuleBase(ResumableDataModule, L.LightningDataModule):
         """Apply ``data.max_image_pixels`` / ``data.min_image_side`` in this process (workers: ``_worker_init``)."""
         set_image_limits(self.hparams.max_image_pixels, self.hparams.min_image_side)
 
-    def _worker_init(self):
-        """``worker_init_fn`` of the DataLoaders: :func:`init_worker` with this module's image size limits."""
+    def _worker_init(self, workers: int = 0):
+        """``worker_init_fn`` of the DataLoaders: :func:`init_worker` with this module's image size limits.
+        ``workers`` > 0: the loader forks worker processes, so this process is made fork-safe first
+        (:func:`fork_safe_opencv`)."""
+        if workers > 0:
+            fork_safe_opencv()
         return partial(init_worker, max_image_pixels=self.hparams.max_image_pixels,
                        min_image_side=self.hparams.min_image_side)
 
@@ -139,7 +154,8 @@ class DataModuleBase(ResumableDataModule, L.LightningDataModule):
         """One loader per validation set (VOS, then mIoU); an empty list (no validation) when there is none."""
         self.setup("validate")
         workers = int((self.hparams.val or {}).get("num_workers", 0))
-        return val_loaders(self.val_sets, *self._world(), num_workers=workers, worker_init_fn=self._worker_init())
+        return val_loaders(self.val_sets, *self._world(), num_workers=workers,
+                           worker_init_fn=self._worker_init(workers))
 
 
 class SA1BDataModule(DataModuleBase):
@@ -240,7 +256,7 @@ class SA1BDataModule(DataModuleBase):
             sampler=sampler,
             num_workers=workers,
             collate_fn=collate_sa1b,
-            worker_init_fn=self._worker_init(),
+            worker_init_fn=self._worker_init(workers),
             pin_memory=hp.pin_memory,
             drop_last=hp.drop_last,
             persistent_workers=workers > 0,
@@ -403,7 +419,7 @@ class VideoDataModule(DataModuleBase):
             sampler=sampler,
             num_workers=workers,
             collate_fn=collate_clips,
-            worker_init_fn=self._worker_init(),
+            worker_init_fn=self._worker_init(workers),
             pin_memory=hp.pin_memory,
             persistent_workers=workers > 0,
             prefetch_factor=hp.prefetch_factor if workers > 0 else None,

@@ -67,14 +67,27 @@ def compile_target(value: str | bool | None) -> str:
     return target
 
 
-def _checkpointed(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` run under non-reentrant activation checkpointing while autograd records (plain call otherwise)."""
+def _checkpointed(fn: Callable[..., Any], owner: nn.Module) -> Callable[..., Any]:
+    """``fn`` run under non-reentrant activation checkpointing while autograd records (plain call otherwise).
+
+    The recomputation runs in the backward pass, after the caller's ``with model.using_rules(TRAINING)`` block has
+    exited; the step rules (``models/step_rules.py``) in force at the forward call are captured and put back around
+    the recomputation, so both runs take the same branches (otherwise the eval-only stability fallback would change
+    the recomputed graph and ``torch.utils.checkpoint`` raises a metadata mismatch)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not torch.is_grad_enabled():
             return fn(*args, **kwargs)
-        return checkpoint(fn, *args, use_reentrant=False, **kwargs)
+        rules = getattr(owner, "rules", None)
+        if rules is None:
+            return checkpoint(fn, *args, use_reentrant=False, **kwargs)
+
+        def under_rules(*a: Any, **k: Any) -> Any:
+            with owner.using_rules(rules):
+                return fn(*a, **k)
+
+        return checkpoint(under_rules, *args, use_reentrant=False, **kwargs)
 
     setattr(wrapper, _MARK, True)
     return wrapper
@@ -85,7 +98,7 @@ def _wrap_method(obj: nn.Module, name: str) -> None:
     nothing enters the state dict); idempotent."""
     method = getattr(obj, name)
     if not getattr(method, _MARK, False):
-        object.__setattr__(obj, name, _checkpointed(method))
+        object.__setattr__(obj, name, _checkpointed(method, obj))
 
 
 def _unwrap_method(obj: nn.Module, name: str) -> None:
