@@ -44,6 +44,7 @@ from edgetam_train.distill.module import DistillationModule
 from edgetam_train.distill.nonfinite import NonFiniteLossError
 from edgetam_train.run.checkpoint_io import AtomicCheckpointIO
 from edgetam_train.run.trainer import Trainer
+from toy_module import ToyModule
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 7  # 4 batches per epoch: the runs cross into epoch 1
@@ -198,18 +199,6 @@ def test_sigterm_saves_last_checkpoint_exits_cleanly_and_resumes(project, refere
     assert load(last)["global_step"] == 6  # the last periodic save (every 2 steps) overwrote it
 
 
-class _Toy(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(4, 1)
-
-    def training_step(self, batch, batch_idx):
-        return self.layer(batch).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 class _SigtermAt(pl.Callback):
     """Sends this process a real SIGTERM at the end of the given step."""
 
@@ -237,7 +226,7 @@ def test_sigterm_before_any_periodic_checkpoint_becomes_modelcheckpoints_last(tm
 
     with warnings.catch_warnings(), pytest.raises(SystemExit) as exit_info:
         warnings.simplefilter("ignore")
-        trainer(_SigtermAt(2)).fit(_Toy(), loader)
+        trainer(_SigtermAt(2)).fit(ToyModule(), loader)
     assert exit_info.value.code in (None, 0)  # Lightning's SIGTERMException: exit status 0
     ckpt = load(ckpt_dir / "last.ckpt")
     assert ckpt["global_step"] == 2
@@ -247,7 +236,7 @@ def test_sigterm_before_any_periodic_checkpoint_becomes_modelcheckpoints_last(tm
     resumed = trainer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        resumed.fit(_Toy(), loader, ckpt_path=str(ckpt_dir / "last.ckpt"))
+        resumed.fit(ToyModule(), loader, ckpt_path=str(ckpt_dir / "last.ckpt"))
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["last.ckpt"]
     assert load(ckpt_dir / "last.ckpt")["global_step"] == 6
 

@@ -19,20 +19,9 @@ from callbacks.sigterm_checkpoint import SigtermCheckpoint
 from edgetam_train.data.datamodule import init_worker
 from edgetam_train.run.checkpoint_io import AtomicCheckpointIO
 from edgetam_train.run.trainer import Trainer
+from toy_module import ToyModule
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class _Toy(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(4, 1)
-
-    def training_step(self, batch, batch_idx):
-        return self.layer(batch).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 class _CtrlCAt(pl.Callback):
@@ -55,7 +44,7 @@ def _fit(tmp_path: Path, *extra: pl.Callback) -> Path:
                                  SigtermCheckpoint(ckpt_dir), *extra])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(_Toy(), torch.utils.data.DataLoader(torch.randn(16, 4), batch_size=2))
+        trainer.fit(ToyModule(), torch.utils.data.DataLoader(torch.randn(16, 4), batch_size=2))
     return ckpt_dir
 
 

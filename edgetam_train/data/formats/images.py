@@ -110,3 +110,21 @@ def read_image(path: Path) -> np.ndarray:
                 return np.asarray(im.convert("RGB"))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as e:
         raise BadSample("corrupt_image", str(path), f"{type(e).__name__}: {e}") from None
+
+
+def read_label_png(path: Path, modes: tuple[str, ...], expected: str, missing: tuple[str, str]) -> np.ndarray:
+    """(H, W) integer array of a single-channel PNG of object ids / a binary mask (VOS annotations, mask folders).
+
+    Raises ``BadSample``: ``missing`` = (reason, text) when the file does not exist, ``bad_annotation`` when its mode
+    is not in ``modes`` (the message says ``expected <expected>``), ``corrupt_mask`` when it cannot be decoded.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in modes:
+                raise BadSample("bad_annotation", str(path), f"expected {expected}, got mode {im.mode}")
+            return np.asarray(im)
+    except FileNotFoundError:
+        raise BadSample(missing[0], str(path), missing[1]) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadSample("corrupt_mask", str(path), f"{type(e).__name__}: {e}") from None

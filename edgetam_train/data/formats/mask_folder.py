@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from edgetam_train.data.formats.images import read_label_png
 from edgetam_train.data.skips import BadSample
 
 log = logging.getLogger(__name__)
@@ -76,17 +76,8 @@ def index_mask_folder(root: str | Path, image_dir: str = "images", mask_dir: str
 
 def read_png(path: Path) -> np.ndarray:
     """(H, W) integer array of a single-channel PNG. Raises ``BadSample`` corrupt_mask / bad_annotation."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in SINGLE_CHANNEL_MODES:
-                raise BadSample("bad_annotation", str(path), f"expected a single-channel PNG (palette, grey or "
-                                f"16-bit) of object ids / a binary mask, got mode {im.mode}")
-            return np.asarray(im)
-    except FileNotFoundError:
-        raise BadSample("corrupt_mask", str(path), "mask missing") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise BadSample("corrupt_mask", str(path), f"{type(e).__name__}: {e}") from None
+    return read_label_png(path, SINGLE_CHANNEL_MODES, "a single-channel PNG (palette, grey or 16-bit) of object ids / "
+                          "a binary mask", ("corrupt_mask", "mask missing"))
 
 
 def read_object_masks(masks_dir: Path, item: MaskFolderItem, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
+from edgetam_train.data.formats.images import read_label_png
 from edgetam_train.data.skips import BadSample
 
 VOID_ID = 255
@@ -63,17 +63,8 @@ def frame_order(stems: Sequence[str]) -> list[str]:
 
 def read_label(path: Path) -> np.ndarray:
     """uint8 (H, W) object ids of an indexed PNG. Raises ``BadSample`` missing_frame / corrupt_mask / bad_annotation."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("P", "L"):
-                raise BadSample("bad_annotation", str(path),
-                                f"expected an indexed (palette 'P' or grey 'L') PNG of object ids, got mode {im.mode}")
-            return np.asarray(im)
-    except FileNotFoundError:
-        raise BadSample("missing_frame", str(path), "annotation missing") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise BadSample("corrupt_mask", str(path), f"{type(e).__name__}: {e}") from None
+    return read_label_png(path, ("P", "L"), "an indexed (palette 'P' or grey 'L') PNG of object ids",
+                          ("missing_frame", "annotation missing"))
 
 
 def object_ids(label: np.ndarray, ignore: Sequence[int] = (0, VOID_ID)) -> np.ndarray:
