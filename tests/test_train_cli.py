@@ -139,3 +139,33 @@ def test_quickstart_scales_its_schedule_with_max_steps():
     assert (cfg.model.scheduler.warmup_steps, cfg.model.scheduler.cooldown_steps) == (0, 0)
     assert cfg.model.teacher.checkpoint is None and cfg.model.teacher.allow_random_init is True
     assert cfg.trainer.precision == "32-true" and cfg.model.student.image_size == 256
+
+
+@pytest.mark.parametrize("overrides", [
+    ["experiment=edgetam_distill"], ["experiment=edgetam_distill", "debug=quickstart"],
+    ["experiment=edgetam_distill_video"], ["experiment=edgetam_distill_video", "debug=quickstart_video"],
+    ["experiment=edgetam_distill", "debug=identity"], ["experiment=edgetam_distill_video", "debug=identity"],
+    ["experiment=edgetam_finetune", "debug=quickstart", "data=coco"],
+    ["experiment=edgetam_finetune", "data=mask_folder"],
+    ["experiment=edgetam_finetune", "model=distill_video", "data=vos_finetune"],
+])
+def test_data_config_check_accepts_every_documented_combination(overrides):
+    from edgetam_train.run.train import check_data_config
+
+    register_resolvers()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("train", overrides=[*overrides, "paths.output_dir=/tmp/unused"])
+    check_data_config(cfg.data, [])
+
+
+def test_quickstart_video_without_its_experiment_is_refused_before_building(tmp_path):
+    """debug=quickstart_video on the default (image) experiment ended in an instantiate TypeError; now the keys the
+    SA-1B data module does not take and the experiment to use are named, before any model is built."""
+    env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "debug=quickstart_video"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "SA1BDataModule (data._target_) takes no ['clip_len', 'datasets', 'max_objects']" in out, out[-2000:]
+    assert "debug=quickstart_video goes with experiment=edgetam_distill_video" in out
+    assert "instantiating" not in out  # refused before any callback, logger or model was built

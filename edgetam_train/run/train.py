@@ -7,6 +7,7 @@ W&B run id per run directory, refuses credentials in the config, and turns confi
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,29 @@ def check_model_config(model_cfg: DictConfig | None) -> None:
                          f"arch@model.teacher.net=sam2.1_hiera_t")
 
 
+def check_data_config(data_cfg: DictConfig | None, choices: list[str]) -> None:
+    """Fail before anything is built when ``data`` holds keys its ``_target_`` does not take: a ``debug`` or
+    ``experiment`` choice written for another data module (``debug=quickstart_video`` sets ``data.datasets``, which
+    only the video data module takes) otherwise ends in an instantiate TypeError. ``choices``: the Hydra choices
+    (``experiment_tags()``), named in the message."""
+    target = data_cfg.get("_target_") if isinstance(data_cfg, DictConfig) else None
+    if not target:
+        return
+    try:
+        params = inspect.signature(hydra.utils.get_class(target)).parameters
+    except Exception as e:  # noqa: BLE001 - reported below with the config key
+        raise ValueError(f"data._target_={target} cannot be imported: {e}") from e
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(k for k in data_cfg if not str(k).startswith("_") and k not in params)
+    if unknown:
+        chosen = ", ".join(choices) or "none"
+        raise ValueError(f"data: {target.rsplit('.', 1)[-1]} (data._target_) takes no {unknown}. The chosen configs "
+                         f"({chosen}) do not go together: debug=quickstart_video goes with "
+                         f"experiment=edgetam_distill_video, debug=quickstart with experiment=edgetam_distill; or "
+                         f"remove the keys (~data.{unknown[0]})")
+
+
 def check_teacher_choice(cfg: DictConfig) -> None:
     """Refuse a teacher cache without the cached teacher and the reverse, before anything is built: the SA-1B loader
     reads ``data.teacher_cache`` and ``model/teacher=cached`` consumes what it read."""
@@ -97,6 +121,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_numeric_config(cfg)  # lr=abc, batch_size=-1, ...: named now, not after the models are built
     check_no_secrets(cfg)  # before anything writes the config (config_resolved.yaml, logger hyper-parameters)
     check_model_config(cfg.get("model"))
+    check_data_config(cfg.get("data"), experiment_tags())
     check_teacher_choice(cfg)
     output_dir = cfg.paths.output_dir
     ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
