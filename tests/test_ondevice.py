@@ -216,6 +216,22 @@ def test_memory_attention_slots_equal_attending_to_valid_tokens(checkpoint):
     assert (shuffled - ref).abs().max().item() <= 1e-4
 
 
+def test_memory_attention_graph_keeps_every_tensor_at_rank_5_or_less(checkpoint):
+    """Core ML converts tensors of rank <= 5 only; the memory keys' RoPE rotation on a (B, heads, F, N, d) view made
+    rank 6 and `--format coreml` stopped at the fourth graph. Checked on the exported graph (no coremltools needed)."""
+    model = checkpoint[1]
+    h = model.feat_size
+    f16 = torch.zeros(1, 256, h, h)
+    feats = ImageFeatures(f16, model.image_encoder.neck.position_encoding(f16), None)
+    _, mem_pos = model.encode_memory(feats, torch.zeros(1, 1, S, S), torch.ones(1, 1), is_mask_from_pts=False)
+    part = MemoryAttentionPart(model, mem_pos[0]).eval()
+    args = (f16, torch.randn(1, 7, 512, 64), torch.arange(7, dtype=torch.int32)[None], torch.ones(1, 7),
+            torch.randn(1, 16, 256), torch.zeros(1, 16), torch.ones(1, 16))
+    graph = torch.export.export(part, args).graph
+    ranks = {n.name: n.meta["val"].dim() for n in graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)}
+    assert ranks and max(ranks.values()) <= 5, {k: r for k, r in ranks.items() if r > 5}
+
+
 # ----------------------------------------------------------------------------------------------- ExecuTorch
 
 def test_executorch_export_checked_and_tracks_like_torch(executorch_dir, checkpoint):

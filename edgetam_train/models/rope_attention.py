@@ -115,11 +115,12 @@ class RoPEAttention(Attention):
             raise ValueError(f"RoPEAttention: each of the {num_frames} key frames has {per_frame} tokens, fewer than "
                              f"the k_sizes grid {height}x{width} = {n_rot}")
         table = self.rope_table(height, width, k.device)
-        frames = k.view(b, nh, num_frames, per_frame, d)
+        # (B·heads·F, per_frame, d): rank 3, so the rotation's pair axis makes rank 4 (Core ML converts rank <= 5)
+        frames = k.reshape(b * nh * num_frames, per_frame, d)
         n_plain = per_frame - n_rot
-        rotated = apply_rope(frames[:, :, :, n_plain:], table)
+        rotated = apply_rope(frames[:, n_plain:], table)
         if n_plain:
-            rotated = torch.cat((frames[:, :, :, :n_plain], rotated), dim=3)
+            rotated = torch.cat((frames[:, :n_plain], rotated), dim=1)
         return rotated.reshape(b, nh, r, d)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, feat_size: tuple[int, int], num_k_exclude_rope: int = 0,
