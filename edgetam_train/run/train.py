@@ -60,16 +60,22 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     return str(ckpt_path)
 
 
+def _target_class(node: DictConfig | None, key: str) -> tuple[str | None, Any]:
+    """(``<key>._target_``, the class it names) of a config node; (None, None) without a target. An import failure
+    is a ValueError naming the config key."""
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not target:
+        return None, None
+    try:
+        return target, hydra.utils.get_class(target)
+    except Exception as e:  # noqa: BLE001 - reported with the config key
+        raise ValueError(f"{key}._target_={target} cannot be imported: {e}") from e
+
+
 def check_model_config(model_cfg: DictConfig | None) -> None:
     """Fail before anything is built when ``model._target_`` is not a LightningModule (the ``model`` group holds the
     training modules; architectures are the ``arch`` group, under ``model.student`` / ``model.teacher.net``)."""
-    target = model_cfg.get("_target_") if isinstance(model_cfg, DictConfig) else None
-    cls = None
-    if target:
-        try:
-            cls = hydra.utils.get_class(target)
-        except Exception as e:  # noqa: BLE001 - reported below with the config key
-            raise ValueError(f"model._target_={target} cannot be imported: {e}") from e
+    target, cls = _target_class(model_cfg, "model")
     if cls is None or not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
         raise ValueError(f"model._target_={target}, which is not a LightningModule: the model group selects the training module "
                          f"(model=distill_image, or model=distill_video); architectures (edgetam, "
@@ -82,13 +88,10 @@ def check_data_config(data_cfg: DictConfig | None, choices: list[str]) -> None:
     ``experiment`` choice written for another data module (``debug=quickstart_video`` sets ``data.datasets``, which
     only the video data module takes) otherwise ends in an instantiate TypeError. ``choices``: the Hydra choices
     (``experiment_tags()``), named in the message."""
-    target = data_cfg.get("_target_") if isinstance(data_cfg, DictConfig) else None
-    if not target:
+    target, cls = _target_class(data_cfg, "data")
+    if cls is None:
         return
-    try:
-        params = inspect.signature(hydra.utils.get_class(target)).parameters
-    except Exception as e:  # noqa: BLE001 - reported below with the config key
-        raise ValueError(f"data._target_={target} cannot be imported: {e}") from e
+    params = inspect.signature(cls).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     unknown = sorted(k for k in data_cfg if not str(k).startswith("_") and k not in params)
