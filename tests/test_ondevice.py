@@ -66,20 +66,27 @@ def _video(num_frames: int = 6) -> list[np.ndarray]:
     return [np.roll(base, 4 * t, axis=1) for t in range(num_frames)]
 
 
-def _track(predictor, frames, frame_idx: int) -> dict[int, torch.Tensor]:
-    """Box + click on ``frame_idx``, forward then backward tracking; frame -> (1, H, W) logits."""
+def _track(predictor, frames, frame_idx: int, prompt: str = "clicks") -> dict[int, torch.Tensor]:
+    """Box + click (``prompt`` "clicks") or a mask ("mask") on ``frame_idx``, forward then backward tracking;
+    frame -> (1, H, W) logits."""
     state = predictor.init_state(frames)
-    predictor.add_clicks(state, frame_idx, 1, points=[[70, 50]], labels=[1], box=[30, 20, 100, 80])
+    if prompt == "mask":
+        mask = np.zeros(frames[0].shape[:2], dtype=bool)
+        mask[25:70, 40:95] = True
+        predictor.add_mask(state, frame_idx, 1, mask)
+    else:
+        predictor.add_clicks(state, frame_idx, 1, points=[[70, 50]], labels=[1], box=[30, 20, 100, 80])
     out = {t: logits.clone() for t, _, logits in predictor.propagate(state, start_frame_idx=frame_idx)}
     out.update({t: logits.clone() for t, _, logits in predictor.propagate(state, start_frame_idx=frame_idx,
                                                                           reverse=True)})
     return out
 
 
-def _check_tracking_matches(model, model_dir: str, runtime: str) -> None:
+def _check_tracking_matches(model, model_dir: str, runtime: str, prompt: str = "clicks") -> None:
     frames = _video()
-    ref = _track(VideoPredictor(model, fill_hole_area=8), frames, frame_idx=2)
-    got = _track(ExportedVideoPredictor(ExportedModel(model_dir, runtime), fill_hole_area=8), frames, frame_idx=2)
+    ref = _track(VideoPredictor(model, fill_hole_area=8), frames, frame_idx=2, prompt=prompt)
+    got = _track(ExportedVideoPredictor(ExportedModel(model_dir, runtime), fill_hole_area=8), frames, frame_idx=2,
+                 prompt=prompt)
     assert sorted(got) == sorted(ref) == list(range(len(frames)))
     for t in ref:
         a, b = ref[t] > 0, got[t] > 0
@@ -141,6 +148,12 @@ def _p(d):
 
 def test_onnx_video_tracking_matches_torch(onnx_dir, checkpoint):
     _check_tracking_matches(checkpoint[1], onnx_dir, "onnx")
+
+
+def test_onnx_video_tracking_from_a_mask_matches_torch(onnx_dir, checkpoint):
+    """A mask prompt (add_mask) through the exported graphs: SAM 2's mask-as-output rule with the manifest's
+    mask_downsample conv and no-object pointer, then tracking from that memory."""
+    _check_tracking_matches(checkpoint[1], onnx_dir, "onnx", prompt="mask")
 
 
 def test_onnx_image_predictor_matches_torch(onnx_dir, checkpoint):
@@ -241,7 +254,61 @@ def test_executorch_export_checked_and_tracks_like_torch(executorch_dir, checkpo
     assert max(manifest["checks"]["max_abs_diff"].values()) <= 1e-3
     assert all((_p(executorch_dir) / p["file"]).suffix == ".pte" for p in manifest["parts"].values())
     _check_tracking_matches(checkpoint[1], executorch_dir, "executorch")
+    _check_tracking_matches(checkpoint[1], executorch_dir, "executorch", prompt="mask")
     _check_image_matches(checkpoint[1], executorch_dir, "executorch")
+
+
+# ----------------------------------------------------------------------------------------------- LiteRT
+
+@pytest.fixture(scope="module")
+def tflite_dir(checkpoint, tmp_path_factory):
+    pytest.importorskip("litert_torch", reason="the litert extra (pip install 'edgetam-train[litert]')")
+    pytest.importorskip("ai_edge_litert.interpreter")
+    return _export(checkpoint[0], "tflite", tmp_path_factory.mktemp("tflite") / "out")
+
+
+def test_tflite_decoder_has_a_signature_per_point_count_and_tracks_like_torch(tflite_dir, checkpoint):
+    """LiteRT has no dynamic point count: one decoder signature per count (shared weights), so no padding point
+    changes the output and tracking matches PyTorch (padding to a fixed count gave per-frame IoU 0.82-0.91)."""
+    from edgetam_train.export.converters import TFLITE_POINTS
+
+    manifest = json.loads((_p(tflite_dir) / "manifest.json").read_text())
+    assert manifest["prompt_points"] == {"min": 1, "max": TFLITE_POINTS, "signatures": "points_<n>"}
+    assert "tflite runtime" in manifest["checks"]["verified"]
+    assert max(manifest["checks"]["max_abs_diff"].values()) <= 1e-3
+    graph = ExportedModel(tflite_dir, "tflite").graphs["prompt_decoder"]
+    assert sorted(graph.runners) == sorted(f"points_{n}" for n in range(1, TFLITE_POINTS + 1))
+    weights = sum(4 * p.numel() for part in ("sam_prompt_encoder", "sam_mask_decoder", "obj_ptr_proj")
+                  for p in getattr(checkpoint[1], part).parameters())
+    assert manifest["parts"]["prompt_decoder"]["bytes"] < 1.5 * weights  # the weights once, not once per signature
+    _check_tracking_matches(checkpoint[1], tflite_dir, "tflite")
+    _check_tracking_matches(checkpoint[1], tflite_dir, "tflite", prompt="mask")
+    _check_image_matches(checkpoint[1], tflite_dir, "tflite")
+    model = ExportedModel(tflite_dir, "tflite")
+    feats = model.encode_image(torch.zeros(1, 3, S, S))
+    too_many = (torch.zeros(1, TFLITE_POINTS + 1, 2), torch.ones(1, TFLITE_POINTS + 1))
+    with pytest.raises(ValueError, match=f"at most {TFLITE_POINTS}"):
+        model.heads(feats.image_embeddings, feats.high_res, too_many, None, multimask_output=False)
+
+
+# ----------------------------------------------------------------------------------------------- Core ML
+
+def test_coreml_decoder_takes_1_to_16_points(checkpoint, tmp_path):
+    """Core ML gets the decoder's point count as a range dimension (no padding), read back from the saved spec."""
+    pytest.importorskip("coremltools")
+    from edgetam_train.export.converters import MAX_POINTS, coreml_spec, write_coreml
+    from edgetam_train.export.ondevice import build_parts, example_inputs, part_specs
+    from edgetam_train.export.onnx import fuse_for_export
+
+    fused = fuse_for_export(checkpoint[1])
+    specs = part_specs(fused, 2, 7, 16, 512)
+    names = [t.name for t in specs["prompt_decoder"].outputs]
+    path = write_coreml(build_parts(fused)["prompt_decoder"], example_inputs(fused, specs)["prompt_decoder"], names,
+                        tmp_path / "prompt_decoder.mlpackage")
+    spec = dict(coreml_spec(path)["inputs"])
+    assert spec["point_coords"] == (1, (1, MAX_POINTS), 2) and spec["point_labels"] == (1, (1, MAX_POINTS))
+    assert spec["mask_input"] == (1, 1, S // 4, S // 4)
+    assert [n for n, _ in coreml_spec(path)["outputs"]] == names
 
 
 # ----------------------------------------------------------------------------------------------- int8

@@ -4,10 +4,13 @@ Each writer takes the export-only module, its example inputs (an ordered ``{name
 the path, and returns the path written. Toolchains are imported here, lazily; a missing one raises
 :class:`~edgetam_train.predictor.runtime_backends.MissingToolchainError` naming the extra.
 
-Shapes are fixed at the example inputs' shapes, except the decoder's prompt: ONNX keeps the number of prompt sets
-and points dynamic (as the image-path ONNX export always did) and ExecuTorch the number of points (1 ..
-:data:`MAX_POINTS`, bounded dynamic shape, still one XNNPACK program). LiteRT and Core ML get the example's point
-count; the manifest records it.
+Shapes are fixed at the example inputs' shapes, except the decoder's number of prompt points, which every format
+takes without padding (padding points change SAM's output): ONNX keeps the number of prompt sets and points dynamic
+(as the image-path ONNX export always did); ExecuTorch and Core ML the number of points (1 .. :data:`MAX_POINTS`, a
+bounded dynamic shape: one XNNPACK program, one Core ML range dimension). LiteRT has no dynamic shapes for this
+graph (its MLIR lowering rejects the symbolic dimension), so its decoder file holds one signature per point count,
+``points_1`` .. ``points_<TFLITE_POINTS>``, sharing one copy of the weights. :func:`point_range` says which counts a
+format takes; the manifest records it.
 """
 
 from __future__ import annotations
@@ -18,11 +21,32 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..predictor.runtime_backends import MissingToolchainError
+from ..predictor.runtime_backends import TFLITE_SIGNATURE, MissingToolchainError
 from .onnx import _export
 
 MAX_POINTS = 16
+TFLITE_POINTS = 8  # decoder signatures of a .tflite file: a box and up to 6 clicks (each adds ~10 s of conversion)
 POINT_INPUTS = ("point_coords", "point_labels")
+
+
+def point_range(fmt: str) -> tuple[int, int | None]:
+    """(min, max) prompt points the format's decoder takes (max None: unbounded)."""
+    return 1, {"onnx": None, "tflite": TFLITE_POINTS}.get(fmt, MAX_POINTS)
+
+
+def tflite_signature(num_points: int) -> str:
+    """The name of the decoder signature for ``num_points`` prompt points in a ``.tflite`` file."""
+    return TFLITE_SIGNATURE.format(num_points)
+
+
+def with_points(inputs: dict[str, Tensor], num_points: int) -> dict[str, Tensor]:
+    """``inputs`` with ``point_coords`` / ``point_labels`` cut or tiled to ``num_points`` points."""
+    out = dict(inputs)
+    for name in POINT_INPUTS:
+        x = inputs[name]
+        reps = -(-num_points // x.shape[1])
+        out[name] = x.repeat(1, reps, *([1] * (x.dim() - 2)))[:, :num_points].contiguous()
+    return out
 
 
 def _dynamic_onnx(inputs: dict[str, Tensor], outputs: list[str]) -> dict | None:
@@ -80,7 +104,8 @@ def write_executorch(module: nn.Module | torch.export.ExportedProgram, inputs: d
 
 def write_tflite(module: nn.Module, inputs: dict[str, Tensor], outputs: list[str], path: Path,
                  quant_config=None) -> Path:
-    """LiteRT flatbuffer through litert-torch (inputs ``args_<i>``, outputs ``output_<i>`` in the given order)."""
+    """LiteRT flatbuffer through litert-torch (inputs ``args_<i>``, outputs ``output_<i>`` in the given order); the
+    prompt decoder gets one signature per point count (:func:`tflite_signature`), the weights stored once."""
     try:
         import litert_torch
     except ImportError as err:
@@ -88,7 +113,13 @@ def write_tflite(module: nn.Module, inputs: dict[str, Tensor], outputs: list[str
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         kwargs = {"quant_config": quant_config} if quant_config is not None else {}
-        litert_torch.convert(module, tuple(inputs.values()), **kwargs).export(str(path))
+        if "point_coords" not in inputs:
+            litert_torch.convert(module, tuple(inputs.values()), **kwargs).export(str(path))
+            return path
+        converter = litert_torch
+        for n in range(1, TFLITE_POINTS + 1):
+            converter = converter.signature(tflite_signature(n), module, tuple(with_points(inputs, n).values()))
+        converter.convert(**kwargs).export(str(path))
     return path
 
 
@@ -100,7 +131,7 @@ def write_coreml(module: nn.Module, inputs: dict[str, Tensor], outputs: list[str
         import coremltools as ct
     except ImportError as err:
         raise MissingToolchainError("coreml", err) from None
-    program = _drop_aliases(exported_program(module, inputs).run_decompositions({}))
+    program = _drop_aliases(exported_program(module, inputs, dynamic_points=True).run_decompositions({}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ml = ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
@@ -126,16 +157,24 @@ def _drop_aliases(program):
     return program
 
 
-def coreml_spec(path: Path) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
-    """Inputs and outputs of a saved ``.mlpackage`` read back from its spec: ``{"inputs": [(name, shape)], ...}``."""
+def coreml_spec(path: Path) -> dict[str, list[tuple[str, tuple]]]:
+    """Inputs and outputs of a saved ``.mlpackage`` read back from its spec: ``{"inputs": [(name, shape)], ...}``;
+    a flexible dimension reads ``(lower, upper)``."""
     try:
         import coremltools as ct
     except ImportError as err:
         raise MissingToolchainError("coreml", err) from None
     spec = ct.utils.load_spec(str(path))
 
+    def dims(array):
+        ranges = array.shapeRange.sizeRanges if array.WhichOneof("ShapeFlexibility") == "shapeRange" else []
+        if not ranges:
+            return tuple(int(d) for d in array.shape)
+        return tuple(int(r.lowerBound) if r.lowerBound == r.upperBound else (int(r.lowerBound), int(r.upperBound))
+                     for r in ranges)
+
     def rows(items):
-        return [(i.name, tuple(int(d) for d in i.type.multiArrayType.shape)) for i in items]
+        return [(i.name, dims(i.type.multiArrayType)) for i in items]
 
     return {"inputs": rows(spec.description.input), "outputs": rows(spec.description.output),
             "spec_version": int(spec.specificationVersion)}

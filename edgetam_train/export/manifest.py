@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..models.sam2_model import NO_OBJ_SCORE, SAM2Model
-from ..predictor.runtime_backends import MANIFEST
+from ..predictor.runtime_backends import MANIFEST, TFLITE_SIGNATURE
 from .official import ExportReport
 
 TRACKING_KEYS = ("num_maskmem", "max_obj_ptrs_in_encoder", "max_cond_frames_in_attn", "memory_temporal_stride_for_eval",
@@ -37,6 +37,17 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def mask_prompt_constants(model: SAM2Model) -> dict:
+    """What an app needs, besides the graphs, to start an object from a mask (SAM 2's mask-as-output rule): the
+    ``mask_downsample`` conv (1 -> 1 channel, 4x4 kernel, stride 4: S x S mask -> the decoder's ``mask_input``)
+    and the no-object pointer."""
+    conv = model.mask_downsample
+    return {"mask_downsample_weight": conv.weight.detach().reshape(4, 4).tolist(),
+            "mask_downsample_bias": float(conv.bias.detach()[0]),
+            "no_obj_ptr": model.no_obj_ptr.detach().reshape(-1).tolist(), "fixed_no_obj_ptr": model.fixed_no_obj_ptr,
+            "logit_scale": 20.0, "logit_bias": -10.0}
+
+
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
@@ -47,8 +58,9 @@ def _finite(value: float) -> float | None:
 
 def write_manifest(out_dir: Path, fmt: str, model: SAM2Model, model_name: str, checkpoint, specs: dict,
                    files: dict[str, Path], report: ExportReport, note: str, quantize: str | None,
-                   quantized: dict[str, str], dynamic_points: tuple[int, int | None] | None) -> Path:
-    """Write ``manifest.json`` and ``README.md`` into ``out_dir``; returns the manifest path."""
+                   quantized: dict[str, str], points: tuple[int, int | None]) -> Path:
+    """Write ``manifest.json`` and ``README.md`` into ``out_dir``; returns the manifest path. ``points``: the
+    (min, max) prompt points the decoder takes (max None: any)."""
     manifest = {
         "format": fmt, "runtime": RUNTIMES[fmt], "model": model_name, "image_size": model.image_size,
         "quantize": quantize, "quantized": quantized,
@@ -61,8 +73,9 @@ def write_manifest(out_dir: Path, fmt: str, model: SAM2Model, model_name: str, c
             "points": "pixel x, y of the original image scaled by S / W, S / H; a box is two points (labels 2, 3) "
                       "before the clicks",
             "output": "low-res logits (S/4 x S/4) -> bilinear to the original size -> > 0 is the mask"},
-        "prompt_points": {"fixed": specs["prompt_decoder"].inputs[3].shape[1]} if dynamic_points is None
-        else {"min": dynamic_points[0], "max": dynamic_points[1]},
+        "prompt_points": {"min": points[0], "max": points[1]}
+        | ({"signatures": TFLITE_SIGNATURE.format("<n>")} if fmt == "tflite" else {}),
+        "mask_prompt": mask_prompt_constants(model),
         "memory": {"max_memory_frames": specs["memory_attention"].inputs[1].shape[1],
                    "memory_tokens": specs["memory_attention"].inputs[1].shape[2],
                    "max_object_pointers": specs["memory_attention"].inputs[4].shape[1]},
@@ -120,9 +133,17 @@ def readme(manifest: dict) -> str:
                       for t in part[side]]
         lines.append("")
     pts = manifest["prompt_points"]
-    lines.append("Prompt points: " + (f"exactly {pts['fixed']} per call (pad with label -1; padding changes the "
-                                      "output slightly, as in SAM)" if "fixed" in pts else
-                                      f"{pts['min']} .. {pts['max'] or 'any'} (dynamic)") + ".")
+    lines.append(f"Prompt points: {pts['min']} .. {pts['max'] or 'any'} per call, no padding needed"
+                 + (f" (one signature per count: `{pts['signatures']}`)" if "signatures" in pts else " (dynamic)")
+                 + ". A box is two points (labels 2, 3) before the clicks; a tracked frame without clicks is one "
+                 "point (0, 0) with label -1.")
+    lines += ["", "## Starting an object from a mask", "",
+              "As SAM 2, a mask prompt (S x S, 1 inside) is taken as the frame's output: logits = mask * "
+              "`mask_prompt.logit_scale` + `logit_bias`, low-res logits = antialiased bilinear downsampling by 4, "
+              "IoU 1, object score = scale + bias if any pixel is set, else bias. The pointer comes from "
+              "`prompt_decoder(vision_features, ..., point (0, 0) label -1, mask_input = conv4x4/4(mask) with "
+              "`mask_downsample_weight` / `_bias`, has_mask_input 1)` -> `single_obj_ptr`; for an empty mask it "
+              "becomes `no_obj_ptr` (times 0 first when `fixed_no_obj_ptr`). Then `memory_encoder(..., binarize 0)`."]
     lines += ["", "Run it on Linux: `edgetam-predict image|video --runtime "
               f"{manifest['format']} --model-dir DIR ...` (same outputs as `--runtime torch`).", ""]
     return "\n".join(lines)

@@ -30,7 +30,7 @@ from ..models.outputs import ImageFeatures, MemoryContext
 from ..models.position_encoding import sine_pe_1d
 from ..models.sam2_model import SAM2Model
 from ..predictor.runtime_backends import SUFFIX, load_graph
-from .converters import MAX_POINTS, WRITERS, coreml_spec, onnx_input_names
+from .converters import POINT_INPUTS, WRITERS, coreml_spec, onnx_input_names, point_range
 from .manifest import write_manifest
 from .official import ONNX_TOLERANCE, ExportReport, max_abs_diff
 from .ondevice import PARTS, build_parts, example_inputs, part_specs
@@ -45,7 +45,8 @@ def export_ondevice(model: SAM2Model, out_dir: str | Path, fmt: str, model_name:
                     calibration: str | Path | None = None, num_points: int = 2) -> ExportReport:
     """Write ``out_dir/{image_encoder,prompt_decoder,memory_encoder,memory_attention}.<ext>``, ``manifest.json`` and
     ``README.md``, and check them (see the module docstring). ``quantize``: None or "int8" (calibrated on the images
-    in ``calibration``); ``num_points``: the decoder's point count where the format fixes it (LiteRT, Core ML)."""
+    in ``calibration``); ``num_points``: the point count of the example prompt the graphs are traced with (every
+    format takes 1 .. :func:`~edgetam_train.export.converters.point_range` points)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown on-device format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if quantize not in (None, "int8"):
@@ -93,17 +94,19 @@ def export_ondevice(model: SAM2Model, out_dir: str | Path, fmt: str, model_name:
     if quantize:
         report.tolerances.update({k: INT8_TOLERANCE for k in report.diffs})
     write_manifest(out_dir, fmt, fused, model_name, checkpoint, io, files, report, note, quantize, quantized,
-                   dynamic_points={"onnx": (1, None), "executorch": (1, MAX_POINTS)}.get(fmt))
+                   point_range(fmt))
     report.note = note
     return report
 
 
 def _check_coreml_specs(files, specs, report: ExportReport) -> None:
     """0 when a ``.mlpackage``'s input / output names and shapes equal the manifest's, inf otherwise."""
+    points = point_range("coreml")
     for name, path in files.items():
         spec = coreml_spec(path)
         for side in ("inputs", "outputs"):
-            want = [(t.name, t.shape) for t in getattr(specs[name], side)]
+            want = [(t.name, (t.shape[0], points, *t.shape[2:]) if t.name in POINT_INPUTS else t.shape)
+                    for t in getattr(specs[name], side)]
             got = spec[side]
             report.diffs[f"{name}/coreml_spec/{side}"] = 0.0 if got == want else float("inf")
 
@@ -124,10 +127,8 @@ def _ref_decoder(model: SAM2Model, emb, hr, coords, labels, mask):
 def check_parts(model: SAM2Model, graphs: dict, specs: dict, report: ExportReport, fmt: str) -> ExportReport:
     """Run the four graphs and compare every output with the unfused ``model`` (see the module docstring)."""
     model.eval()
-    num_points = specs["prompt_decoder"].inputs[3].shape[1]
-    fixed = fmt in ("tflite", "coreml")
-    check_image_graphs(model, graphs["image_encoder"], graphs["prompt_decoder"], report,
-                       num_points=(num_points,) if fixed else (1, 3, 5), batch=fmt == "onnx")
+    check_image_graphs(model, graphs["image_encoder"], graphs["prompt_decoder"], report, num_points=(1, 3, 5),
+                       batch=fmt == "onnx")
     examples = example_inputs(model, specs, seed=1)
     pixels = examples["image_encoder"]["pixels"]
     enc = graphs["image_encoder"](pixels=pixels.numpy())

@@ -26,6 +26,7 @@ EXTRA = {"onnx": "export", "executorch": "executorch", "tflite": "litert", "core
 PACKAGES = {"onnx": "onnx, onnxruntime", "executorch": "executorch==1.5.1, torchao==0.18.0",
             "tflite": "litert-torch==0.10.0, ai-edge-litert", "coreml": "coremltools==9.0"}
 MANIFEST = "manifest.json"
+TFLITE_SIGNATURE = "points_{}"  # the LiteRT prompt decoder's signature for a point count
 
 
 class MissingToolchainError(ImportError, ValueError):
@@ -110,7 +111,9 @@ class ExecuTorchGraph(Graph):
 
 
 class TFLiteGraph(Graph):
-    """LiteRT interpreter; litert-torch names the signature's inputs ``args_<i>`` and outputs ``output_<i>``."""
+    """LiteRT interpreter; litert-torch names the signature's inputs ``args_<i>`` and outputs ``output_<i>``. A file
+    with several signatures is the prompt decoder, one signature per point count (:data:`TFLITE_SIGNATURE`): the
+    call runs the one of its ``point_coords``' count."""
 
     def __init__(self, path, inputs, outputs, threads: int | None = None) -> None:
         super().__init__(path, inputs, outputs)
@@ -119,10 +122,22 @@ class TFLiteGraph(Graph):
         except ImportError as err:
             raise MissingToolchainError("tflite", err) from None
         self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
-        self.runner = self.interpreter.get_signature_runner()
+        self.runners = {name: self.interpreter.get_signature_runner(name)
+                        for name in self.interpreter.get_signature_list()}
+
+    def _runner(self, values: list[np.ndarray]):
+        if len(self.runners) == 1:
+            return next(iter(self.runners.values()))
+        n = values[self.inputs.index("point_coords")].shape[1]
+        name = TFLITE_SIGNATURE.format(n)
+        if name not in self.runners:
+            raise ValueError(f"{self.path.name}: {n} prompt points, but the file has signatures for "
+                             f"{', '.join(sorted(self.runners, key=len))} only (export again with more points, or use "
+                             "the onnx export: any count)")
+        return self.runners[name]
 
     def _run(self, values):
-        out = self.runner(**{f"args_{i}": v for i, v in enumerate(values)})
+        out = self._runner(values)(**{f"args_{i}": v for i, v in enumerate(values)})
         return [out[f"output_{i}"] for i in range(len(self.outputs))]
 
 

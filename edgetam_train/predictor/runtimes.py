@@ -6,8 +6,8 @@
 the same preprocessing, prompt handling, memory-bank rules (:class:`~edgetam_train.models.memory_bank.MemoryBank`),
 hole filling and outputs, with the network computed by the four graphs of the on-device split. What stays in
 Python is what an app does itself: choosing the memory slots and pointers, picking the mask (multimask rule), the
-no-object logit and the bilinear upsampling. Mask prompts (``add_mask``) need the model's ``mask_downsample`` conv,
-which is not exported: they raise ValueError.
+no-object logit, the bilinear upsampling, and for a mask prompt (``add_mask``) SAM 2's mask-as-output rule with the
+4x4 ``mask_downsample`` conv and the no-object pointer stored in the manifest (``mask_prompt``).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ class ExportedModel:
         self.graphs = load_parts(model_dir, self.manifest, threads)
         self.max_memory_frames = self.manifest["memory"]["max_memory_frames"]
         self.max_object_pointers = self.manifest["memory"]["max_object_pointers"]
-        self.fixed_points = self.manifest["prompt_points"].get("fixed")
+        self.max_points = self.manifest["prompt_points"]["max"]
+        self.mask_prompt = self.manifest["mask_prompt"]
 
     def eval(self) -> ExportedModel:
         return self
@@ -85,18 +86,12 @@ class ExportedModel:
 
     def _decode(self, pix_feat: Tensor, high_res: list[Tensor], points: tuple[Tensor, Tensor] | None,
                 mask_inputs: Tensor | None) -> dict[str, Tensor]:
-        if points is None:
-            raise ValueError("the exported prompt decoder needs at least one click or a box (a mask alone is not "
-                             "supported)")
+        if points is None:  # no clicks: one padding point, as SAM2Model.decode
+            points = torch.zeros(1, 1, 2), -torch.ones(1, 1)
         coords, labels = points[0].float(), points[1].float()
-        if self.fixed_points is not None:
-            n = coords.shape[1]
-            if n > self.fixed_points:
-                raise ValueError(f"{n} prompt points but this export takes {self.fixed_points} (export again with "
-                                 "more points, or use the onnx / executorch export: dynamic)")
-            pad = self.fixed_points - n
-            coords = F.pad(coords, (0, 0, 0, pad))
-            labels = F.pad(labels, (0, pad), value=-1.0)
+        if self.max_points is not None and coords.shape[1] > self.max_points:
+            raise ValueError(f"{coords.shape[1]} prompt points (a box counts 2) but this {self.manifest['format']} "
+                             f"export takes at most {self.max_points} (manifest.json 'prompt_points')")
         side = self.image_size // 4
         if mask_inputs is not None and tuple(mask_inputs.shape[-2:]) != (side, side):
             mask_inputs = F.interpolate(mask_inputs.float(), size=(side, side), mode="bilinear", align_corners=False,
@@ -158,14 +153,35 @@ class ExportedModel:
             obj_ptr_tpos=ptr_tpos, obj_ptr_valid=ptr_valid)
         return torch.from_numpy(out["pix_feat"])
 
+    def mask_as_output(self, feats: ExportedFeatures, mask_inputs: Tensor) -> FrameOutput:
+        """:meth:`SAM2Model.mask_as_output`: the mask prompt (1, 1, S, S) is the frame's output (±10 logits); the
+        pointer is the decoder's on the raw F16 with the mask (``mask_downsample`` from the manifest) as input."""
+        c = self.mask_prompt
+        mask = mask_inputs.float().cpu()
+        high = mask * c["logit_scale"] + c["logit_bias"]
+        s = high.shape[-1]
+        low = F.interpolate(high, size=(s // 4, s // 4), mode="bilinear", align_corners=False, antialias=True)
+        weight = torch.tensor(c["mask_downsample_weight"], dtype=torch.float32).reshape(1, 1, 4, 4)
+        small = F.conv2d(mask, weight, torch.tensor([c["mask_downsample_bias"]], dtype=torch.float32), stride=4)
+        ptr = self._decode(feats.f16, feats.high_res, None, small)["single_obj_ptr"]
+        present = (mask.flatten(1) > 0).any(dim=1, keepdim=True).float()
+        if c["fixed_no_obj_ptr"]:
+            ptr = present * ptr
+        ptr = ptr + (1 - present) * torch.tensor(c["no_obj_ptr"], dtype=torch.float32)[None]
+        score = c["logit_scale"] * present + c["logit_bias"]
+        return FrameOutput(low, high, ptr, score, mask.new_ones(1, 1), low, pix_feat=feats.f16)
+
     def track_step(self, frame_idx: int, is_init_cond_frame: bool, feats: ExportedFeatures, bank: MemoryBank,
                    num_frames: int, point_coords: Tensor | None = None, point_labels: Tensor | None = None,
                    mask_inputs: Tensor | None = None, prev_mask_logits: Tensor | None = None,
                    run_mem_encoder: bool = True, reverse: bool = False, multimask_output: bool | None = None
                    ) -> FrameOutput:
         """:meth:`SAM2Model.track_step` for one object (the predictor encodes the memory itself)."""
+        if mask_inputs is not None and self.use_mask_input_as_output_without_sam:
+            return self.mask_as_output(feats, mask_inputs)
         if mask_inputs is not None:
-            raise ValueError("mask prompts are not supported by the exported runtimes (use clicks or a box)")
+            raise ValueError(f"{self.manifest['model']}: mask prompts through the decoder "
+                             "(use_mask_input_as_output_without_sam false) are not supported by the exported runtime")
         if is_init_cond_frame:
             pix_feat = feats.image_embeddings  # condition() without memory: F16 + no-memory embedding
         else:
