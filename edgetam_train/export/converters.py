@@ -88,16 +88,21 @@ def exported_program(module: nn.Module, inputs: dict[str, Tensor], dynamic_point
 
 
 def write_executorch(module: nn.Module | torch.export.ExportedProgram, inputs: dict[str, Tensor], outputs: list[str],
-                     path: Path) -> Path:
-    """ExecuTorch program lowered to the XNNPACK delegate (``module`` may be a quantized ExportedProgram)."""
+                     path: Path, dynamic_quant: bool = False) -> Path:
+    """ExecuTorch program lowered to the XNNPACK delegate (``module`` may be a quantized ExportedProgram;
+    ``dynamic_quant``: its dynamically quantised linear layers are partitioned first, as XNNPACK requires)."""
     try:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+            XnnpackDynamicallyQuantizedPartitioner,
+            XnnpackPartitioner,
+        )
         from executorch.exir import to_edge_transform_and_lower
     except ImportError as err:
         raise MissingToolchainError("executorch", err) from None
     program = module if isinstance(module, torch.export.ExportedProgram) else exported_program(
         module, inputs, dynamic_points=True)
-    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    partitioners = [XnnpackDynamicallyQuantizedPartitioner()] if dynamic_quant else []
+    lowered = to_edge_transform_and_lower(program, partitioner=[*partitioners, XnnpackPartitioner()]).to_executorch()
     path.write_bytes(lowered.buffer)
     return path
 

@@ -137,8 +137,28 @@ class TFLiteGraph(Graph):
         return self.runners[name]
 
     def _run(self, values):
-        out = self._runner(values)(**{f"args_{i}": v for i, v in enumerate(values)})
-        return [out[f"output_{i}"] for i in range(len(self.outputs))]
+        runner = self._runner(values)
+        ins, outs = runner.get_input_details(), runner.get_output_details()
+        out = runner(**{f"args_{i}": _to_tensor(v, ins[f"args_{i}"]) for i, v in enumerate(values)})
+        return [_from_tensor(out[f"output_{i}"], outs[f"output_{i}"]) for i in range(len(self.outputs))]
+
+
+def _to_tensor(value: np.ndarray, details: dict) -> np.ndarray:
+    """A float input for a tensor the int8 converter made integer: quantised with the tensor's scale / zero point."""
+    dtype = np.dtype(details["dtype"])
+    if value.dtype == dtype or not np.issubdtype(dtype, np.integer) or not np.issubdtype(value.dtype, np.floating):
+        return value
+    scale, zero = details["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(value / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def _from_tensor(value: np.ndarray, details: dict) -> np.ndarray:
+    """An integer output of a quantised tensor back to float32 (scale 0: not quantised, returned as is)."""
+    scale, zero = details["quantization"]
+    if not np.issubdtype(value.dtype, np.integer) or not scale:
+        return value
+    return ((value.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
 GRAPHS = {"onnx": OnnxGraph, "executorch": ExecuTorchGraph, "tflite": TFLiteGraph}
