@@ -382,3 +382,45 @@ def test_tflite_int8_tensors_are_quantised_and_dequantised_with_their_parameters
     same = np.ones(2, dtype=np.float32)
     assert _to_tensor(same, {"dtype": np.float32, "quantization": (0.0, 0)}) is same
     assert _from_tensor(same, {"dtype": np.float32, "quantization": (0.0, 0)}) is same
+
+
+@pytest.mark.slow
+def test_onnx_export_at_1024_tracks_like_torch(tmp_path):
+    """The shipped size: the four graphs at 1024 x 1024 (memory 512 tokens per frame), checked by the export, and
+    video tracking through them equal to PyTorch's (~3 min on 2 cores)."""
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(7)
+    model = build_model("edgetam", image_size=1024).eval()
+    path = tmp_path / "edgetam.pt"
+    torch.save({"model": model.state_dict()}, path)
+    assert cli.main([str(path), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["image_size"] == 1024
+    assert manifest["parts"]["image_encoder"]["inputs"][0]["shape"] == [1, 3, 1024, 1024]
+    assert manifest["memory"]["memory_tokens"] == 512
+    _check_tracking_matches(model, str(tmp_path / "onnx"), "onnx")
+
+
+def test_export_runtimes_bench_writes_its_table(tmp_path):
+    """scripts/bench/export_runtimes.py: float and int8 rows with size, latency, Δ logits and held-out mask IoU,
+    written into the doc's export_runtimes section (float ONNX IoU >= 0.99)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("onnxruntime")
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nkept\n")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench" / "export_runtimes.py"
+    run = subprocess.run([sys.executable, str(script), "--formats", "onnx", "onnx:int8", "--image-size", str(S),
+                          "--images", "1", "--calibration-images", "2", "--reps", "1", "--doc", str(doc)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = doc.read_text()
+    assert "kept" in text and "<!-- export_runtimes:begin -->" in text
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines()
+            if line.startswith("| onnx")}
+    assert set(rows) == {"onnx", "onnx:int8"}
+    assert float(rows["onnx"][-1].split()[0]) >= 0.99
+    float_mb, int8_mb = (float(rows[k][0].split("/")[0]) for k in ("onnx", "onnx:int8"))
+    assert int8_mb < 0.6 * float_mb

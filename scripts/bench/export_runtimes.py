@@ -8,7 +8,8 @@ measured on *held-out* images (scenes of scripts/make_sample_data.py with anothe
 images), one click inside the largest shape: max |Δ| of the three decoder logit maps, and the IoU of each of the
 three masks with PyTorch's (mean and min over images and masks). Prints a markdown table (docs/benchmarks.md).
 
-    python scripts/bench/export_runtimes.py --formats onnx executorch onnx:int8 executorch:int8 [--ckpt edgetam.pt]
+    python scripts/bench/export_runtimes.py --formats onnx executorch onnx:int8 executorch:int8 [--ckpt edgetam.pt] \\
+        [--doc docs/benchmarks.md]
 
 LiteRT needs the ``litert`` extra; run it in an environment that has it (docs/ondevice.md).
 """
@@ -29,6 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import interleaved  # noqa: E402
 from loader import load_sample_data_module  # noqa: E402
+from run_all import update_section  # noqa: E402
 
 from edgetam_train.export.ondevice import build_parts, example_inputs, part_specs  # noqa: E402
 from edgetam_train.export.ondevice_export import export_ondevice  # noqa: E402
@@ -73,6 +75,8 @@ def main() -> None:
     parser.add_argument("--calibration-images", type=int, default=8)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows for run_all's table here")
+    parser.add_argument("--doc", type=Path, default=None, help="write the table into this file's export_runtimes "
+                        "section (docs/benchmarks.md)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = build_model("edgetam", image_size=args.image_size, checkpoint=args.ckpt).eval()
@@ -137,18 +141,21 @@ def main() -> None:
     def ms(key: str) -> float:
         return 1e3 * median(times[key]) if key in times else float("nan")
 
-    print("| format | size MB (all / encoder) | encoder ms | decoder ms | memory attention ms | max abs Δ logits | "
-          "mask IoU mean (min) |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| torch (fused) | - | {ms('torch/encoder'):.0f} | {ms('torch/decoder'):.1f} | "
-          f"{ms('torch/memory_attention'):.0f} | 0 | 1 |")
-    for name, r in rows.items():
-        print(f"| {name} | {r['MB']:.1f} / {r['enc MB']:.1f} | {ms(f'{name}/encoder'):.0f} | "
+    lines = ["| format | size MB (all / encoder) | encoder ms | decoder ms | memory attention ms | max abs Δ logits | "
+             "mask IoU mean (min) |", "|---|---|---|---|---|---|---|",
+             f"| torch (fused) | - | {ms('torch/encoder'):.0f} | {ms('torch/decoder'):.1f} | "
+             f"{ms('torch/memory_attention'):.0f} | 0 | 1 |"]
+    lines += [f"| {name} | {r['MB']:.1f} / {r['enc MB']:.1f} | {ms(f'{name}/encoder'):.0f} | "
               f"{ms(f'{name}/decoder'):.1f} | {ms(f'{name}/memory_attention'):.0f} | {r['dlogit']:.2g} | "
-              f"{r['iou']:.4f} ({r['min_iou']:.4f}) |")
-    print(f"\n{s}x{s}, {torch.get_num_threads()} CPU threads, {args.images} held-out generated images with one click "
-          f"(int8 calibrated on {args.calibration_images} others), medians of {args.reps} interleaved repetitions",
-          flush=True)
+              f"{r['iou']:.4f} ({r['min_iou']:.4f}) |" for name, r in rows.items()]
+    lines += ["", f"{s}x{s}, {torch.get_num_threads()} CPU threads, {args.images} held-out generated images with one "
+              f"click (int8 calibrated on {args.calibration_images} others), medians of {args.reps} interleaved "
+              "repetitions"]
+    table = "\n".join(lines)
+    print(table, flush=True)
+    if args.doc:
+        update_section(args.doc, "export_runtimes", "## On-device export (`export_runtimes.py`)\n\n"
+                       f"`python scripts/bench/export_runtimes.py {' '.join(sys.argv[1:])}`\n\n{table}\n")
     if args.json:
         out = [{"name": f"{name} encoder ms/frame ({s}px)", "value": round(ms(f"{name}/encoder"), 1), "unit": "ms",
                 "goal": None, "passed": r["min_iou"] >= (0.99 if ":" not in name else 0.0),
