@@ -49,9 +49,16 @@ class PositionEmbeddingSine(nn.Module):
         """(..., half) angles -> (..., half) with sin on even, cos on odd frequency slots, interleaved."""
         return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
 
-    @torch.no_grad()
     def grid(self, h: int, w: int, device: torch.device) -> Tensor:
         """Encoding of an h×w grid: (C, h, w), cached per (h, w, device)."""
+        if torch.compiler.is_exporting():
+            # plain ops, so an export drops the grids no output reads; a no_grad block becomes a graph node that
+            # is never removed, and ExecuTorch stored its grids as constants (85 MB of a 1024 px encoder .pte)
+            return self._make_grid(h, w, device)
+        return self._cached_grid(h, w, device)
+
+    @torch.no_grad()
+    def _cached_grid(self, h: int, w: int, device: torch.device) -> Tensor:
         key = (h, w, str(device))
         if key not in self._cache:
             # built outside inference mode, so a grid first made under torch.inference_mode() also serves training
