@@ -177,18 +177,23 @@ def profile_row(name: str, job: Job, module, optimizer, batch: dict, teacher, pl
     return row
 
 
+def planned_build(job: Job, what: str, device: torch.device) -> tuple[dict[str, Any], Any, dict, Any]:
+    """The memory plan of ``job`` (printed, with ``what`` describing the step), then its module (from the experiment's
+    config, ``step_memory.build``), synthetic batch and live teacher on ``device``: (plan, module, batch, teacher)."""
+    plan = estimate(job)
+    print(f"gpu_profile: memory plan, {what} at {job.size}², checkpointing {job.level}: step peak "
+          f"{gib(plan['peak'] / 2**30)} + persistent {gib(plan['static'] / 2**30)} (step_memory.py)", flush=True)
+    module, batch, _, _ = build(job)
+    teacher = module.teacher.to(device)
+    return plan, module.to(device), {k: v.to(device) for k, v in batch.items()}, teacher
+
+
 def stage_one(args: argparse.Namespace, device: torch.device, peak: float | None) -> list[dict[str, Any]]:
     """The stage-1 rows (``--modes``: live teacher, cached F16) on ``experiment=edgetam_distill``'s module."""
     job = Job("image", args.batch_size, "bf16-mixed", args.checkpointing, args.image_size, masks=args.masks,
               teacher=args.teacher, clicks=args.clicks)
-    plan = estimate(job)
-    print(f"gpu_profile: memory plan, stage 1: {job.batch} image(s) x {args.masks} masks x {1 + args.clicks} passes "
-          f"at {job.size}², checkpointing {job.level}: step peak {gib(plan['peak'] / 2**30)} + persistent "
-          f"{gib(plan['static'] / 2**30)} (step_memory.py)", flush=True)
-    module, batch, _, _ = build(job)
-    teacher = module.teacher.to(device)
-    module = module.to(device)
-    batch = {k: v.to(device) for k, v in batch.items()}
+    plan, module, batch, teacher = planned_build(job, f"stage 1: {job.batch} image(s) x {args.masks} masks x "
+                                                      f"{1 + args.clicks} passes", device)
     side = args.image_size // 16
     cached = {**batch, "teacher_f16": torch.randn(job.batch, 256, side, side, device=device, dtype=torch.float16)}
     runs = {"live": ("stage 1, live teacher", batch, teacher), "cached": ("stage 1, cached F16", cached, None)}
@@ -204,14 +209,8 @@ def stage_two(args: argparse.Namespace, device: torch.device, peak: float | None
     """The stage-2 row: ``experiment=edgetam_distill_video``'s module on its clips, with the plan's clip plan."""
     job = Job("video", args.clips, "bf16-mixed", args.video_checkpointing, args.image_size, objects=args.objects,
               frames=args.frames, teacher=args.teacher)
-    plan = estimate(job)
-    print(f"gpu_profile: memory plan, stage 2: {job.batch} clip(s) x {job.frames} frames x {job.objects} objects at "
-          f"{job.size}², checkpointing {job.level}: step peak {gib(plan['peak'] / 2**30)} + persistent "
-          f"{gib(plan['static'] / 2**30)} (step_memory.py)", flush=True)
-    module, batch, _, _ = build(job)
-    teacher = module.teacher.to(device)
-    module = module.to(device)
-    batch = {k: v.to(device) for k, v in batch.items()}
+    plan, module, batch, teacher = planned_build(job, f"stage 2: {job.batch} clip(s) x {job.frames} frames x "
+                                                      f"{job.objects} objects", device)
     with worst_case_plans():
         flops = count_flops(module, batch, teacher, device)
         optimizer = build_optimizer(module.student, lr=3e-4, weight_decay=0.1)
