@@ -8,10 +8,12 @@ steps on 4 images: the plumbing (data, validation at step 0 and at the end, metr
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
+from pycocotools import mask as mask_utils
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +44,11 @@ def test_short_run_validates_at_step_0_and_at_the_end_and_draws_the_curve(tmp_pa
     train_jpgs = {p.name: p.read_bytes() for p in (tmp_path / "data" / "train" / "sa1b").glob("*.jpg")}
     val_jpgs = {p.name: p.read_bytes() for p in (tmp_path / "data" / "val" / "sa1b").glob("*.jpg")}
     assert all(train_jpgs[name] != data for name, data in val_jpgs.items())  # other images, not copies
+    for record in (tmp_path / "data").glob("*/sa1b/*.json"):  # --min-area-frac 0.01: no annotated slivers
+        data = json.loads(record.read_text())
+        image_area = data["image"]["width"] * data["image"]["height"]
+        assert 3 <= len(data["annotations"]) <= 6, record
+        assert all(mask_utils.area(a["segmentation"]) >= 0.01 * image_area for a in data["annotations"]), record
 
 
 @pytest.mark.slow
