@@ -292,7 +292,7 @@ def write_sa1b(out_root: Path, args: argparse.Namespace) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(args.num_images):
-        scene, record = make_sa1b_item(args.seed, i, args.size, args.min_masks, args.max_masks)
+        scene, record = make_sa1b_item(args.seed, i, args.size, args.min_masks, args.max_masks, args.min_area_frac)
         jpg = out / record["image"]["file_name"]
         Image.fromarray(scene.image).save(jpg, quality=args.jpeg_quality)
         jpg.with_suffix(".json").write_text(json.dumps(record))
@@ -741,6 +741,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the others keep the area and vary the aspect ratio")
     p.add_argument("--min-masks", type=int, default=3, help="fewest annotations per image (default 3)")
     p.add_argument("--max-masks", type=int, default=12, help="most annotations per image (default 12)")
+    p.add_argument("--min-area-frac", type=float, default=1e-4, help="SA-1B: shapes whose visible part covers less "
+                   "of the image are drawn but not annotated (default 1e-4; at least 16 px)")
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--num-videos", type=int, default=3, help="SA-V videos (default 3)")
     p.add_argument("--num-davis-videos", type=int, default=2, help="DAVIS-format videos (default 2)")

@@ -38,6 +38,8 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,8 @@ class Job:
     masks: int | None = None       # stage 1: masks per image (default: the experiment's data.max_masks)
     objects: int | None = None     # stage 2: objects per clip (data.max_objects)
     frames: int | None = None      # stage 2: frames per clip (data.clip_len)
+    teacher: str | None = None     # teacher architecture (configs/arch/<name>.yaml; default: the experiment's)
+    clicks: int | None = None      # correction clicks (model.prompts.num_correction_clicks; default: the experiment's)
 
 
 def compose(stage: str, overrides: list[str] | None = None) -> Any:
@@ -96,7 +100,9 @@ def build(job: Job) -> tuple[Any, dict, int, int]:
     cfg = compose(job.stage, [f"model.student.image_size={job.size}", f"model.teacher.net.image_size={job.size}",
                               "model.teacher.checkpoint=null", "model.teacher.allow_random_init=true",
                               "model.init_from=null", f"model.activation_checkpointing={job.level}",
-                              "model.compile=false", "model.vis_every_n_steps=0"])
+                              "model.compile=false", "model.vis_every_n_steps=0"]
+                  + ([f"arch@model.teacher.net={job.teacher}"] if job.teacher else [])
+                  + ([f"model.prompts.num_correction_clicks={job.clicks}"] if job.clicks is not None else []))
     torch.manual_seed(0)
     module = instantiate(cfg.model, _convert_="partial")
     s, b = job.size, job.batch
@@ -127,11 +133,22 @@ def worst_plan(num_frames: int, cfg: Any):
     return ClipPlan(num_frames, init, list(init) if cfg.num_correction_clicks > 0 else [], "point")
 
 
+@contextmanager
+def worst_case_plans() -> Iterator[None]:
+    """Within the block, every training step draws :func:`worst_plan` (the clip plan the memory plan assumes)."""
+    import edgetam_train.distill.module as module_mod
+
+    original = module_mod.plan_clip
+    module_mod.plan_clip = worst_plan
+    try:
+        yield
+    finally:
+        module_mod.plan_clip = original
+
+
 def estimate(job: Job, fake: bool = True, built: tuple | None = None) -> dict[str, Any]:
     """Tracked peak of one step of ``job`` (fake tensors by default) and the device memory it implies; ``built``:
     the result of :func:`build` when the caller already has it."""
-    import edgetam_train.distill.module as module_mod
-
     module, batch, n_s, n_t = built if built is not None else build(job)
     module.train()
     mode = None
@@ -149,13 +166,9 @@ def estimate(job: Job, fake: bool = True, built: tuple | None = None) -> dict[st
             losses, _ = module.clip_step(batch)
         losses["loss"].backward()
 
-    original = module_mod.plan_clip
-    module_mod.plan_clip = worst_plan
     t0 = time.perf_counter()
-    try:
+    with worst_case_plans():
         tracker = traced_peak(step, mode)
-    finally:
-        module_mod.plan_clip = original
     static = STUDENT_STATE_BYTES * n_s + TEACHER_STATE_BYTES * n_t
     device = tracker.peak + static + RUNTIME_BYTES
     top = sorted(tracker.at_peak.items(), key=lambda kv: -kv[1])[:4]
