@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..predictor.runtime_backends import TFLITE_SIGNATURE, MissingToolchainError
+from ..predictor.runtime_backends import MissingToolchainError, tflite_signature
 from .onnx import _export
 
 MAX_POINTS = 16
@@ -32,11 +32,6 @@ POINT_INPUTS = ("point_coords", "point_labels")
 def point_range(fmt: str) -> tuple[int, int | None]:
     """(min, max) prompt points the format's decoder takes (max None: unbounded)."""
     return 1, {"onnx": None, "tflite": TFLITE_POINTS}.get(fmt, MAX_POINTS)
-
-
-def tflite_signature(num_points: int) -> str:
-    """The name of the decoder signature for ``num_points`` prompt points in a ``.tflite`` file."""
-    return TFLITE_SIGNATURE.format(num_points)
 
 
 def with_points(inputs: dict[str, Tensor], num_points: int) -> dict[str, Tensor]:

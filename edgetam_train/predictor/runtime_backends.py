@@ -29,6 +29,11 @@ MANIFEST = "manifest.json"
 TFLITE_SIGNATURE = "points_{}"  # the LiteRT prompt decoder's signature for a point count
 
 
+def tflite_signature(num_points: int) -> str:
+    """The name of the decoder signature for ``num_points`` prompt points in a ``.tflite`` file."""
+    return TFLITE_SIGNATURE.format(num_points)
+
+
 class MissingToolchainError(ImportError, ValueError):
     """A format's toolchain is not installed; the message names the extra that installs it (a ValueError too, so the
     CLIs report it as bad input, exit status 2)."""
@@ -129,7 +134,7 @@ class TFLiteGraph(Graph):
         if len(self.runners) == 1:
             return next(iter(self.runners.values()))
         n = values[self.inputs.index("point_coords")].shape[1]
-        name = TFLITE_SIGNATURE.format(n)
+        name = tflite_signature(n)
         if name not in self.runners:
             raise ValueError(f"{self.path.name}: {n} prompt points, but the file has signatures for "
                              f"{', '.join(sorted(self.runners, key=len))} only (export again with more points, or use "
