@@ -91,18 +91,33 @@ def mask_iou(logits: Tensor, targets: Tensor) -> Tensor:
     return inter / union.clamp(min=1.0)
 
 
-def iou_prediction_loss(pred_iou: Tensor, logits: Tensor, targets: Tensor, use_l1: bool = True) -> Tensor:
+def iou_prediction_loss(pred_iou: Tensor, logits: Tensor, targets: Tensor, use_l1: bool = True,
+                        use_bce: bool = False) -> Tensor:
     """Error of the IoU head against the actual IoU of each thresholded candidate mask (no gradient into the masks).
 
     Args:
         pred_iou: (N, M) predicted IoU per candidate.
         logits: (N, M, H, W) mask logits; targets: (N, 1, H, W).
         use_l1: L1 (SAM 2.1 training) or squared error.
+        use_bce: binary cross-entropy against the actual IoU as a soft target instead (overrides ``use_l1``). Needs
+            a sigmoid IoU head (``iou_prediction_use_sigmoid``): the head's logit is recovered as
+            ``log p - log(1 - p)``, so the gradient in it is ``p - IoU``. L1 and squared error carry the sigmoid's
+            slope ``p·(1 - p)`` instead, which vanishes once the head saturates: trained from random init the head
+            reaches logits of -24..-38 within the first thousand steps (while every mask is still wrong and every
+            IoU 0) and never recovers (README "Learning evidence").
     Returns:
         (N, M) float32 per-candidate error.
     """
     actual = mask_iou(logits.detach(), targets)
     pred = pred_iou.to(torch.float32)
+    if use_bce:
+        if torch.any((pred < 0) | (pred > 1)):
+            raise ValueError("iou_prediction_loss(use_bce=True): predicted IoUs must lie in [0, 1] (a sigmoid IoU "
+                             f"head, iou_prediction_use_sigmoid=true); got min {pred.min().item():.3g}, "
+                             f"max {pred.max().item():.3g}")
+        p = pred.clamp(torch.finfo(torch.float32).tiny, 1.0 - torch.finfo(torch.float32).eps / 2)
+        head_logit = torch.log(p) - torch.log1p(-p)
+        return F.binary_cross_entropy_with_logits(head_logit, actual, reduction="none")
     return (pred - actual).abs() if use_l1 else (pred - actual).square()
 
 
@@ -156,19 +171,27 @@ class TaskLoss(nn.Module):
         supervise_all_iou: IoU term on all M candidates (mean) rather than only the selected one. The official
             SAM 2.1 training config sets it to true; the class default here, as SAM 2's class default, is false.
         iou_use_l1_loss: L1 (true, SAM 2.1) or MSE for the IoU-prediction term.
+        iou_use_bce_loss: binary cross-entropy against the actual IoU for the IoU-prediction term instead (not SAM
+            2's; for training the IoU head from random init, see :func:`iou_prediction_loss`). Excludes
+            ``iou_use_l1_loss``.
         pred_obj_scores: train the object-score head; when false ``loss_class`` is 0 and all objects count as present.
     """
 
     def __init__(self, weight_focal: float = 20.0, weight_dice: float = 1.0, weight_iou: float = 1.0,
                  weight_class: float = 1.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                 supervise_all_iou: bool = False, iou_use_l1_loss: bool = True, pred_obj_scores: bool = True) -> None:
+                 supervise_all_iou: bool = False, iou_use_l1_loss: bool = True, iou_use_bce_loss: bool = False,
+                 pred_obj_scores: bool = True) -> None:
         super().__init__()
+        if iou_use_l1_loss and iou_use_bce_loss:
+            raise ValueError("TaskLoss: iou_use_l1_loss and iou_use_bce_loss are both true; the IoU term is either "
+                             "L1 or binary cross-entropy (set model.loss.task_loss.iou_use_l1_loss=false)")
         self.weights = {"loss_mask": float(weight_focal), "loss_dice": float(weight_dice),
                         "loss_iou": float(weight_iou), "loss_class": float(weight_class)}
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.supervise_all_iou = supervise_all_iou
         self.iou_use_l1_loss = iou_use_l1_loss
+        self.iou_use_bce_loss = iou_use_bce_loss
         self.pred_obj_scores = pred_obj_scores
 
     def step_losses(self, multimasks: Tensor, ious: Tensor, object_score_logits: Tensor | None,
@@ -189,7 +212,8 @@ class TaskLoss(nn.Module):
                                        align_corners=False)
         focal = sigmoid_focal_loss(multimasks, targets, self.focal_alpha, self.focal_gamma)  # (N, M)
         dice = dice_loss(multimasks, targets)
-        iou = iou_prediction_loss(ious, multimasks, targets, use_l1=self.iou_use_l1_loss)
+        iou = iou_prediction_loss(ious, multimasks, targets, use_l1=self.iou_use_l1_loss,
+                                   use_bce=self.iou_use_bce_loss)
         if multimasks.shape[1] > 1:
             combo = focal * self.weights["loss_mask"] + dice * self.weights["loss_dice"]
             best = combo.argmin(dim=1, keepdim=True)  # (N, 1): the candidate closest to the target
