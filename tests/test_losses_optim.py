@@ -82,6 +82,30 @@ def test_iou_prediction_uses_actual_iou_of_thresholded_mask():
     assert mask_iou(-torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)).item() == 0.0
 
 
+def test_iou_prediction_bce_keeps_a_gradient_when_the_head_saturates():
+    """BCE against the actual IoU: value and gradient p - IoU in the head's logit, also at logit -30 where L1 (SAM
+    2.1's) has none left (the from-scratch learning curve's failure)."""
+    pred = _t([[1, 1, 0], [0, 0, 0]]) * 2 - 1            # IoU 1/4 against gt below
+    gt = _t([[1, 0, 1], [1, 0, 0]]).bool()
+    head_logit = torch.tensor([[[0.0]], [[-30.0]], [[3.0]]], requires_grad=True)  # 3 objects × 1 candidate
+    p = torch.sigmoid(head_logit).reshape(3, 1)
+    masks, targets = pred.expand(3, 1, 2, 3), gt.expand(3, 1, 2, 3)
+    loss = iou_prediction_loss(p, masks, targets, use_bce=True)
+    expected = [-(0.25 * math.log(q) + 0.75 * math.log(1 - q)) for q in (0.5, 1 / (1 + math.exp(30)),
+                                                                        1 / (1 + math.exp(-3)))]
+    assert loss.flatten().tolist() == pytest.approx(expected, rel=1e-5)
+    loss.sum().backward()
+    assert head_logit.grad.flatten().tolist() == pytest.approx((p.detach().flatten() - 0.25).tolist(), abs=1e-6)
+    # the same saturated head under L1 gets ~1e-13: nothing to learn from
+    sat = torch.tensor([[-30.0]], requires_grad=True)
+    iou_prediction_loss(torch.sigmoid(sat), pred, gt).sum().backward()
+    assert abs(sat.grad.item()) < 1e-12
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*iou_prediction_use_sigmoid"):
+        iou_prediction_loss(torch.tensor([[1.5]]), pred, gt, use_bce=True)
+    with pytest.raises(ValueError, match="iou_use_l1_loss and iou_use_bce_loss are both true"):
+        TaskLoss(iou_use_l1_loss=True, iou_use_bce_loss=True)
+
+
 def test_object_score_bce_hand_values():
     logits = torch.tensor([[0.0], [math.log(3.0)]])
     present = torch.tensor([True, False])
