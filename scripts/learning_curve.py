@@ -15,7 +15,7 @@ mIoU on held-out images of the same generator against the step (README "Learning
 Prints ``learning_curve: held-out 1-click mIoU A at step 0 -> B at step N (...) PASS|FAIL`` last: PASS when the
 first score is at most 0.2 and the last at least 0.5 (exit status 0; 1 on FAIL).
 
-    python scripts/learning_curve.py                           # ~37 min on 1 CPU thread, writes docs/learning_curve.png
+    python scripts/learning_curve.py                           # ~42 min on 1 CPU thread, writes docs/learning_curve.png
     python scripts/learning_curve.py --png /tmp/c.png trainer.max_steps=200   # a shorter run
 """
 

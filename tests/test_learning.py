@@ -2,7 +2,7 @@
 scratch (``experiment=learning_curve``) on generated sample-style images and scores 1-click mIoU on held-out images of
 the same generator, from step 0 (``callbacks/initial_validation.py``) on.
 
-The slow test is the documented command with its outputs in a temporary directory (~37 min on 1 CPU thread): the
+The slow test is the documented command with its outputs in a temporary directory (~42 min on 1 CPU thread): the
 held-out mIoU must rise from <= 0.2 at step 0 to >= 0.5 at the last step. The fast test runs the same script for 2
 steps on 4 images: the plumbing (data, validation at step 0 and at the end, metrics, PNG, the FAIL verdict)."""
 
