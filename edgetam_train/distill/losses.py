@@ -101,7 +101,7 @@ def iou_prediction_loss(pred_iou: Tensor, logits: Tensor, targets: Tensor, use_l
         use_l1: L1 (SAM 2.1 training) or squared error.
         use_bce: binary cross-entropy against the actual IoU as a soft target instead (overrides ``use_l1``). Needs
             a sigmoid IoU head (``iou_prediction_use_sigmoid``): the head's logit is recovered as
-            ``log p - log(1 - p)``, so the gradient in it is ``p - IoU``. L1 and squared error carry the sigmoid's
+            ``torch.logit(p)``, so the gradient in it is ``p - IoU``. L1 and squared error carry the sigmoid's
             slope ``p·(1 - p)`` instead, which vanishes once the head saturates: trained from random init the head
             reaches logits of -24..-38 within the first thousand steps (while every mask is still wrong and every
             IoU 0) and never recovers (README "Learning evidence").
@@ -115,8 +115,7 @@ def iou_prediction_loss(pred_iou: Tensor, logits: Tensor, targets: Tensor, use_l
             raise ValueError("iou_prediction_loss(use_bce=True): predicted IoUs must lie in [0, 1] (a sigmoid IoU "
                              f"head, iou_prediction_use_sigmoid=true); got min {pred.min().item():.3g}, "
                              f"max {pred.max().item():.3g}")
-        p = pred.clamp(torch.finfo(torch.float32).tiny, 1.0 - torch.finfo(torch.float32).eps / 2)
-        head_logit = torch.log(p) - torch.log1p(-p)
+        head_logit = torch.logit(pred.clamp(torch.finfo(torch.float32).tiny, 1.0 - torch.finfo(torch.float32).eps / 2))
         return F.binary_cross_entropy_with_logits(head_logit, actual, reduction="none")
     return (pred - actual).abs() if use_l1 else (pred - actual).square()
 
