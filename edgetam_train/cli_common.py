@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .models.build import ALIASES, available_models, load_model_file
-from .models.sam2_model import SAM2Model
+from edgetam_train.models.build import ALIASES, available_models, load_model_file
+from edgetam_train.models.sam2_model import SAM2Model
 
 MODEL_HELP = ("architecture (only for files that do not record theirs, e.g. official .pt files; a value that "
               "contradicts the file's record is an error): {names} (aliases: {aliases}); default: guessed from the "

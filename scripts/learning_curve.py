@@ -28,10 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from edgetam_train.callbacks.loss_curve import read_metrics
 
-from callbacks.loss_curve import read_metrics  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 METRIC = "val/mIoU_1click"
 FIRST_MAX = 0.2   # the untrained student: about 0
@@ -77,7 +76,7 @@ def curve(metrics_csv: Path) -> list[tuple[int, float]]:
 
     Lightning writes a validation that runs after optimiser step k on the row of ``step`` k - 1 (its logger step counts
     the batches stepped before that validation); the first row is the untrained weights' validation (step 0,
-    ``callbacks/initial_validation.py``), the others are shifted by one to the step whose weights they score.
+    ``edgetam_train/callbacks/initial_validation.py``), the others are shifted by one to the step whose weights they score.
     """
     points = sorted(read_metrics(metrics_csv).get(METRIC, []))
     if not points:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "edgetam_train"
 
-LAYERS = {"config": 0, "distributed": 0, "progress": 0, "models": 1, "cli_common": 1, "data": 2, "predictor": 3,
-          "eval": 4, "export": 5, "distill": 5, "run": 6}
+LAYERS = {"config": 0, "distributed": 0, "progress": 0, "imaging": 0, "models": 1, "runtime": 1, "cli_common": 1,
+          "data": 2, "predictor": 3, "eval": 4, "export": 5, "distill": 5, "run": 6, "callbacks": 6}
 
 
 def _modules() -> dict[str, Path]:

@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 from edgetam_train.data.datamodule import DataModuleBase, SA1BDataModule, VideoDataModule
 from edgetam_train.data.datasets.coco import COCODataset, COCOValDataset
 from edgetam_train.data.datasets.mask_folder import MaskFolderDataset, MaskFolderValDataset
-from edgetam_train.data.formats.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MIN_IMAGE_SIDE
 from edgetam_train.data.datasets.val import VOSValDataset, build_val_sets, plain_config
+from edgetam_train.data.formats.images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MIN_IMAGE_SIDE
 from edgetam_train.data.mixture import MixtureDataset
 
 log = logging.getLogger(__name__)

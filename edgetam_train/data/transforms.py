@@ -1,5 +1,5 @@
-"""Image and mask transforms of both stages, in one place: the ImageNet constants, the square resize (the same
-function for training and the video predictor), the stage-1 augmentation (and the spec a teacher cache records of
+"""Image and mask transforms of both stages, in one place (the ImageNet constants and the square resize they use
+live in :mod:`edgetam_train.imaging`): the mask resize, the stage-1 augmentation (and the spec a teacher cache records of
 it), and the stage-2 clip augmentation.
 
 Geometry (SAM 2 training's ``RandomResizeAPI(square=True)``, and both official predictors): every image and frame is
@@ -16,33 +16,11 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-
-
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
+from edgetam_train.imaging import IMAGENET_MEAN, IMAGENET_STD, normalise, resize_square
 
 # SAM 2's RandomAffine fill (``image_mean=(123, 116, 103)``, training/dataset/transforms.py): ~0 after normalising.
 AFFINE_FILL: tuple[int, int, int] = (123, 116, 103)
-
-
-_PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
-
-
-def resize_square(image: np.ndarray, size: int, resample: str = "bilinear") -> np.ndarray:
-    """uint8 (H, W, 3) or (H, W) -> uint8 (size, size[, 3]) with PIL: the frame is stretched to a square.
-
-    ``bilinear`` (antialiased when shrinking, PIL always is) is SAM 2 training's resize (torchvision ``F.resize`` of a
-    PIL image) and the filter of our image predictor (torch's antialiased bilinear, which matches PIL's); ``bicubic``
-    is the official video predictor's ``Image.resize((S, S))``. Both training stages use ``bilinear``.
-    """
-    if resample not in _PIL_FILTERS:
-        raise ValueError(f"resample={resample!r}: expected one of {sorted(_PIL_FILTERS)}")
-    if image.shape[:2] == (size, size):
-        return np.ascontiguousarray(image)
-    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size, size), _PIL_FILTERS[resample]))
 
 
 def resize_mask_square(mask: np.ndarray, size: int) -> np.ndarray:
@@ -79,15 +57,9 @@ def build_augment(hflip_p: float) -> A.Compose:
 def to_tensors(frames: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (T, S, S, 3) frames and 0/1 (T, K, S, S) masks -> float32 (T, 3, S, S) ImageNet-normalised frames and
     bool (T, K, S, S) masks."""
-    images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    images.sub_(_MEAN_255).div_(_STD_255)
+    images = normalise(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float(), max_value=255.0)
     return images, torch.from_numpy(np.ascontiguousarray(masks)).bool()
 
-
-_MEAN_255 = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
-
-
-_STD_255 = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
 
 
 def affine_matrix(angle: float, shear_x: float, orig_hw: tuple[int, int], size: int) -> np.ndarray:

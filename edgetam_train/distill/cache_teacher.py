@@ -41,8 +41,9 @@ from edgetam_train.data import teacher_cache as tc
 from edgetam_train.data.formats.images import read_image
 from edgetam_train.data.formats.sa1b import load_index, read_split_file
 from edgetam_train.data.skips import BadSample
-from edgetam_train.data.transforms import build_augment, resize_square
+from edgetam_train.data.transforms import build_augment
 from edgetam_train.distributed import env_rank_and_world
+from edgetam_train.imaging import resize_square
 
 log = logging.getLogger("edgetam_train.distill.cache_teacher")
 

@@ -31,18 +31,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from edgetam_train.data.skips import REASONS
+from edgetam_train.distill.efficiency import apply_activation_checkpointing, compile_student
+from edgetam_train.distill.freeze import freeze as freeze_modules
+from edgetam_train.distill.freeze import keep_frozen_in_eval, trainable_summary
+from edgetam_train.distill.losses import DistillationLoss, sum_loss_dicts
+from edgetam_train.distill.nonfinite import DEFAULT_MAX_CONSECUTIVE_NONFINITE, NonFiniteGuard, zero_loss
+from edgetam_train.distill.optim_select import describe, make_optimizer, make_scheduler
+from edgetam_train.distill.prompting import PromptConfig, plan_clip, run_clip
+from edgetam_train.distill.teacher import ClipReplay, Teacher, TeacherTargets, memory_features
 from edgetam_train.eval.validation import ValScores, describe_skipped, one_click_ious, score_video, track_video
 from edgetam_train.models.checkpoint import add_arch_record, check_state_dict, read_state_dict
 from edgetam_train.models.sam2_model import SAM2Model
-
-from .freeze import freeze as freeze_modules
-from .freeze import keep_frozen_in_eval, trainable_summary
-from .efficiency import apply_activation_checkpointing, compile_student
-from .losses import DistillationLoss, sum_loss_dicts
-from .nonfinite import DEFAULT_MAX_CONSECUTIVE_NONFINITE, NonFiniteGuard, zero_loss
-from .optim_select import describe, make_optimizer, make_scheduler
-from .prompting import PromptConfig, plan_clip, run_clip
-from .teacher import ClipReplay, Teacher, TeacherTargets, memory_features
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ class DistillationModule(pl.LightningModule):
         prompts: prompt-simulation settings.
         optimizer / scheduler: ``_partial_`` targets (or dicts for ours): :mod:`edgetam_train.distill.optim_select`.
         init_from: a checkpoint (official or training) whose weights initialise the student (student keys only).
-        vis_every_n_steps: how often the step returns mask-picture tensors for ``MaskPicturesCallback``.
+        vis_every_n_steps: how often the step returns mask-picture tensors for ``MaskPictures``.
         freeze_batchnorm: keep the student's BatchNorm layers in eval mode while training (running statistics used
             and never updated); ``debug=identity`` sets it so that student and teacher compute the same function.
         freeze: module-name prefixes of the student to freeze (``model.freeze``, :mod:`edgetam_train.distill.freeze`):
@@ -235,7 +234,7 @@ class DistillationModule(pl.LightningModule):
 
     @torch.no_grad()
     def _pictures(self, aux: dict[str, Any]) -> dict[str, Any]:
-        """The ``vis_*`` outputs of ``callbacks/mask_pictures.py``: the first object of each image or clip on every
+        """The ``vis_*`` outputs of ``edgetam_train/callbacks/mask_pictures.py``: the first object of each image or clip on every
         frame, the student's (and teacher's) mask of the first decoder pass (the prompt on conditioning frames, memory
         on the others) and that pass's prompt. Without a replayed clip the teacher decodes the first prompt on its own
         features (single frames only)."""

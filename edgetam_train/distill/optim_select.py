@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 
-from .optim import build_optimizer, build_scheduler, param_groups
+from edgetam_train.distill.optim import build_optimizer, build_scheduler, param_groups
 
 Spec = Callable[..., Any] | Mapping[str, Any] | None
 GROUPING_KEYS = ("vision_lr", "vision_prefix", "weight_decay_rule")  # param_groups' keys, for any optimiser class

@@ -13,7 +13,7 @@ memory. Conditioning frames are processed first, then the rest in time order, as
 student's recorded prompts (:class:`FrameRecord`) with its own memory bank.
 
 All sampling uses torch's global RNG, seeded by Lightning and re-seeded at every training batch from (seed, rank,
-epoch, batch) by ``callbacks/batch_seed.py``: runs are reproducible and resume step-exactly.
+epoch, batch) by ``edgetam_train/callbacks/batch_seed.py``: runs are reproducible and resume step-exactly.
 """
 
 from __future__ import annotations

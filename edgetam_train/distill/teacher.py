@@ -29,11 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from edgetam_train.data.teacher_cache import check_teacher_config, read_manifest
+from edgetam_train.distill.prompting import ClipPlan, FrameRecord, PromptConfig, run_clip
 from edgetam_train.models.checkpoint import load_checkpoint
 from edgetam_train.models.sam2_model import SAM2Model
 from edgetam_train.models.step_rules import StepRules, rules_by_name
-
-from .prompting import ClipPlan, FrameRecord, PromptConfig, run_clip
 
 log = logging.getLogger(__name__)
 

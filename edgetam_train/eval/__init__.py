@@ -3,6 +3,14 @@
 Command line: ``edgetam-eval {jf,miou}`` (:mod:`.cli`).
 """
 
-from .jf import JFResult, ObjectScore, boundary_f, evaluate, evaluate_video, region_similarity, seg2bmap
+from edgetam_train.eval.jf import (
+    JFResult,
+    ObjectScore,
+    boundary_f,
+    evaluate,
+    evaluate_video,
+    region_similarity,
+    seg2bmap,
+)
 
 __all__ = ["JFResult", "ObjectScore", "boundary_f", "evaluate", "evaluate_video", "region_similarity", "seg2bmap"]

@@ -24,11 +24,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli_common import add_model_arguments, load_model, run_subcommand, subcommand_parser
-from ..data.skips import BadSample
-from ..models.checkpoint import CheckpointMismatchError
-from ..progress import stage
-from .jf import BOUND_TH, PROTOCOLS, evaluate, write_csv
+from edgetam_train.cli_common import add_model_arguments, load_model, run_subcommand, subcommand_parser
+from edgetam_train.data.skips import BadSample
+from edgetam_train.eval.jf import BOUND_TH, PROTOCOLS, evaluate, write_csv
+from edgetam_train.models.checkpoint import CheckpointMismatchError
+from edgetam_train.progress import stage
 
 
 def add_jf_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,8 +75,8 @@ def add_miou_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_miou(args: argparse.Namespace) -> int:
     """``edgetam-eval miou``."""
-    from ..predictor.image import ImagePredictor
-    from .miou import evaluate_miou
+    from edgetam_train.eval.miou import evaluate_miou
+    from edgetam_train.predictor.image import ImagePredictor
 
     with stage("edgetam-eval miou", f"loading {args.ckpt} as {args.model}"):
         predictor = ImagePredictor(load_model(args), fuse=True)

@@ -27,10 +27,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..data.formats.images import read_image
-from ..data.formats.rle import decode_annotations
-from ..data.formats.sa1b import read_record, scan_pairs
-from ..predictor.image import ImagePredictor
+from edgetam_train.data.formats.images import read_image
+from edgetam_train.data.formats.rle import decode_annotations
+from edgetam_train.data.formats.sa1b import read_record, scan_pairs
+from edgetam_train.predictor.image import ImagePredictor
 
 
 def iou(gt: np.ndarray, pred: np.ndarray) -> float:

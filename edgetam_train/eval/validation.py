@@ -21,12 +21,11 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from edgetam_train.data.formats.vos import object_ids
-
-from ..models.sam2_model import SAM2Model
-from ..predictor.image import ImagePredictor
-from ..predictor.video import VideoPredictor
-from .jf import ObjectScore, num_label_objects, score_label_frames
-from .miou import simulate_clicks
+from edgetam_train.eval.jf import ObjectScore, num_label_objects, score_label_frames
+from edgetam_train.eval.miou import simulate_clicks
+from edgetam_train.models.sam2_model import SAM2Model
+from edgetam_train.predictor.image import ImagePredictor
+from edgetam_train.predictor.video import VideoPredictor
 
 
 class ValScores(Metric):

@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from edgetam_train.export.cli import main
 
 sys.exit(main())

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from ..cli_common import IMAGE_SIZE_HELP, model_help
-from ..models.arch_record import describe
-from ..models.checkpoint import CheckpointMismatchError
-from ..progress import stage
-from .official import ExportCheckError, ExportReport, export_official, load_model
+from edgetam_train.cli_common import IMAGE_SIZE_HELP, model_help
+from edgetam_train.export.official import ExportCheckError, ExportReport, export_official, load_model
+from edgetam_train.models.arch_record import describe
+from edgetam_train.models.checkpoint import CheckpointMismatchError
+from edgetam_train.progress import stage
 
 FORMATS = ("official", "hf", "onnx", "executorch", "tflite", "coreml")
 
@@ -77,11 +77,11 @@ def run_export(checkpoint: Path, fmt: str, out: Path, model: str | None = None, 
         if fmt == "official":
             report = export_official(net, out, model)
         elif fmt == "hf":
-            from .hf import export_hf
+            from edgetam_train.export.hf import export_hf
 
             report = export_hf(net, out, model)
         else:
-            from .ondevice_export import export_ondevice
+            from edgetam_train.export.ondevice_export import export_ondevice
 
             record = getattr(net, "arch_record", None)
             name = describe(record) if record else (model or "edgetam")

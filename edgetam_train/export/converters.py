@@ -2,7 +2,7 @@
 
 Each writer takes the export-only module, its example inputs (an ordered ``{name: tensor}``), the output names and
 the path, and returns the path written. Toolchains are imported here, lazily; a missing one raises
-:class:`~edgetam_train.predictor.runtime_backends.MissingToolchainError` naming the extra.
+:class:`~edgetam_train.runtime.backends.MissingToolchainError` naming the extra.
 
 Shapes are fixed at the example inputs' shapes, except the decoder's number of prompt points, which every format
 takes without padding (padding points change SAM's output): ONNX keeps the number of prompt sets and points dynamic
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..predictor.runtime_backends import MissingToolchainError, tflite_signature
-from .onnx import _export
+from edgetam_train.export.onnx import _export
+from edgetam_train.runtime.backends import MissingToolchainError, tflite_signature
 
 MAX_POINTS = 16
 TFLITE_POINTS = 8  # decoder signatures of a .tflite file: a box and up to 6 clicks (each adds ~10 s of conversion)

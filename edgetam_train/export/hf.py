@@ -30,13 +30,28 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..config import flatten_dict
-from ..models.build import ALIASES
-from ..models.memory_bank import MemoryBank
-from ..models.sam2_model import SAM2Model
-from ..models.trunk import HieraTrunk, TimmTrunk
-from .hf_mapping import MODELS, REPVIT_M1, TimmTrunkSpec, build_hf_model, hf_config, hf_model_class, hf_to_official
-from .official import TORCH_TOLERANCE, ExportCheckError, ExportReport, fixed_input, image_outputs, max_abs_diff
+from edgetam_train.config import flatten_dict
+from edgetam_train.export.hf_mapping import (
+    MODELS,
+    REPVIT_M1,
+    TimmTrunkSpec,
+    build_hf_model,
+    hf_config,
+    hf_model_class,
+    hf_to_official,
+)
+from edgetam_train.export.official import (
+    TORCH_TOLERANCE,
+    ExportCheckError,
+    ExportReport,
+    fixed_input,
+    image_outputs,
+    max_abs_diff,
+)
+from edgetam_train.models.build import ALIASES
+from edgetam_train.models.memory_bank import MemoryBank
+from edgetam_train.models.sam2_model import SAM2Model
+from edgetam_train.models.trunk import HieraTrunk, TimmTrunk
 
 # Sam2VideoModel stores memory features in bfloat16 (as the official SAM 2.1 code does) and we round them the same
 # way, but fp32 rounding differences flip single bf16 roundings (one bf16 step is 2^-8 relative), which moves the

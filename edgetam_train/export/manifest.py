@@ -4,7 +4,7 @@ The manifest is what a runtime needs besides the graph files: per graph its file
 shape, dtype, meaning) in call order; the preprocessing; the tracking rules' settings (memory slots, pointer
 count, multimask rule, ...); the source checkpoint's sha256; how the files were checked and the measured
 differences. ``edgetam-predict --runtime ... --model-dir DIR`` reads it
-(:mod:`~edgetam_train.predictor.runtime_backends`); the README explains the same for app developers.
+(:mod:`~edgetam_train.runtime.backends`); the README explains the same for app developers.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import json
 import math
 from pathlib import Path
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ..models.sam2_model import NO_OBJ_SCORE, SAM2Model
-from ..predictor.runtime_backends import MANIFEST, TFLITE_SIGNATURE
-from .official import ExportReport
+from edgetam_train.export.official import ExportReport
+from edgetam_train.imaging import IMAGENET_MEAN, IMAGENET_STD
+from edgetam_train.models.sam2_model import NO_OBJ_SCORE, SAM2Model
+from edgetam_train.runtime.backends import MANIFEST, TFLITE_SIGNATURE
 
 TRACKING_KEYS = ("num_maskmem", "max_obj_ptrs_in_encoder", "max_cond_frames_in_attn", "memory_temporal_stride_for_eval",
                  "only_obj_ptrs_in_the_past_for_eval", "use_signed_tpos_enc_to_obj_ptrs", "add_tpos_enc_to_obj_ptrs",

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..models.build import guess_model, load_model_file  # noqa: F401 - guess_model: re-exported
-from ..models.checkpoint import save_checkpoint
-from ..models.sam2_model import SAM2Model
+from edgetam_train.models.build import guess_model, load_model_file  # noqa: F401 - guess_model: re-exported
+from edgetam_train.models.checkpoint import save_checkpoint
+from edgetam_train.models.sam2_model import SAM2Model
 
 TORCH_TOLERANCE = 1e-4
 ONNX_TOLERANCE = 1e-3

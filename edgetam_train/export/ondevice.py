@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.position_encoding import sine_pe_1d
-from ..models.rope_attention import RoPEAttention, apply_rope
-from ..models.sam2_model import SAM2Model
-from .onnx import OnnxImageEncoder, OnnxPromptDecoder, decoder_example
+from edgetam_train.export.onnx import OnnxImageEncoder, OnnxPromptDecoder, decoder_example
+from edgetam_train.models.position_encoding import sine_pe_1d
+from edgetam_train.models.rope_attention import RoPEAttention, apply_rope
+from edgetam_train.models.sam2_model import SAM2Model
 
 PARTS = ("image_encoder", "prompt_decoder", "memory_encoder", "memory_attention")
 MASKED = -1.0e4  # additive attention bias of an empty memory / pointer slot (exp underflows to 0; fp16-safe)
@@ -266,7 +266,7 @@ def build_parts(model: SAM2Model) -> dict[str, nn.Module]:
 
 
 def _features(f16: Tensor):
-    from ..models.outputs import ImageFeatures
+    from edgetam_train.models.outputs import ImageFeatures
 
     return ImageFeatures(f16, None, None)
 

@@ -3,7 +3,7 @@
 :func:`export_ondevice` fuses a copy of the model, wraps its four graphs (:mod:`~edgetam_train.export.ondevice`),
 writes each in the format (:mod:`~edgetam_train.export.converters`, int8 through
 :mod:`~edgetam_train.export.quantize`), then loads every file in that format's own Python runtime
-(:mod:`~edgetam_train.predictor.runtime_backends`) and compares it with the *unfused* PyTorch model's own methods:
+(:mod:`~edgetam_train.runtime.backends`) and compares it with the *unfused* PyTorch model's own methods:
 
 * image encoder and prompt decoder: :func:`~edgetam_train.export.onnx.check_image_graphs` (1, 3, 5 clicks, with and
   without a mask input) plus the extra outputs (``vision_features`` = ``encode_image().f16``; the object pointers =
@@ -26,15 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.outputs import ImageFeatures, MemoryContext
-from ..models.position_encoding import sine_pe_1d
-from ..models.sam2_model import SAM2Model
-from ..predictor.runtime_backends import SUFFIX, load_graph
-from .converters import POINT_INPUTS, WRITERS, coreml_spec, onnx_input_names, point_range
-from .manifest import write_manifest
-from .official import ONNX_TOLERANCE, ExportReport, max_abs_diff
-from .ondevice import PARTS, build_parts, example_inputs, part_specs
-from .onnx import check_image_graphs, fuse_for_export
+from edgetam_train.export.converters import POINT_INPUTS, WRITERS, coreml_spec, onnx_input_names, point_range
+from edgetam_train.export.manifest import write_manifest
+from edgetam_train.export.official import ONNX_TOLERANCE, ExportReport, max_abs_diff
+from edgetam_train.export.ondevice import PARTS, build_parts, example_inputs, part_specs
+from edgetam_train.export.onnx import check_image_graphs, fuse_for_export
+from edgetam_train.models.outputs import ImageFeatures, MemoryContext
+from edgetam_train.models.position_encoding import sine_pe_1d
+from edgetam_train.models.sam2_model import SAM2Model
+from edgetam_train.runtime.backends import SUFFIX, load_graph
 
 FORMATS = tuple(SUFFIX)
 INT8_TOLERANCE = float("inf")  # int8 differences are reported; accuracy is judged by mask IoU (benchmark)
@@ -70,7 +70,7 @@ def export_ondevice(model: SAM2Model, out_dir: str | Path, fmt: str, model_name:
         path = out_dir / f"{name}{SUFFIX[fmt]}"
         outputs = [t.name for t in specs[name].outputs]
         if quantize:
-            from .quantize import write_int8
+            from edgetam_train.export.quantize import write_int8
 
             quantized[name] = write_int8(fmt, name, parts[name], examples[name], outputs, path, fused, calibration)
         else:

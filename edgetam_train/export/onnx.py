@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..models.sam2_model import SAM2Model
-from ..predictor.image import fuse_for_inference
-from .official import ExportReport, fixed_input, image_outputs, max_abs_diff
+from edgetam_train.export.official import ExportReport, fixed_input, image_outputs, max_abs_diff
+from edgetam_train.models.sam2_model import SAM2Model
+from edgetam_train.predictor.image import fuse_for_inference
 
 OPSET = 17
 ENCODER_OUTPUTS = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")
@@ -156,7 +156,7 @@ def check_image_graphs(model: SAM2Model, encoder, decoder, report: ExportReport,
     """Compare the image path's graphs with the unfused PyTorch ``model``; adds the differences to ``report``.
 
     ``encoder(pixels=...)`` and ``decoder(**inputs)`` return ``{output name: array}`` (any
-    :class:`~edgetam_train.predictor.runtime_backends.Graph`). Checks on :func:`fixed_input`: the three encoder
+    :class:`~edgetam_train.runtime.backends.Graph`). Checks on :func:`fixed_input`: the three encoder
     outputs; for each count in ``num_points``, without and with a mask input, all five decoder outputs against
     :func:`image_outputs` (multimask and single-mask paths); with ``batch``, one 2-prompt-set batch.
     """

@@ -32,11 +32,11 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ..models.sam2_model import SAM2Model
-from ..predictor.preprocess import image_to_input
-from ..predictor.runtime_backends import MissingToolchainError
-from ..predictor.video_state import FRAME_EXTENSIONS
-from .converters import WRITERS, exported_program, write_coreml, write_executorch, write_tflite
+from edgetam_train.export.converters import WRITERS, exported_program, write_coreml, write_executorch, write_tflite
+from edgetam_train.models.sam2_model import SAM2Model
+from edgetam_train.predictor.preprocess import image_to_input
+from edgetam_train.predictor.video_state import FRAME_EXTENSIONS
+from edgetam_train.runtime.backends import MissingToolchainError
 
 STAYS_FLOAT = {("executorch", "memory_encoder"): "XNNPACK does not lower its dynamically quantised linear layers: "
                                                  "quantized_decomposed out variants missing",

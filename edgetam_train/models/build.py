@@ -18,10 +18,22 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from ..config import CONFIG_DIR, register_resolvers
-from .arch_record import ArchitectureMismatchError, describe, inference_tree, make_record, tree_differences
-from .checkpoint import MAX_LISTED, CheckpointMismatchError, check_state_dict, load_checkpoint, read_checkpoint
-from .sam2_model import SAM2Model
+from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.models.arch_record import (
+    ArchitectureMismatchError,
+    describe,
+    inference_tree,
+    make_record,
+    tree_differences,
+)
+from edgetam_train.models.checkpoint import (
+    MAX_LISTED,
+    CheckpointMismatchError,
+    check_state_dict,
+    load_checkpoint,
+    read_checkpoint,
+)
+from edgetam_train.models.sam2_model import SAM2Model
 
 ARCH_DIR = CONFIG_DIR / "arch"
 ALIASES = {

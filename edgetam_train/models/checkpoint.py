@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .arch_record import ARCH_KEY, check_record, describe, tree_differences
+from edgetam_train.models.arch_record import ARCH_KEY, check_record, describe, tree_differences
 
 MAX_LISTED = 20
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .common import MLP, LayerNorm2d
+from edgetam_train.models.common import MLP, LayerNorm2d
 
 
 class MaskDecoder(nn.Module):

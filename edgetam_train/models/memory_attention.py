@@ -13,7 +13,7 @@ import copy
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rope_attention import RoPEAttention
+from edgetam_train.models.rope_attention import RoPEAttention
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 

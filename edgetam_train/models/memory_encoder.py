@@ -16,7 +16,7 @@ import torch
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from .common import LayerNorm2d
+from edgetam_train.models.common import LayerNorm2d
 
 
 class MaskDownSampler(nn.Module):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .common import LayerNorm2d
-from .position_encoding import PositionEmbeddingRandom
+from edgetam_train.models.common import LayerNorm2d
+from edgetam_train.models.position_encoding import PositionEmbeddingRandom
 
 NUM_POINT_LABELS = 4  # 0 neg, 1 pos, 2 box top-left, 3 box bottom-right
 PAD_LABEL = -1

@@ -17,7 +17,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .two_way_transformer import Attention
+from edgetam_train.models.two_way_transformer import Attention
 
 
 def axial_rope_table(head_dim: int, height: int, width: int, theta: float = 10000.0) -> Tensor:

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.init import trunc_normal_
 
-from .memory_bank import FrameOutput, MemoryBank
-from .outputs import ImageFeatures, MemoryContext, SamOutput
-from .position_encoding import sine_pe_1d
-from .step_rules import INFERENCE, StepRules, rules_by_name
+from edgetam_train.models.memory_bank import FrameOutput, MemoryBank
+from edgetam_train.models.outputs import ImageFeatures, MemoryContext, SamOutput
+from edgetam_train.models.position_encoding import sine_pe_1d
+from edgetam_train.models.step_rules import INFERENCE, StepRules, rules_by_name
 
 # logit given to every pixel of an object predicted absent (official NO_OBJ_SCORE)
 NO_OBJ_SCORE = -1024.0

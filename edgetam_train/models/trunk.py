@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.utils.model import reparameterize_model
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointMismatchError, check_state_dict
+from edgetam_train.models.checkpoint import CheckpointMismatchError, check_state_dict
 
 OFFICIAL_TRUNK_PREFIX = "image_encoder.trunk."
 TRUNK_STRIDES = (4, 8, 16, 32)  # what the FPN neck (2x top-down steps) and SAM 2's heads (F16, S/4, S/8) expect

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import MLP
+from edgetam_train.models.common import MLP
 
 
 class Attention(nn.Module):

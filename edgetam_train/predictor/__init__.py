@@ -1,6 +1,6 @@
 """User-facing inference: :class:`ImagePredictor` (prompts on one image) and :class:`VideoPredictor` (tracking)."""
 
-from .image import ImagePrediction, ImagePredictor
-from .video import ObjectOutput, VideoPredictor, VideoState
+from edgetam_train.predictor.image import ImagePrediction, ImagePredictor
+from edgetam_train.predictor.video import ObjectOutput, VideoPredictor, VideoState
 
 __all__ = ["ImagePredictor", "ImagePrediction", "ObjectOutput", "VideoPredictor", "VideoState"]

@@ -63,16 +63,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..cli_common import add_model_arguments, load_model, run_subcommand, subcommand_parser
-from ..models.checkpoint import CheckpointMismatchError
-from .image import ImagePrediction, ImagePredictor
-from .image_io import image_hw, read_rgb
-from .overlay import DrawnPrompt, draw_overlay, object_colors, overlay
-from .prompt_text import parse_box, parse_labels, parse_points
-from .runtimes import add_runtime_arguments, image_predictor, video_predictor
-from .video import VideoPredictor, VideoState, frame_files
-from .video_prompts import add_video_prompt_arguments, apply_prompts, collect_prompts
-
+from edgetam_train.cli_common import add_model_arguments, load_model, run_subcommand, subcommand_parser
+from edgetam_train.models.checkpoint import CheckpointMismatchError
+from edgetam_train.predictor.image import ImagePrediction, ImagePredictor
+from edgetam_train.predictor.image_io import image_hw, read_rgb
+from edgetam_train.predictor.overlay import DrawnPrompt, draw_overlay, object_colors, overlay
+from edgetam_train.predictor.prompt_text import parse_box, parse_labels, parse_points
+from edgetam_train.predictor.runtimes import add_runtime_arguments, image_predictor, video_predictor
+from edgetam_train.predictor.video import VideoPredictor, VideoState, frame_files
+from edgetam_train.predictor.video_prompts import add_video_prompt_arguments, apply_prompts, collect_prompts
 
 # ----------------------------------------------------------------------------------------------- parsing
 

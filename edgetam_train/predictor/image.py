@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models.sam2_model import ImageFeatures, SAM2Model
-from .preprocess import check_image, image_to_input, scale_points
+from edgetam_train.models.sam2_model import ImageFeatures, SAM2Model
+from edgetam_train.predictor.preprocess import check_image, image_to_input, scale_points
 
 
 @dataclass

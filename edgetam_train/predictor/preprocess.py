@@ -1,10 +1,10 @@
 """Input checks and the official preprocessing (so our predictors agree with the official ones on official weights).
 
 Image predictor: RGB uint8 -> float [0, 1] -> square bilinear (antialiased) resize to S×S -> ImageNet mean/std.
-Video predictor: each frame resized as uint8 with PIL to S×S (``transforms.resize_square``, bicubic: PIL's default
+Video predictor: each frame resized as uint8 with PIL to S×S (``imaging.resize_square``, bicubic: PIL's default
 filter, which the official loader uses), then /255 and mean/std.
 
-Training uses the same S×S geometry: ``transforms.resize_square`` (PIL bilinear, SAM 2 training's filter) resizes
+Training uses the same S×S geometry: ``imaging.resize_square`` (PIL bilinear, SAM 2 training's filter) resizes
 every training image and frame; torch's antialiased bilinear here is the same filter on the float image, so a
 training image and the image predictor's input differ only by the uint8 rounding (checked in the tests).
 """
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_square
+from edgetam_train.imaging import normalise, resize_square
 
 
 def check_image(image: np.ndarray | Tensor | Image.Image, name: str = "image") -> np.ndarray:
@@ -40,25 +40,18 @@ def check_image(image: np.ndarray | Tensor | Image.Image, name: str = "image") -
     return image
 
 
-def normalize(x: Tensor) -> Tensor:
-    """(B, 3, H, W) float in [0, 1] -> ImageNet-normalised."""
-    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 def image_to_input(image: np.ndarray, size: int, device: torch.device | str = "cpu") -> Tensor:
     """Image-predictor preprocessing of an (H, W, 3) uint8 image -> (1, 3, size, size)."""
     x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / 255.0
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return normalize(x)
+    return normalise(x)
 
 
 def frame_to_input(frame: np.ndarray, size: int) -> Tensor:
     """Video-predictor preprocessing of an (H, W, 3) uint8 frame -> (3, size, size) (PIL uint8 resize first)."""
     resized = np.array(resize_square(frame, size, "bicubic"))  # writable copy for torch.from_numpy
     x = torch.from_numpy(resized).permute(2, 0, 1)[None].float() / 255.0
-    return normalize(x)[0]
+    return normalise(x)[0]
 
 
 def scale_points(coords: Tensor, orig_hw: tuple[int, int], size: int) -> Tensor:

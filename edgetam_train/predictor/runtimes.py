@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models.memory_bank import FrameOutput, MemoryBank
-from ..models.outputs import ImageFeatures
-from ..models.sam2_model import NO_OBJ_SCORE, SAM2Model
-from .image import ImagePredictor
-from .runtime_backends import GRAPHS, load_parts, read_manifest
-from .video import VideoPredictor
+from edgetam_train.models.memory_bank import FrameOutput, MemoryBank
+from edgetam_train.models.outputs import ImageFeatures
+from edgetam_train.models.sam2_model import NO_OBJ_SCORE, SAM2Model
+from edgetam_train.predictor.image import ImagePredictor
+from edgetam_train.predictor.video import VideoPredictor
+from edgetam_train.runtime.backends import GRAPHS, load_parts, read_manifest
 
 RUNTIMES = ("torch", *GRAPHS)
 

@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models.memory_bank import FrameOutput
-from ..models.outputs import ImageFeatures
-from ..models.sam2_model import SAM2Model
-from .image import fuse_for_inference
-from .image_io import image_hw, read_rgb
-from .preprocess import check_image, frame_to_input, scale_points
-from .video_state import ObjectOutput, VideoState, _TrackedObject, frame_files
+from edgetam_train.models.memory_bank import FrameOutput
+from edgetam_train.models.outputs import ImageFeatures
+from edgetam_train.models.sam2_model import SAM2Model
+from edgetam_train.predictor.image import fuse_for_inference
+from edgetam_train.predictor.image_io import image_hw, read_rgb
+from edgetam_train.predictor.preprocess import check_image, frame_to_input, scale_points
+from edgetam_train.predictor.video_state import ObjectOutput, VideoState, _TrackedObject, frame_files
 
 HOLE_FILL_LOGIT = 0.1  # official fill_holes_in_mask_scores value
 PREV_LOGITS_CLAMP = 32.0  # official clamp of previous logits fed back with correction clicks

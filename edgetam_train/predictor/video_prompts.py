@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.formats.vos import VOID_ID, object_ids, read_label
-from ..data.skips import BadSample
-from .prompt_text import parse_box, parse_labels, parse_points
-from .video import VideoPredictor
-from .video_state import VideoState
+from edgetam_train.data.formats.vos import VOID_ID, object_ids, read_label
+from edgetam_train.data.skips import BadSample
+from edgetam_train.predictor.prompt_text import parse_box, parse_labels, parse_points
+from edgetam_train.predictor.video import VideoPredictor
+from edgetam_train.predictor.video_state import VideoState
 
 GROUPED = ("obj_id", "frame_idx", "points", "labels", "box", "mask")  # options grouped by --obj-id
 JSON_KEYS = ("obj_id", "frame_idx", "points", "labels", "box", "mask")

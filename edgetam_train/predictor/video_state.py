@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..models.memory_bank import MemoryBank
+from edgetam_train.models.memory_bank import MemoryBank
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .cluster import WANDB_LOGGER
+from edgetam_train.run.cluster import WANDB_LOGGER
 
 # Hydra config groups whose chosen option becomes a W&B tag ("experiment" -> "edgetam_distill", "debug" -> "debug:...")
 TAG_GROUPS: tuple[str, ...] = ("experiment", "debug")

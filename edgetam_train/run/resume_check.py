@@ -39,7 +39,7 @@ SAFE_KEYS: tuple[str, ...] = (
     "trainer.max_steps", "trainer.log_every_n_steps", "trainer.val_check_interval", "trainer.check_val_every_n_epoch",
     "trainer.limit_val_batches", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "data.num_workers", "data.pin_memory", "data.prefetch_factor", "data.persistent_workers",
-    "logger", "callbacks.progress_bar", "callbacks.train_log", "callbacks.lr_monitor", "callbacks.throughput",
+    "logger", "callbacks.step_progress_bar", "callbacks.train_log", "callbacks.lr_monitor", "callbacks.throughput",
     "callbacks.mask_pictures", "callbacks.loss_curve", "callbacks.model_checkpoint.every_n_train_steps", "callbacks.model_checkpoint.save_top_k",
     "model.vis_every_n_steps",
 )

@@ -19,17 +19,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from edgetam_train.config import CONFIG_DIR, register_resolvers
 from edgetam_train.models.build import record_student_architecture
-
-from .cluster import (
+from edgetam_train.run.cluster import (
     assign_wandb_run_ids,
     check_no_secrets,
     newest_resume_checkpoint,
     training_checkpoint_problem,
 )
-from .console import tidy_console
-from .log_config import assign_wandb_tags, experiment_tags, log_config
-from .preflight import FREE_CHECKPOINTS, check_numeric_config, check_run_dir, checkpoint_bytes
-from .resume_check import check_resume_config
+from edgetam_train.run.console import tidy_console
+from edgetam_train.run.log_config import assign_wandb_tags, experiment_tags, log_config
+from edgetam_train.run.preflight import FREE_CHECKPOINTS, check_numeric_config, check_run_dir, checkpoint_bytes
+from edgetam_train.run.resume_check import check_resume_config
 
 log = logging.getLogger(__name__)
 

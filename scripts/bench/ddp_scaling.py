@@ -21,11 +21,9 @@ average is printed: on shared cores the ratio is noisy, and below 2 when other w
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -35,26 +33,21 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-
-from edgetam_train.config import CONFIG_DIR, register_resolvers  # noqa: E402
+from edgetam_train.config import CONFIG_DIR, register_resolvers
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
+from edgetam_train.data.synthetic import make_sample_data
 from edgetam_train.distill.module import DistillationModule
 from edgetam_train.distill.optim_select import make_optimizer
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_sample_images(out: Path, images: int, masks: int) -> Path:
     """SA-1B-format sample images (scripts/make_sample_data.py) with at least ``masks`` masks each; returns the root."""
-    spec = importlib.util.spec_from_file_location("make_sample_data", REPO / "scripts" / "make_sample_data.py")
-    msd = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = msd  # its dataclasses look themselves up there
-    spec.loader.exec_module(msd)
-    msd.main(["--out", str(out), "--formats", "sa1b", "--num-images", str(images), "--min-masks", str(masks),
+    make_sample_data(["--out", str(out), "--formats", "sa1b", "--num-images", str(images), "--min-masks", str(masks),
               "--max-masks", str(max(masks, 12))])
     return out / "sa1b"
 

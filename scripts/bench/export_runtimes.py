@@ -25,29 +25,26 @@ from statistics import mean, median
 
 import numpy as np
 import torch
+from _timing import interleaved
 from PIL import Image
+from run_all import update_section
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleaved  # noqa: E402
-from loader import load_sample_data_module  # noqa: E402
-from run_all import update_section  # noqa: E402
-
-from edgetam_train.export.ondevice import build_parts, example_inputs, part_specs  # noqa: E402
-from edgetam_train.export.ondevice_export import export_ondevice  # noqa: E402
-from edgetam_train.export.onnx import fuse_for_export  # noqa: E402
-from edgetam_train.models.build import build_model  # noqa: E402
-from edgetam_train.predictor.preprocess import image_to_input  # noqa: E402
-from edgetam_train.predictor.runtime_backends import read_manifest  # noqa: E402
-from edgetam_train.predictor.runtimes import ExportedModel  # noqa: E402
+from edgetam_train.data.synthetic.scenes import render_scene
+from edgetam_train.export.ondevice import build_parts, example_inputs, part_specs
+from edgetam_train.export.ondevice_export import export_ondevice
+from edgetam_train.export.onnx import fuse_for_export
+from edgetam_train.models.build import build_model
+from edgetam_train.predictor.preprocess import image_to_input
+from edgetam_train.predictor.runtimes import ExportedModel
+from edgetam_train.runtime.backends import read_manifest
 
 
 def scenes(seed: int, count: int, hw: tuple[int, int] = (480, 640)) -> list[tuple[np.ndarray, tuple[float, float]]]:
     """``count`` generated images (uint8 RGB) with a click (x, y) inside the largest visible shape of each."""
-    gen = load_sample_data_module()
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
-        scene = gen.render_scene(rng, *hw, num_shapes=6)
+        scene = render_scene(rng, *hw, num_shapes=6)
         mask = max((s.full_mask(*hw) for s in scene.shapes), key=lambda m: int(m.sum())).astype(bool)
         ys, xs = np.nonzero(mask)
         i = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))  # the mask pixel nearest its centroid

@@ -47,17 +47,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from run_all import DOC, update_section
+from step_memory import Job, build, compose, estimate, worst_case_plans
+from teacher_cache import step_flops
+
+from edgetam_train.distill.optim import build_optimizer
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(BENCH_DIR))
-
-from run_all import DOC, update_section  # noqa: E402
-from step_memory import Job, build, compose, estimate, worst_case_plans  # noqa: E402
-from teacher_cache import step_flops  # noqa: E402
-
-from edgetam_train.distill.optim import build_optimizer  # noqa: E402
 
 PLAN_SLACK = 1.10  # PASS: measured peak <= (plan's traced step peak + persistent states) x this
 

@@ -19,7 +19,6 @@ Prints ``loader: lazy/all ratio=...x (goal >= 5x) PASS|FAIL`` last. ``--quick`` 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import sys
@@ -32,13 +31,13 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, RandomSampler
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.data.formats.rle import check_rle
-from edgetam_train.data.skips import BadSample  # noqa: E402
+from edgetam_train.data.skips import BadSample
+from edgetam_train.data.synthetic import make_sample_data
 from edgetam_train.data.transforms import resize_mask_square
+
+REPO = Path(__file__).resolve().parents[2]
 
 GOAL = 5.0
 
@@ -58,23 +57,14 @@ class DecodeAllSA1BDataset(SA1BDataset):
         return masks, np.asarray([anns[i].get("id", -1) for i in chosen], dtype=np.int64)
 
 
-def load_sample_data_module():
-    """Import scripts/make_sample_data.py (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("make_sample_data", REPO / "scripts" / "make_sample_data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def ensure_data(root: Path, size: str, num_images: int, masks: int) -> Path:
     """Generate the benchmark set under ``root`` unless a complete one is there; returns its sa1b directory."""
     out = root / f"{size}_{num_images}img_{masks}masks"
     done = out / ".complete"
     if not done.exists():
         t0 = time.perf_counter()
-        load_sample_data_module().main(["--out", str(out), "--size", size, "--num-images", str(num_images),
-                                        "--min-masks", str(int(masks * 0.9)), "--max-masks", str(int(masks * 1.1))])
+        make_sample_data(["--out", str(out), "--size", size, "--num-images", str(num_images),
+                          "--min-masks", str(int(masks * 0.9)), "--max-masks", str(int(masks * 1.1))])
         done.touch()
         print(f"generated {num_images} images in {time.perf_counter() - t0:.1f}s")
     return out / "sa1b"

@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """CPU speed of our EdgeTAM vs transformers' (same random weights, same inputs, same run, interleaved repetitions).
 
+Run from the repository root with it on the import path (the transformers reference runner is a test helper,
+``tests/helpers/hf_reference.py``): ``PYTHONPATH=. python scripts/bench/model_speed.py``; ``make bench`` does so.
+
 Items (times are medians over ``--reps`` interleaved repetitions after ``--warmup`` untimed ones):
 
 - **image**: one image + one click, batch 1 at S x S (default 1024): ours = ``ImagePredictor(model, fuse=True)``
@@ -12,7 +15,7 @@ Items (times are medians over ``--reps`` interleaved repetitions after ``--warmu
   object pointers). Timed: tracking frame 7 with its image features already computed. Ours =
   ``SAM2Model.track_step`` (memory read, memory attention, prompt encoder + mask decoder on a padding point,
   object pointer, memory encoder + spatial perceiver). transformers = ``EdgeTamVideoModel(inference_session,
-  frame_idx=7)`` on a session holding the same state (built like ``tests/hf_reference.py``: our normalised frames,
+  frame_idx=7)`` on a session holding the same state (built like ``tests/helpers/hf_reference.py``: our normalised frames,
   clicks through ``Sam2VideoProcessor``), whose vision-feature cache holds frame 7 (cache size 1, so repeated calls
   on frame 7 skip the image encoder); besides the same computation it does its per-object bookkeeping
   (``store_output``, ``frames_tracked_per_obj``), which is part of its per-frame cost.
@@ -46,20 +49,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _timing import interleaved
+
+from edgetam_train.export.hf_mapping import build_hf_model
+from edgetam_train.models.build import build_model
+from edgetam_train.models.memory_bank import MemoryBank
+from edgetam_train.models.sam2_model import SAM2Model
+from edgetam_train.predictor.image import ImagePredictor, fuse_for_inference
+from tests.helpers.hf_reference import Click, _add_clicks, _processor, _session, random_official_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _timing.py
-sys.path.insert(0, str(REPO / "tests"))  # hf_reference: random official weights + the transformers session recipe
-
-from _timing import interleaved  # noqa: E402
-from hf_reference import Click, _add_clicks, _processor, _session, random_official_state_dict  # noqa: E402
-
-from edgetam_train.export.hf_mapping import build_hf_model  # noqa: E402
-from edgetam_train.models.build import build_model  # noqa: E402
-from edgetam_train.models.memory_bank import MemoryBank  # noqa: E402
-from edgetam_train.models.sam2_model import SAM2Model  # noqa: E402
-from edgetam_train.predictor.image import ImagePredictor, fuse_for_inference  # noqa: E402
 
 GOAL = 0.8
 NUM_FRAMES = 8  # frame 7 reads frame 0 (conditioning) + frames 1-6: a full 7-frame memory bank

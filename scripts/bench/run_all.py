@@ -145,7 +145,7 @@ def run_bench(name: str, quick: bool, timeout: float, doc: Path) -> list[dict[st
         try:
             proc = subprocess.run([sys.executable, str(BENCH_DIR / f"{name}.py"), *args, "--json", str(out)],
                                   cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                                  env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                                  env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)})
             log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
             rc: int | str = proc.returncode
         except subprocess.TimeoutExpired as e:

@@ -45,13 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _memtrace import fake_module, traced_peak
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _memtrace import fake_module, traced_peak  # noqa: E402
-from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 
 GPU_BYTES = 80e9            # an 80 GB device (H100 / A100 80GB)
 MARGIN = 0.15               # required free fraction

@@ -23,7 +23,6 @@ take about 1.5 minutes on a CPU.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -32,22 +31,21 @@ import time
 import warnings
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-import lightning.pytorch as pl  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from lightning.pytorch.callbacks import Callback  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from edgetam_train.config import CONFIG_DIR, register_resolvers  # noqa: E402
+from edgetam_train.config import CONFIG_DIR, register_resolvers
 from edgetam_train.data.datasets.fixed_batch import FixedBatch
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
+from edgetam_train.data.synthetic import make_sample_data
 from edgetam_train.distill.module import DistillationModule
 from edgetam_train.run.train import _instantiate_list
+
+REPO = Path(__file__).resolve().parents[2]
 
 GOAL = 1.05
 
@@ -139,11 +137,7 @@ def main(argv: list[str] | None = None) -> bool:
 
     with tempfile.TemporaryDirectory(prefix="step_overhead_") as tmp:
         tmp = Path(tmp)
-        spec = importlib.util.spec_from_file_location("make_sample_data", REPO / "scripts" / "make_sample_data.py")
-        msd = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = msd  # its dataclasses look themselves up there
-        spec.loader.exec_module(msd)
-        msd.main(["--out", str(tmp / "data" / "sample"), "--num-images", str(max(args.images, 1))])
+        make_sample_data(["--out", str(tmp / "data" / "sample"), "--num-images", str(max(args.images, 1))])
         batch = make_batch(tmp / "data" / "sample" / "sa1b", args.image_size, args.images, args.masks)
 
         total = args.steps + args.warmup + 1

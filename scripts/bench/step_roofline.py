@@ -20,14 +20,10 @@ import time
 from pathlib import Path
 
 import torch
+from teacher_cache import build_module, step_flops, synthetic_batch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from teacher_cache import build_module, step_flops, synthetic_batch  # noqa: E402
-
-from edgetam_train.distill import cache_teacher  # noqa: E402
-from edgetam_train.distill.teacher import FrozenTeacher  # noqa: E402
+from edgetam_train.distill import cache_teacher
+from edgetam_train.distill.teacher import FrozenTeacher
 
 GOAL = 0.6
 

@@ -25,7 +25,6 @@ step where the teacher weighs most. Prints ``teacher_cache: cached/live = x.xx (
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -38,34 +37,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _timing.py
-
-from _timing import interleaved  # noqa: E402
-from lightning.fabric.utilities.throughput import measure_flops  # noqa: E402
+from _timing import interleaved
+from lightning.fabric.utilities.throughput import measure_flops
 
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.data.teacher_cache import TeacherCache
-from edgetam_train.distill import cache_teacher  # noqa: E402
+from edgetam_train.distill import cache_teacher
 from edgetam_train.distill.losses import DistillationLoss, TaskLoss
 from edgetam_train.distill.module import DistillationModule
 from edgetam_train.distill.optim import build_optimizer
 from edgetam_train.distill.prompting import PromptConfig
 from edgetam_train.distill.teacher import FrozenTeacher
-from edgetam_train.models.build import build_model  # noqa: E402
+from edgetam_train.models.build import build_model
+
+REPO = Path(__file__).resolve().parents[2]
 
 GOAL = 0.35
 
 
 def make_sample_data(out: Path, images: int, masks: int, size: str) -> Path:
     """Generate ``images`` SA-1B-format images with about ``masks`` annotations each; returns the sa1b directory."""
-    spec = importlib.util.spec_from_file_location("make_sample_data", REPO / "scripts" / "make_sample_data.py")
-    msd = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = msd
-    spec.loader.exec_module(msd)
-    msd.main(["--out", str(out), "--num-images", str(images), "--formats", "sa1b", "--size", size,
+    from edgetam_train.data.synthetic import make_sample_data as generate
+    generate(["--out", str(out), "--num-images", str(images), "--formats", "sa1b", "--size", size,
               "--min-masks", str(masks), "--max-masks", str(masks + 2)])
     return out / "sa1b"
 

@@ -32,18 +32,14 @@ import warnings
 from pathlib import Path
 
 import torch
+from _timing import interleaved
+from run_all import update_section
 from torch.utils.flop_counter import FlopCounterMode
 
+from edgetam_train.models.build import build_model
+from edgetam_train.models.trunk import reparameterize
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _timing.py, run_all.py
-sys.path.insert(0, str(REPO / "scripts"))  # make_sample_data
-
-from _timing import interleaved  # noqa: E402
-from run_all import update_section  # noqa: E402
-
-from edgetam_train.models.build import build_model  # noqa: E402
-from edgetam_train.models.trunk import reparameterize  # noqa: E402
 
 ARCHS = ("edgetam", "edgetam_repvit_m0_9", "edgetam_repvit_m2_3", "edgetam_mobilenetv4", "edgetam_efficientvit",
          "edgetam_fastvit")
@@ -67,9 +63,9 @@ def step_modules(archs: list[str], root: Path, image_size: int = 256):
     from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 
     register_resolvers()
-    import make_sample_data
+    from edgetam_train.data.synthetic import make_sample_data
 
-    make_sample_data.main(["--out", str(root / "sample"), "--num-images", "1", "--formats", "sa1b"])
+    make_sample_data(["--out", str(root / "sample"), "--num-images", "1", "--formats", "sa1b"])
     dataset = SA1BDataset(root / "sample" / "sa1b", image_size=image_size, max_masks=3, hflip_p=0.0,
                           index_cache=root / "idx.txt")
     batch = collate_sa1b([dataset[0]])

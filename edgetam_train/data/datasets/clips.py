@@ -36,7 +36,8 @@ from torch.utils.data import Dataset
 
 from edgetam_train.data.datasets.sa1b import SA1BDataset
 from edgetam_train.data.skips import BadSample, SkipCounter, first_readable
-from edgetam_train.data.transforms import ClipAugment, as_augment, resize_square, to_tensors
+from edgetam_train.data.transforms import ClipAugment, as_augment, to_tensors
+from edgetam_train.imaging import resize_square
 
 # --------------------------------------------------------------------------------------------------------------------
 # Temporal and object sampling

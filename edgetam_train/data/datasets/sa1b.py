@@ -29,7 +29,8 @@ from edgetam_train.data.formats.images import read_image
 from edgetam_train.data.formats.rle import decode_resized
 from edgetam_train.data.formats.sa1b import load_index, read_record, read_split_file, sample_annotations
 from edgetam_train.data.skips import BadSample, SkipCounter, first_readable
-from edgetam_train.data.transforms import build_augment, resize_square, transform_spec
+from edgetam_train.data.transforms import build_augment, transform_spec
+from edgetam_train.imaging import resize_square
 
 if TYPE_CHECKING:
     from edgetam_train.data.teacher_cache import TeacherCache

@@ -1,0 +1,1 @@
+"""The training method: the distillation LightningModule, its losses, prompt simulation, teachers, optimiser."""

@@ -1,0 +1,1 @@
+"""What ``python train.py`` does: compose the config, check it, build and fit (checkpoint IO, cluster, preflight)."""
