@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv train test test-all bench sample-data finetune-demo clean
+.PHONY: venv train lint test test-all bench sample-data finetune-demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,15 +34,19 @@ finetune-demo: $(STAMP)
 	$(VENV)/bin/edgetam-predict image --ckpt $(FT_RUN)/edgetam_finetuned.pt --image-size 256 \
 	  --image data/sample/coco/val/000008.jpg --points "160,120" --labels 1 --out $(FT_RUN)/prediction
 
-test: $(STAMP)
+# lint (ruff: pycodestyle, pyflakes, import order, absolute imports; pyproject.toml) before the tests
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: $(STAMP)
+test-all: lint
 	$(PY) -m pytest -q
 
 # every benchmark under scripts/bench/ -> docs/benchmarks.md (BENCH_ARGS="--quick" or "--only teacher_cache ...")
 bench: $(STAMP)
-	$(PY) scripts/bench/run_all.py $(BENCH_ARGS)
+	PYTHONPATH=. $(PY) scripts/bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf outputs logs data/sample

@@ -3,7 +3,7 @@
 Checks: official->transformers keys/shapes equal the transformers models' state_dicts exactly (video and image
 classes; built on the meta device), the official layout equals shared/reference/*.tsv, round trips are the identity,
 unknown keys raise ValueError naming them, configs carry the official hyper-parameters, nothing is downloaded, and
-the reference runners in tests/hf_reference.py give non-degenerate outputs.
+the reference runners in tests/helpers/hf_reference.py give non-degenerate outputs.
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ from tests.helpers.reference import read_layout
 # ----------------------------------------------------------------------------------------------- weights
 
 def official_layout(model: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Official ``{key: (shape, dtype)}`` of ``model`` from ``shared/reference`` (see tests/reference.py)."""
+    """Official ``{key: (shape, dtype)}`` of ``model`` from ``shared/reference`` (see tests/helpers/reference.py)."""
     return read_layout(model)
 
 
