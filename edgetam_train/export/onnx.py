@@ -10,7 +10,7 @@ image-path check; the on-device split (:mod:`~edgetam_train.export.ondevice`) ex
 
 The encoder is exported fused: RepViT's BatchNorms / RepVGG branches folded by the trunk's ``reparameterize()``
 (timm) and the decoder's ``conv_s0`` / ``conv_s1`` folded into the FPN's lateral convs
-(:meth:`~edgetam_train.models.sam2_model.SAM2Model.fuse_high_res_projection`).
+(:func:`~edgetam_train.models.fuse.fuse_high_res_projection`).
 
 ``prompt_decoder`` -- prompt encoder + mask decoder for B prompt sets on one image (B and the number of
 points N are dynamic):

@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 from _timing import interleaved
 
-from edgetam_train.export.hf_mapping import build_hf_model
+from edgetam_train.export.hf_config import build_hf_model
 from edgetam_train.models.build import build_model
 from edgetam_train.models.memory_bank import MemoryBank
 from edgetam_train.models.sam2_model import SAM2Model

@@ -35,10 +35,10 @@ from lightning.pytorch.loggers import CSVLogger
 from edgetam_train.callbacks.batch_seed import seed_batch
 from edgetam_train.callbacks.sigterm_checkpoint import SigtermCheckpoint
 from edgetam_train.config import CONFIG_DIR, register_resolvers
-from edgetam_train.data.datamodule import EpochDistributedSampler, EpochShuffleSampler
 from edgetam_train.data.datasets.fixed_batch import FixedBatch
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.data.mixture import MixtureBatchSampler, MixtureDataset
+from edgetam_train.data.samplers import EpochDistributedSampler, EpochShuffleSampler
 from edgetam_train.distill.module import DistillationModule
 from edgetam_train.distill.nonfinite import NonFiniteLossError
 from edgetam_train.run.checkpoint_io import AtomicCheckpointIO

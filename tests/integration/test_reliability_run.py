@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from edgetam_train.callbacks.sigterm_checkpoint import SigtermCheckpoint
-from edgetam_train.data.datamodule import init_worker
+from edgetam_train.data.workers import init_worker
 from edgetam_train.run.checkpoint_io import AtomicCheckpointIO
 from edgetam_train.run.trainer import Trainer
 from tests.helpers.toy_module import ToyModule
