@@ -213,9 +213,10 @@ def transform_spec(image_size: int) -> dict[str, Any]:
         if name == "HorizontalFlip":
             continue
         if name == "Normalize":
+            # "normalize" (American) is a key of teacher-cache manifests already on disk: kept as written there
             spec["normalize"] = {"mean": [float(v) for v in t.mean], "std": [float(v) for v in t.std],
                                  "max_pixel_value": float(t.max_pixel_value)}
         else:
-            raise ValueError(f"the stage-1 transform (edgetam_train.data.transforms.build_augment) holds {name}: a teacher "
-                             "cache supports only the deterministic resize/normalise plus the horizontal flip")
+            raise ValueError(f"the stage-1 transform (edgetam_train.data.transforms.build_augment) holds {name}: a "
+                             "teacher cache supports only the deterministic resize/normalise plus the horizontal flip")
     return spec
