@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import edgetam_train.distill.prompting as prompting
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.models.memory_bank import MemoryBank
 from edgetam_train.models.step_rules import INFERENCE
 
@@ -23,7 +23,6 @@ S, T = 256, 3
 
 
 def build_module(*overrides: str):
-    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=["experiment=edgetam_distill_video", "debug=quickstart_video",
                                           "paths.root_dir=.", *overrides])

@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import edgetam_train.distill.prompting as prompting
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.data.synthetic import make_sample_data
 from edgetam_train.models.build import build_model
 from edgetam_train.models.memory_bank import FrameOutput, MemoryBank
@@ -93,7 +93,6 @@ def test_memory_mask_binarisation_and_dynamic_multimask_follow_the_rules():
 
 
 def build_identity_module(experiment: str, *overrides: str):
-    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=[f"experiment={experiment}", "debug=identity", "paths.root_dir=.",
                                           *overrides])

@@ -253,9 +253,8 @@ def shutil_usage(free: int):
 def _compose(tmp_path: Path, *overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from edgetam_train.config import CONFIG_DIR, register_resolvers
+    from edgetam_train.config import CONFIG_DIR
 
-    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         return compose("train", overrides=["experiment=edgetam_distill", "debug=quickstart",
                                            f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}",
