@@ -1,8 +1,9 @@
 """The package layering that docs/architecture.md describes, checked on the import statements themselves.
 
-Layers, lowest first: ``config``/``distributed``/``progress`` -> ``models`` (and ``cli_common``, the CLIs' model loading) ->
-``data`` -> ``predictor`` -> ``eval`` -> ``export``/``distill`` -> ``run``. A module may import from its own layer and the ones below, never from above, and
-no two modules of ``edgetam_train`` import each other (directly or through a longer circle).
+Layers, lowest first: ``config``/``distributed``/``progress`` -> ``models`` (and ``cli_common``, the CLIs' model
+loading) -> ``data`` -> ``predictor`` -> ``eval`` -> ``export``/``distill`` -> ``run``. A module may import from its
+own layer and the ones below, never from above, and no two modules of ``edgetam_train`` import each other (directly or
+through a longer circle).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Image and mask transforms of both stages, in one place (the ImageNet constants and the square resize they use
-live in :mod:`edgetam_train.imaging`): the mask resize, the stage-1 augmentation (and the spec a teacher cache records of
-it), and the stage-2 clip augmentation.
+live in :mod:`edgetam_train.imaging`): the mask resize, the stage-1 augmentation (and the spec a teacher cache records
+of it), and the stage-2 clip augmentation.
 
 Geometry (SAM 2 training's ``RandomResizeAPI(square=True)``, and both official predictors): every image and frame is
 resized to S×S, stretched (the aspect ratio is not kept), no padding, no crop. Masks follow the same S×S geometry.

@@ -33,8 +33,8 @@ Both outputs come from one decoder pass, so there is no ``multimask_output`` inp
 points (labels 2, 3) placed before the clicks; the graph appends SAM's padding point itself.
 
 :func:`check_image_graphs` checks both graphs (run by any runtime) against the *unfused* PyTorch model on
-:func:`~edgetam_train.export.official.fixed_input` with 1, 3 and 5 points, with and without a mask input. The legacy TorchScript exporter (``dynamo=False``) is used: it needs only ``onnx``, not
-``onnxscript``.
+:func:`~edgetam_train.export.official.fixed_input` with 1, 3 and 5 points, with and without a mask input. The legacy
+TorchScript exporter (``dynamo=False``) is used: it needs only ``onnx``, not ``onnxscript``.
 """
 
 from __future__ import annotations

@@ -95,8 +95,9 @@ class SAM2Model(nn.Module):
             raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
         windows = int(round(getattr(spatial_perceiver, "num_latents_2d", 0) ** 0.5))
         if windows and (image_size // backbone_stride) % windows:
-            raise ValueError(f"image_size {image_size}: the spatial perceiver splits the {image_size // backbone_stride}"
-                             f"x{image_size // backbone_stride} memory into {windows}x{windows} windows, so image_size "
+            grid = image_size // backbone_stride
+            raise ValueError(f"image_size {image_size}: the spatial perceiver splits the {grid}"
+                             f"x{grid} memory into {windows}x{windows} windows, so image_size "
                              f"must be a multiple of {backbone_stride * windows}")
         # registration order = official state_dict order
         self.maskmem_tpos_enc = nn.Parameter(torch.zeros(num_maskmem, 1, 1, mem_dim))

@@ -224,7 +224,8 @@ def test_fit_with_teacher_cache_builds_and_runs_no_teacher(project, cache, monke
 
     monkeypatch.setattr(FrozenTeacher, "__init__", no_teacher)
     overrides = ["experiment=edgetam_distill", "debug=quickstart", f"paths.root_dir={project}",
-                 f"paths.output_dir={tmp_path / 'run'}", "model/teacher=cached", f"data.teacher_cache={cache}", "trainer.max_steps=2",
+                 f"paths.output_dir={tmp_path / 'run'}", "model/teacher=cached", f"data.teacher_cache={cache}",
+                 "trainer.max_steps=2",
                  "trainer.log_every_n_steps=1", "model.vis_every_n_steps=1", "model.prompts.num_correction_clicks=1",
                  "data.max_masks=2", "data.val.vos.root=null", "data.val.miou.root=null",
                  "callbacks.model_checkpoint.every_n_train_steps=2"]

@@ -125,7 +125,8 @@ def test_val_sets_items_and_errors(project, tmp_path):
     assert next(iter(loaders[0])) == {"kind": "padding"}  # 1 video on 2 ranks: rank 1 gets the filler
     assert isinstance(next(iter(loaders[1]))["image"], np.ndarray)  # numpy kept (no tensor conversion)
     assert build_val_sets(None) == [] and build_val_sets({"vos": {"root": None}}) == []
-    video_dm = VideoDataModule({"davis": {"_target_": VOS, "root": sample / "davis"}}, image_size=64, clip_len=2, num_workers=0,
+    video_dm = VideoDataModule({"davis": {"_target_": VOS, "root": sample / "davis"}}, image_size=64, clip_len=2,
+                               num_workers=0,
                                val={"vos": {"root": sample / "davis"}, "miou": {"root": None}})
     (loader,) = video_dm.val_dataloader()  # the stage-2 data module reads the same data.val
     assert isinstance(loader.dataset, VOSValDataset) and len(loader) == 1

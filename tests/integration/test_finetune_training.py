@@ -1,5 +1,6 @@
 """Fine-tuning training options: ``model.freeze`` (frozen modules out of the optimizer and in eval mode),
-``model.teacher=null`` (task loss only), weight EMA (edgetam_train/callbacks/ema.py) and the validation after the last step."""
+``model.teacher=null`` (task loss only), weight EMA (edgetam_train/callbacks/ema.py) and the validation after the last
+step."""
 
 from __future__ import annotations
 

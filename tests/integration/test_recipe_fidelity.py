@@ -166,7 +166,8 @@ def test_identity_run_through_train_py(sample_project):
     env = {**os.environ, "PROJECT_ROOT": str(sample_project), "PYTHONPATH": str(REPO)}
     extra = ["data.clip_len=3", "data.max_objects=2", "model.prompts.num_correction_clicks=1", "trainer.max_steps=2"]
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), "experiment=edgetam_distill_video",
-                           "debug=identity", *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
+                           "debug=identity", *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+                          check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "identity check (4 values, tolerance 1e-06)" in proc.stdout and ": PASS" in proc.stdout, proc.stdout
     metrics = sample_project / "logs" / "debug" / "runs" / "identity" / "csv"
