@@ -21,8 +21,8 @@ for weights ``NAME=HEX`` or the registry's value) when one is known: a mismatch 
 error naming it; the sha256 is printed and written next to the file (``<file>.sha256``; deleted with an extracted
 archive). An archive is extracted into ``OUT/.<name>.partial/`` and renamed to ``OUT/<name>/`` when complete, so an
 interrupted extraction is redone from scratch on the next run and a finished one is skipped (the archive is deleted
-after extraction unless ``--keep-archives``). ``sa1b`` then builds the file index the loader reads (``OUT/.edgetam_index.txt``,
-``edgetam_train.data.formats.sa1b.load_index``).
+after extraction unless ``--keep-archives``). ``sa1b`` then builds the file index the loader reads
+(``OUT/.edgetam_index.txt``, ``edgetam_train.data.formats.sa1b.load_index``).
 
 Exit status: 0 OK, 1 a download, checksum or extraction failed (the message names the file), 2 bad arguments.
 """

@@ -76,7 +76,8 @@ def curve(metrics_csv: Path) -> list[tuple[int, float]]:
 
     Lightning writes a validation that runs after optimiser step k on the row of ``step`` k - 1 (its logger step counts
     the batches stepped before that validation); the first row is the untrained weights' validation (step 0,
-    ``edgetam_train/callbacks/initial_validation.py``), the others are shifted by one to the step whose weights they score.
+    ``edgetam_train/callbacks/initial_validation.py``), the others are shifted by one to the step whose weights they
+    score.
     """
     points = sorted(read_metrics(metrics_csv).get(METRIC, []))
     if not points:

@@ -6,7 +6,7 @@ shows exactly the logged numbers; without a CSV logger it does nothing. It draws
 stops on an exception (the curve up to the failure is what one wants to see then), on global rank 0 only; a failure to
 draw is logged as a warning and never stops the run. ``plot_metrics_csv`` draws any ``metrics.csv`` on its own::
 
-    python -c "from edgetam_train.callbacks.loss_curve import plot_metrics_csv; plot_metrics_csv('metrics.csv', 'curve.png')"
+    python -c "from edgetam_train.callbacks.loss_curve import plot_metrics_csv as p; p('metrics.csv', 'curve.png')"
 """
 
 from __future__ import annotations

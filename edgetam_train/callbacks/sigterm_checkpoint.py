@@ -16,9 +16,10 @@ before validation (``every_n_train_steps`` divides ``val_check_interval``) is th
 Ctrl-C (SIGINT): Lightning's own handling of ``KeyboardInterrupt`` saves nothing, and the interrupt lands anywhere in
 a step (mid optimizer update). While fitting, this callback installs a SIGINT handler in the main process: the first
 Ctrl-C is turned into Lightning's SIGTERM flag (the current batch finishes and ``last.ckpt`` is saved as above;
-under DDP the ranks agree at the end of each batch whether any of them got a Ctrl-C, so all stop at the same batch); a second Ctrl-C raises ``KeyboardInterrupt`` at once (Lightning's shutdown, exit
+under DDP the ranks agree at the end of each batch whether any of them got a Ctrl-C, so all stop at the same batch); a
+second Ctrl-C raises ``KeyboardInterrupt`` at once (Lightning's shutdown, exit
 status 1; a save in progress is abandoned and leaves the previous ``last.ckpt`` intact, the writes are atomic).
-DataLoader workers ignore SIGINT (``edgetam_train.data.datamodule.init_worker``): the terminal sends Ctrl-C to the
+DataLoader workers ignore SIGINT (``edgetam_train.data.workers.init_worker``): the terminal sends Ctrl-C to the
 whole process group, and a worker that quit would end the run before the checkpoint is written.
 """
 

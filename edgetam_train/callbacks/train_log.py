@@ -1,8 +1,8 @@
 """Loss lines in the run's log file: ``step 20/40  loss 14.802  loss_task 12.1  ...  lr 3.9e-04  2.95 s/step``.
 
 Every ``every_n_steps`` optimiser steps (``trainer.log_every_n_steps`` in ``configs/callbacks/train_log.yaml``) and at
-the last step, global rank 0 writes one line with the loss terms (``train/loss*``) of that step, the learning rate of the first
-parameter group and the mean time per step since the previous line.
+the last step, global rank 0 writes one line with the loss terms (``train/loss*``) of that step, the learning rate of
+the first parameter group and the mean time per step since the previous line.
 
 Where the line goes: the logger ``callbacks.train_log`` writes only to ``<run dir>/train.log`` (its handlers are set in
 ``configs/hydra/default.yaml``), because the console already shows the loss on the progress bar. Without a progress

@@ -1,10 +1,9 @@
 """Lightning DataModules: stage 1 (``SA1BDataModule``, SA-1B images) and stage 2 (``VideoDataModule``, the clip
 mixture of SA-V, SA-1B and optionally DAVIS / MOSE / YouTube-VOS).
 
-Samplers carry the epoch to the dataset: Lightning calls ``sampler.set_epoch(epoch)`` at the start of every training
-epoch (before the epoch's DataLoader iterator is created), and our samplers forward it to the datasets' ``set_epoch``,
-so the masks sampled and the augmentations change every epoch without any hook in the LightningModule.
-Under DDP the train samplers are ``DistributedSampler`` subclasses; Lightning sees a DistributedSampler and keeps it.
+Samplers carry the epoch to the dataset (:mod:`edgetam_train.data.samplers`); DataLoader workers are set up by
+:mod:`edgetam_train.data.workers`. Under DDP the train samplers are ``DistributedSampler`` subclasses; Lightning
+sees a DistributedSampler and keeps it.
 Both DataModules save the training data position in checkpoints and resume mid-epoch at the next batch
 (:mod:`edgetam_train.data.resume`).
 
@@ -14,17 +13,14 @@ Validation (both modules, config ``data.val``): a DAVIS-format VOS set scored by
 
 from __future__ import annotations
 
-import signal
 import zlib
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
-import cv2
 import hydra
 import lightning as L
-import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader
 
 from edgetam_train.data.datasets.clips import ClipDataset, collate_clips
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
@@ -36,73 +32,11 @@ from edgetam_train.data.formats.images import (
 )
 from edgetam_train.data.formats.sa1b import load_index, read_split_file
 from edgetam_train.data.mixture import MixtureBatchSampler, MixtureDataset
-from edgetam_train.data.resume import ResumableDataModule, ResumableSampler
+from edgetam_train.data.resume import ResumableDataModule
+from edgetam_train.data.samplers import EpochDistributedSampler, EpochShuffleSampler
 from edgetam_train.data.teacher_cache import TeacherCache
+from edgetam_train.data.workers import fork_safe_opencv, init_worker
 from edgetam_train.distributed import world_and_rank
-
-
-class EpochShuffleSampler(ResumableSampler, Sampler[int]):
-    """Single-process shuffling sampler: a permutation seeded by (seed, epoch); ``set_epoch`` also reaches the dataset.
-
-    Args:
-        dataset: the dataset to index.
-        shuffle: permute (True) or go in order (False).
-        seed: base seed of the permutation.
-        forward_epoch: also call ``dataset.set_epoch`` (off for validation, whose samples must not change).
-    """
-
-    def __init__(self, dataset, shuffle: bool = True, seed: int = 0, forward_epoch: bool = True) -> None:
-        self.dataset, self.shuffle, self.seed, self.forward_epoch, self.epoch = dataset, shuffle, seed, forward_epoch, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the permutation (and, if ``forward_epoch``, the dataset randomness) of ``epoch``."""
-        self.epoch = epoch
-        if self.forward_epoch and hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        n = len(self.dataset)
-        if not self.shuffle:
-            return self.skip_resumed(iter(range(n)))
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return self.skip_resumed(iter(torch.randperm(n, generator=g).tolist()))
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-
-class EpochDistributedSampler(ResumableSampler, DistributedSampler):
-    """``DistributedSampler`` whose ``set_epoch`` is also forwarded to the dataset (and which can resume mid-epoch)."""
-
-    def __iter__(self) -> Iterator[int]:
-        return self.skip_resumed(super().__iter__())
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the shard permutation (and the dataset randomness) of ``epoch``."""
-        super().set_epoch(epoch)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-
-def init_worker(worker_id: int, max_image_pixels: int | None = None, min_image_side: int | None = None) -> None:
-    """DataLoader ``worker_init_fn``: one OpenCV thread per worker (the workers already run in parallel), the image
-    size limits (``data.max_image_pixels`` / ``data.min_image_side``, also under the spawn start method), and SIGINT
-    ignored: Ctrl-C reaches the whole process group, and the training process decides (first Ctrl-C: save and exit,
-    ``callbacks.sigterm_checkpoint``); the workers end when their DataLoader shuts them down."""
-    cv2.setNumThreads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    set_image_limits(max_image_pixels, min_image_side)
-
-
-def fork_safe_opencv() -> None:
-    """One OpenCV thread in this process before DataLoader workers are forked from it.
-
-    When this process has run OpenCV with its thread pool (in-process loading: ``data.num_workers=0``, then a
-    validation loader with workers), a forked worker inherits the pool's locked state without its threads, and its
-    first OpenCV call (``init_worker``'s ``cv2.setNumThreads``) waits forever: validation hung with no message. With
-    one thread the pool is shut down before the fork. Loading in this process is then single-threaded in OpenCV,
-    which only matters with ``num_workers=0`` (debug runs)."""
-    cv2.setNumThreads(1)
 
 
 def split_files(files: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
@@ -180,7 +114,7 @@ class SA1BDataModule(DataModuleBase):
             items carry the cached teacher F16 of their view (``teacher_f16``), so stage 1 runs no teacher. Refused
             (``TeacherCacheMismatch``) when made for another image size, transform or image list (``split_file`` /
             the index of ``root``, before the ``val_fraction`` split), or without the flipped view when
-            ``hflip_p`` > 0. The teacher is checked by ``training.train`` against ``model.teacher``.
+            ``hflip_p`` > 0. The teacher is checked by ``edgetam_train.run.train`` against ``model.teacher``.
     """
 
     def __init__(

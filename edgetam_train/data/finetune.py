@@ -72,7 +72,8 @@ class ImageFinetuneDataModule(SA1BDataModule):
                  max_masks: int = 64, batch_size: int = 4, num_workers: int = 8, pin_memory: bool = True,
                  hflip_p: float = 0.5, max_skip_rate: float = 0.05, seed: int = 0, prefetch_factor: int = 2,
                  drop_last: bool = True, monitor: str = "val/mIoU_1click", root: str | None = None,
-                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, min_image_side: int = DEFAULT_MIN_IMAGE_SIDE) -> None:
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 min_image_side: int = DEFAULT_MIN_IMAGE_SIDE) -> None:
         args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         DataModuleBase.__init__(self)  # not SA1BDataModule's: no SA-1B root to index
         self.save_hyperparameters(plain(args), logger=False)  # saved in checkpoints: no DictConfig, no Path

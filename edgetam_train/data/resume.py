@@ -19,8 +19,8 @@ What this module adds:
   size) or, for batch samplers, whole batches. Skipping indices costs nothing: no sample is loaded to be thrown away.
 
 The per-item randomness (masks sampled, flips, augmentation) depends only on (seed, epoch, index), and the step's
-randomness (prompts) on (seed, rank, epoch, batch) (``edgetam_train/callbacks/batch_seed.py``), so the skipped-to batch is the same
-batch, with the same prompts.
+randomness (prompts) on (seed, rank, epoch, batch) (``edgetam_train/callbacks/batch_seed.py``), so the skipped-to batch
+is the same batch, with the same prompts.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Image and mask transforms of both stages, in one place (the ImageNet constants and the square resize they use
-live in :mod:`edgetam_train.imaging`): the mask resize, the stage-1 augmentation (and the spec a teacher cache records of
-it), and the stage-2 clip augmentation.
+live in :mod:`edgetam_train.imaging`): the mask resize, the stage-1 augmentation (and the spec a teacher cache records
+of it), and the stage-2 clip augmentation.
 
 Geometry (SAM 2 training's ``RandomResizeAPI(square=True)``, and both official predictors): every image and frame is
 resized to S×S, stretched (the aspect ratio is not kept), no padding, no crop. Masks follow the same S×S geometry.
@@ -213,9 +213,10 @@ def transform_spec(image_size: int) -> dict[str, Any]:
         if name == "HorizontalFlip":
             continue
         if name == "Normalize":
+            # "normalize" (American) is a key of teacher-cache manifests already on disk: kept as written there
             spec["normalize"] = {"mean": [float(v) for v in t.mean], "std": [float(v) for v in t.std],
                                  "max_pixel_value": float(t.max_pixel_value)}
         else:
-            raise ValueError(f"the stage-1 transform (edgetam_train.data.transforms.build_augment) holds {name}: a teacher "
-                             "cache supports only the deterministic resize/normalise plus the horizontal flip")
+            raise ValueError(f"the stage-1 transform (edgetam_train.data.transforms.build_augment) holds {name}: a "
+                             "teacher cache supports only the deterministic resize/normalise plus the horizontal flip")
     return spec

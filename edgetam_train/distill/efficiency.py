@@ -1,6 +1,7 @@
 """Memory and speed switches of the training step: activation checkpointing and ``torch.compile`` of the student.
 
-Both are applied from the distillation layer without touching the model classes (config ``model.activation_checkpointing``
+Both are applied from the distillation layer without touching the model classes (config
+``model.activation_checkpointing``
 and ``model.compile``, read by :class:`edgetam_train.distill.module.DistillationModule`).
 
 Activation checkpointing (``torch.utils.checkpoint``, non-reentrant): a checkpointed piece keeps only its inputs

@@ -114,7 +114,8 @@ def build_optimizer(model: nn.Module, lr: float = 4e-4, weight_decay: float = 0.
                     vision_prefix: str = "image_encoder", weight_decay_rule: str = "sam2",
                     betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
                     fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (defaults: the paper's stage 1, lr 4e-4, weight decay 0.1, SAM 2's decay rule)."""
+    """AdamW over :func:`param_groups` (defaults: the paper's stage 1, lr 4e-4, weight decay 0.1, SAM 2's decay
+    rule)."""
     groups = param_groups(model, weight_decay=weight_decay, lr=lr, vision_lr=vision_lr, vision_prefix=vision_prefix,
                           weight_decay_rule=weight_decay_rule)
     if not groups:

@@ -223,7 +223,8 @@ class CachedTeacher(Teacher):
     """
 
     def __init__(self, directory: str | Path | None = None, net: Mapping[str, Any] | None = None,
-                 checkpoint: str | Path | None = None, allow_random_init: bool = False, rules: str = "training") -> None:
+                 checkpoint: str | Path | None = None, allow_random_init: bool = False,
+                 rules: str = "training") -> None:
         super().__init__()
         self.directory = directory
         if directory is not None:

@@ -109,8 +109,8 @@ def track_video(model: SAM2Model, frames: np.ndarray, first_labels: np.ndarray) 
 
 
 def score_video(item: dict[str, Any], pred_labels: np.ndarray) -> list[ObjectScore]:
-    """J and F of each object of a ``data.val`` VOS item (see :mod:`edgetam_train.data.datasets.val`) against predicted ids
-    (T, H, W); DAVIS 2017 protocol: objects 1..max id of the first GT frame, first and last frames not scored."""
+    """J and F of each object of a ``data.val`` VOS item (see :mod:`edgetam_train.data.datasets.val`) against predicted
+    ids (T, H, W); DAVIS 2017 protocol: objects 1..max id of the first GT frame, first and last frames not scored."""
     labels, names = item["labels"], item["frame_names"]
     if pred_labels.shape != labels.shape:
         raise ValueError(f"video {item['video']!r}: predicted labels {pred_labels.shape} != GT {labels.shape}")

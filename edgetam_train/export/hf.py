@@ -1,7 +1,7 @@
 """Export to a Hugging Face transformers directory that both the image and the video class load.
 
 One directory serves both classes, as the hub checkpoints do: it holds the *video* layout (every tensor of the
-official checkpoint, renamed by :mod:`edgetam_train.export.hf_mapping`) and the video config
+official checkpoint, renamed by :mod:`edgetam_train.export.hf_keys`) and the video config
 (``EdgeTamVideoConfig`` / ``Sam2VideoConfig``, official hyper-parameters; for EdgeTAM a ``TimmWrapperConfig``
 backbone naming the model's timm trunk -- RepViT-M1 or any other timm ``features_only`` trunk with channels-first
 maps, which is what transformers' EdgeTAM vision model can express; :func:`hf_target` says so plainly otherwise).
@@ -31,15 +31,9 @@ import torch
 from torch import Tensor
 
 from edgetam_train.config import flatten_dict
-from edgetam_train.export.hf_mapping import (
-    MODELS,
-    REPVIT_M1,
-    TimmTrunkSpec,
-    build_hf_model,
-    hf_config,
-    hf_model_class,
-    hf_to_official,
-)
+from edgetam_train.export.hf_config import REPVIT_M1, TimmTrunkSpec, build_hf_model, hf_config, hf_model_class
+from edgetam_train.export.hf_convert import hf_to_official
+from edgetam_train.export.hf_keys import MODELS
 from edgetam_train.export.official import (
     TORCH_TOLERANCE,
     ExportCheckError,
@@ -58,12 +52,12 @@ from edgetam_train.models.trunk import HieraTrunk, TimmTrunk
 # tracked frame's logits by up to ~1e-4 on random weights: the tracked-frame check of SAM 2.1 gets this tolerance.
 BF16_MEMORY_TOLERANCE = 1e-3
 
-# configs/arch names -> transformers-side names used by hf_mapping
+# configs/arch names -> transformers-side names used by hf_keys
 HF_NAMES = {ours: theirs for theirs, ours in ALIASES.items()} | {"edgetam": "edgetam"}
 
 
 def hf_name(model_name: str) -> str:
-    """The :mod:`hf_mapping` name of a ``configs/arch`` name or alias (``sam2.1_hiera_t`` -> ``sam2.1_hiera_tiny``)."""
+    """The :mod:`hf_keys` name of a ``configs/arch`` name or alias (``sam2.1_hiera_t`` -> ``sam2.1_hiera_tiny``)."""
     if model_name in MODELS:
         return model_name
     if model_name not in HF_NAMES:
@@ -73,7 +67,7 @@ def hf_name(model_name: str) -> str:
 
 
 def hf_target(model: SAM2Model, model_name: str | None = None) -> tuple[str, TimmTrunkSpec]:
-    """The :mod:`hf_mapping` name and timm trunk spec of ``model``, from its trunk.
+    """The :mod:`hf_keys` name and timm trunk spec of ``model``, from its trunk.
 
     A :class:`TimmTrunk` -> ``("edgetam", its timm name / levels / channels)``; a :class:`HieraTrunk` ->
     ``sam2.1_hiera_*``. ``model_name`` (a ``configs/arch`` name or alias), when given, must name the same family.

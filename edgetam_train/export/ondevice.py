@@ -14,7 +14,8 @@ Shapes are fixed (batch 1 = one object; the memory bank has ``max_memory_frames`
 ``max_object_pointers`` pointer slots, unused slots flagged 0 in ``*_valid`` and masked out of the attention, which
 equals attending to the valid tokens only). The position encodings (F16's sine encoding, the memory's spatial
 encoding, the learned temporal encodings) are constants inside the graphs, so the app only keeps the memory tokens,
-their temporal position and the pointers. The prompt decoder reuses :class:`~edgetam_train.export.onnx.OnnxPromptDecoder`
+their temporal position and the pointers. The prompt decoder reuses
+:class:`~edgetam_train.export.onnx.OnnxPromptDecoder`
 (the ONNX image path) and adds the object pointers. Tensor names and shapes: :func:`part_specs`.
 """
 

@@ -10,7 +10,7 @@ image-path check; the on-device split (:mod:`~edgetam_train.export.ondevice`) ex
 
 The encoder is exported fused: RepViT's BatchNorms / RepVGG branches folded by the trunk's ``reparameterize()``
 (timm) and the decoder's ``conv_s0`` / ``conv_s1`` folded into the FPN's lateral convs
-(:meth:`~edgetam_train.models.sam2_model.SAM2Model.fuse_high_res_projection`).
+(:func:`~edgetam_train.models.fuse.fuse_high_res_projection`).
 
 ``prompt_decoder`` -- prompt encoder + mask decoder for B prompt sets on one image (B and the number of
 points N are dynamic):
@@ -33,8 +33,8 @@ Both outputs come from one decoder pass, so there is no ``multimask_output`` inp
 points (labels 2, 3) placed before the clicks; the graph appends SAM's padding point itself.
 
 :func:`check_image_graphs` checks both graphs (run by any runtime) against the *unfused* PyTorch model on
-:func:`~edgetam_train.export.official.fixed_input` with 1, 3 and 5 points, with and without a mask input. The legacy TorchScript exporter (``dynamo=False``) is used: it needs only ``onnx``, not
-``onnxscript``.
+:func:`~edgetam_train.export.official.fixed_input` with 1, 3 and 5 points, with and without a mask input. The legacy
+TorchScript exporter (``dynamo=False``) is used: it needs only ``onnx``, not ``onnxscript``.
 """
 
 from __future__ import annotations

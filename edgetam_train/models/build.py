@@ -18,7 +18,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.models.arch_record import (
     ArchitectureMismatchError,
     describe,
@@ -68,7 +68,6 @@ def model_config(name: str, image_size: int | None = None) -> DictConfig:
     if key not in available_models():
         raise ValueError(f"unknown model variant {name!r}; valid: {', '.join(available_models())} "
                          f"(aliases: {', '.join(ALIASES)})")
-    register_resolvers()
     cfg = _load_with_defaults(ARCH_DIR / f"{key}.yaml")
     if image_size is not None:
         cfg.image_size = image_size  # SAM2Model checks it (multiple of 32; of 256 with EdgeTAM's perceiver)

@@ -21,7 +21,8 @@ class PositionEmbeddingSine(nn.Module):
     Args:
         num_pos_feats: output channels C (half encode y, half encode x).
         temperature: frequency base.
-        normalize: normalise grid coordinates to (0, scale] before encoding.
+        normalize: normalise grid coordinates to (0, scale] before encoding (American spelling kept: the official
+            SAM 2 constructor argument and ``configs/arch`` key).
         scale: coordinate scale when normalising (default 2π).
 
     Input ``x`` (B, *, H, W) is only read for its batch size, grid size, device; output (B, C, H, W) float32, a

@@ -95,8 +95,9 @@ class SAM2Model(nn.Module):
             raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
         windows = int(round(getattr(spatial_perceiver, "num_latents_2d", 0) ** 0.5))
         if windows and (image_size // backbone_stride) % windows:
-            raise ValueError(f"image_size {image_size}: the spatial perceiver splits the {image_size // backbone_stride}"
-                             f"x{image_size // backbone_stride} memory into {windows}x{windows} windows, so image_size "
+            grid = image_size // backbone_stride
+            raise ValueError(f"image_size {image_size}: the spatial perceiver splits the {grid}"
+                             f"x{grid} memory into {windows}x{windows} windows, so image_size "
                              f"must be a multiple of {backbone_stride * windows}")
         # registration order = official state_dict order
         self.maskmem_tpos_enc = nn.Parameter(torch.zeros(num_maskmem, 1, 1, mem_dim))
@@ -142,7 +143,7 @@ class SAM2Model(nn.Module):
         self.only_obj_ptrs_in_the_past_for_eval = only_obj_ptrs_in_the_past_for_eval
         self.fixed_no_obj_ptr = fixed_no_obj_ptr
         self.soft_no_obj_ptr = soft_no_obj_ptr
-        self.high_res_in_neck = False  # set by fuse_high_res_projection (inference only)
+        self.high_res_in_neck = False  # set by models.fuse.fuse_high_res_projection (inference only)
         self.rules: StepRules = INFERENCE
 
     @contextmanager
@@ -173,40 +174,6 @@ class SAM2Model(nn.Module):
         elif self.use_high_res_features_in_sam:
             high_res = [self.sam_mask_decoder.conv_s0(fpn[0]), self.sam_mask_decoder.conv_s1(fpn[1])]
         return ImageFeatures(fpn[-1], pos[-1], high_res)
-
-    @torch.no_grad()
-    def fuse_high_res_projection(self) -> bool:
-        """Inference only: fold the decoder's ``conv_s0`` / ``conv_s1`` into the neck's lateral convs of levels 0, 1.
-
-        With SAM 2's configs the stride-4 and stride-8 neck levels are purely lateral 1x1 convs (no top-down path),
-        so ``conv_s0(lateral_0(x))`` is one 1x1 conv C_0 -> 32 (and likewise C_1 -> 64): the 256-channel stride-4/8
-        maps (80 MiB at 1024 px) are never materialised. Outputs equal the unfused ones within float rounding
-        (weights are combined in float64). Afterwards the state_dict is not the official layout (like a fused
-        trunk): do not train or save the model. Returns whether the model is fused (False, unchanged, when the
-        model has no high-res features, a top-down path into those levels, or non-1x1 lateral convs). Idempotent.
-        """
-        if self.high_res_in_neck:
-            return True
-        neck = getattr(self.image_encoder, "neck", None)
-        if not self.use_high_res_features_in_sam or neck is None or not hasattr(neck, "convs"):
-            return False
-        n = len(neck.convs)
-        if n < 3 or {0, 1} & set(neck.fpn_top_down_levels):
-            return False
-        laterals = [neck.convs[n - 1 - level].conv for level in (0, 1)]
-        projections = [self.sam_mask_decoder.conv_s0, self.sam_mask_decoder.conv_s1]
-        for conv in laterals + projections:
-            if (conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0) or conv.groups != 1
-                    or conv.bias is None):
-                return False
-        for level, lateral, proj in zip((0, 1), laterals, projections):
-            w_l, w_p = lateral.weight[:, :, 0, 0].double(), proj.weight[:, :, 0, 0].double()
-            fused = nn.Conv2d(lateral.in_channels, proj.out_channels, kernel_size=1).to(lateral.weight)
-            fused.weight.copy_((w_p @ w_l)[:, :, None, None])
-            fused.bias.copy_(w_p @ lateral.bias.double() + proj.bias.double())
-            neck.convs[n - 1 - level].conv = fused
-        self.high_res_in_neck = True
-        return True
 
     # ------------------------------------------------------------------ memory read
     def read_memory(self, frame_idx: int, bank: MemoryBank, num_frames: int, reverse: bool = False

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from edgetam_train.models.fuse import fuse_high_res_projection
 from edgetam_train.models.sam2_model import ImageFeatures, SAM2Model
 from edgetam_train.predictor.preprocess import check_image, image_to_input, scale_points
 
@@ -44,12 +45,12 @@ def fuse_for_inference(model: SAM2Model) -> SAM2Model:
     """Speed up inference in place; outputs equal within 1e-5, but the model must not be trained or saved after.
 
     Fuses RepViT BatchNorm/RepVGG branches (timm ``reparameterize_model``; Hiera has none) and folds the decoder's
-    high-res projections into the neck (:meth:`SAM2Model.fuse_high_res_projection`, all variants).
+    high-res projections into the neck (:func:`~edgetam_train.models.fuse.fuse_high_res_projection`, all variants).
     """
     trunk = model.image_encoder.trunk
     if hasattr(trunk, "reparameterize"):
         trunk.reparameterize()
-    model.fuse_high_res_projection()
+    fuse_high_res_projection(model)
     return model
 
 

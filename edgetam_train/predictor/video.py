@@ -11,15 +11,14 @@ Example::
 
 The model of the computation (per-object memory banks, conditioning vs correction frames, what propagation
 recomputes), every option and every divergence from the official and transformers predictors, and what was verified
-against them: docs/video_predictor.md. Per-video state: :mod:`edgetam_train.predictor.video_state`.
+against them: docs/video_predictor.md. Per-video state: :mod:`edgetam_train.predictor.video_state`; what a
+video can be given as and each frame's model input: :mod:`edgetam_train.predictor.video_frames`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,9 +29,12 @@ from edgetam_train.models.memory_bank import FrameOutput
 from edgetam_train.models.outputs import ImageFeatures
 from edgetam_train.models.sam2_model import SAM2Model
 from edgetam_train.predictor.image import fuse_for_inference
-from edgetam_train.predictor.image_io import image_hw, read_rgb
-from edgetam_train.predictor.preprocess import check_image, frame_to_input, scale_points
-from edgetam_train.predictor.video_state import ObjectOutput, VideoState, _TrackedObject, frame_files
+from edgetam_train.predictor.preprocess import scale_points
+from edgetam_train.predictor.video_frames import frame_input, state_from_frames, state_from_pixels
+from edgetam_train.predictor.video_state import ObjectOutput, VideoState, _TrackedObject
+
+# predictor/cli.py still imports frame_files from here; it belongs to video_state (move that import, then drop this)
+from edgetam_train.predictor.video_state import frame_files as frame_files
 
 HOLE_FILL_LOGIT = 0.1  # official fill_holes_in_mask_scores value
 PREV_LOGITS_CLAMP = 32.0  # official clamp of previous logits fed back with correction clicks
@@ -103,62 +105,14 @@ class VideoPredictor:
     # ------------------------------------------------------------------ state
     def init_state(self, frames) -> VideoState:
         """State for a video given as a list of (H, W, 3) uint8 RGB arrays (numpy / torch / PIL), a (T, H, W, 3)
-        uint8 array, or a folder of JPEG/PNG frames. All frames must share one size."""
-        if isinstance(frames, (str, os.PathLike)):
-            folder = Path(frames)
-            if not folder.is_dir():
-                raise ValueError(f"frames: {str(folder)!r} is not a directory of JPEG/PNG frames")
-            files = frame_files(folder)
-            sizes = {}
-            for p in files:
-                sizes.setdefault(image_hw(p), p.name)  # ValueError naming a file that is not an image
-            if len(sizes) > 1:
-                raise ValueError(f"frames in {str(folder)!r} differ in size (H, W): "
-                                 + ", ".join(f"{hw} (e.g. {name})" for hw, name in sizes.items()))
-            return VideoState(len(files), next(iter(sizes)), _source=list(files))
-        if isinstance(frames, (np.ndarray, Tensor)) and frames.ndim == 4:
-            frames = list(frames)
-        elif isinstance(frames, (np.ndarray, Tensor)):
-            raise ValueError(f"frames: expected a (T, H, W, 3) uint8 array, got shape {tuple(frames.shape)}")
-        if not isinstance(frames, Sequence) or isinstance(frames, (str, bytes)):
-            raise ValueError(f"frames: expected a list of (H, W, 3) uint8 arrays, a (T, H, W, 3) array or a folder, "
-                             f"got {type(frames).__name__}")
-        if len(frames) == 0:
-            raise ValueError("frames: the video has no frames")
-        checked = [check_image(f, name=f"frame {i}") for i, f in enumerate(frames)]
-        hw = checked[0].shape[:2]
-        for i, f in enumerate(checked):
-            if f.shape[:2] != hw:
-                raise ValueError(f"frame {i} has size {f.shape[:2]} but frame 0 has {hw}; all frames must match")
-        return VideoState(len(checked), (int(hw[0]), int(hw[1])), _source=checked)
+        uint8 array, or a folder of JPEG/PNG frames (:func:`~edgetam_train.predictor.video_frames.state_from_frames`).
+        All frames must share one size."""
+        return state_from_frames(frames)
 
     def init_state_from_tensor(self, pixels: Tensor, video_hw: tuple[int, int]) -> VideoState:
         """State from already preprocessed frames ``pixels`` (T, 3, S, S) float (normalised) standing for a video
         of size ``video_hw`` = (H, W) (tests feed the same pixels to a reference implementation)."""
-        s = self.image_size
-        if not isinstance(pixels, Tensor) or pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, s, s):
-            shape = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
-            raise ValueError(f"pixels: expected a (T, 3, {s}, {s}) normalised float tensor, got {shape}")
-        if not pixels.is_floating_point():
-            raise ValueError(f"pixels: expected a normalised float tensor, got dtype {pixels.dtype}")
-        if pixels.shape[0] == 0:
-            raise ValueError("pixels: the video has no frames")
-        h, w = (int(v) for v in video_hw)
-        if h < 1 or w < 1:
-            raise ValueError(f"video_hw must be positive (H, W), got {tuple(video_hw)}")
-        return VideoState(pixels.shape[0], (h, w), _source=pixels.detach())
-
-    def _frame_input(self, state: VideoState, frame_idx: int) -> Tensor:
-        """(1, 3, S, S) normalised input of one frame on the model's device."""
-        src = state._source
-        if isinstance(src, Tensor):
-            return src[frame_idx : frame_idx + 1].to(self.device, torch.float32)
-        frame = src[frame_idx]
-        if isinstance(frame, Path):
-            frame = check_image(read_rgb(frame), name=str(frame))
-            if frame.shape[:2] != state.video_hw:
-                raise ValueError(f"{src[frame_idx]} has size {frame.shape[:2]}, expected {state.video_hw}")
-        return frame_to_input(frame, self.image_size)[None].to(self.device)
+        return state_from_pixels(pixels, video_hw, self.image_size)
 
     def _features(self, state: VideoState, frame_idx: int) -> ImageFeatures:
         """Image features of a frame, from the LRU cache or computed now."""
@@ -166,7 +120,7 @@ class VideoPredictor:
         if frame_idx in cache:
             cache.move_to_end(frame_idx)
             return cache[frame_idx]
-        feats = self.model.encode_image(self._frame_input(state, frame_idx))
+        feats = self.model.encode_image(frame_input(state, frame_idx, self.image_size, self.device))
         cache[frame_idx] = feats
         while len(cache) > self.feature_cache_size:
             cache.popitem(last=False)

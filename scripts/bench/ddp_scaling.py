@@ -36,7 +36,7 @@ import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.data.synthetic import make_sample_data
 from edgetam_train.distill.module import DistillationModule
@@ -54,7 +54,6 @@ def write_sample_images(out: Path, images: int, masks: int) -> Path:
 
 def build_module(image_size: int, teacher: str, clicks: int) -> DistillationModule:
     """The quick-start DistillationModule at ``image_size`` with a randomly initialised ``teacher`` (seed 0)."""
-    register_resolvers()
     overrides = ["experiment=edgetam_distill", "debug=quickstart", "paths.root_dir=/tmp/unused",
                  "paths.output_dir=/tmp/unused/out", f"arch@model.teacher.net={teacher}",
                  f"model.student.image_size={image_size}", f"model.teacher.net.image_size={image_size}",

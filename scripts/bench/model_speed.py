@@ -15,7 +15,8 @@ Items (times are medians over ``--reps`` interleaved repetitions after ``--warmu
   object pointers). Timed: tracking frame 7 with its image features already computed. Ours =
   ``SAM2Model.track_step`` (memory read, memory attention, prompt encoder + mask decoder on a padding point,
   object pointer, memory encoder + spatial perceiver). transformers = ``EdgeTamVideoModel(inference_session,
-  frame_idx=7)`` on a session holding the same state (built like ``tests/helpers/hf_reference.py``: our normalised frames,
+  frame_idx=7)`` on a session holding the same state (built like ``tests/helpers/hf_reference.py``: our normalised
+  frames,
   clicks through ``Sam2VideoProcessor``), whose vision-feature cache holds frame 7 (cache size 1, so repeated calls
   on frame 7 skip the image encoder); besides the same computation it does its per-object bookkeeping
   (``store_output``, ``frames_tracked_per_obj``), which is part of its per-frame cost.
@@ -51,7 +52,7 @@ from pathlib import Path
 import torch
 from _timing import interleaved
 
-from edgetam_train.export.hf_mapping import build_hf_model
+from edgetam_train.export.hf_config import build_hf_model
 from edgetam_train.models.build import build_model
 from edgetam_train.models.memory_bank import MemoryBank
 from edgetam_train.models.sam2_model import SAM2Model

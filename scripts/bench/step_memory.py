@@ -82,9 +82,8 @@ def compose(stage: str, overrides: list[str] | None = None) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from edgetam_train.config import CONFIG_DIR, register_resolvers
+    from edgetam_train.config import CONFIG_DIR
 
-    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         return hydra_compose("train", overrides=[f"experiment={EXPERIMENTS[stage]}", f"paths.root_dir={REPO}"]
                              + list(overrides or []))

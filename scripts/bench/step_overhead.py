@@ -38,7 +38,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.data.datasets.fixed_batch import FixedBatch
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.data.synthetic import make_sample_data
@@ -133,7 +133,6 @@ def main(argv: list[str] | None = None) -> bool:
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    register_resolvers()
 
     with tempfile.TemporaryDirectory(prefix="step_overhead_") as tmp:
         tmp = Path(tmp)

@@ -5,7 +5,8 @@ In one run, on ``--threads`` threads: (1) the fp32 GEMM peak, the best of severa
 ``--gemm`` matrices; (2) the FLOPs of one stage-1 step (student forward + backward, live teacher forward), counted
 with ``FlopCounterMode`` as ``model_speed.py`` / ``teacher_cache.py`` do; (3) the median time of that step, and of its
 parts measured alone: the teacher's forward, the student's image-encoder forward, the rest (decoder passes with their
-losses) = the step's forward minus those two, and the backward = the step minus its forward. Ratio = FLOPs / step time / GEMM peak. Goal: >= 0.6.
+losses) = the step's forward minus those two, and the backward = the step minus its forward. Ratio = FLOPs / step time /
+GEMM peak. Goal: >= 0.6.
 
     python scripts/bench/step_roofline.py [--size 256] [--masks 16] [--threads 1]
 """

@@ -59,10 +59,8 @@ def step_modules(archs: list[str], root: Path, image_size: int = 256):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from edgetam_train.config import CONFIG_DIR, register_resolvers
+    from edgetam_train.config import CONFIG_DIR
     from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
-
-    register_resolvers()
     from edgetam_train.data.synthetic import make_sample_data
 
     make_sample_data(["--out", str(root / "sample"), "--num-images", "1", "--formats", "sa1b"])

@@ -84,8 +84,8 @@ def test_sample_sav_roundtrip(sample, tmp_path):
         names = sorted(p.name for p in (root / FRAMES_DIRNAME / vid).glob("*.jpg"))
         assert names == [f"{4 * f:05d}.jpg" for f in range(n_ann)]
     # deterministic, and item i does not depend on how many are written
-    again = make_sample_data(["--out", str(tmp_path), "--formats", "sav,davis", "--num-videos", "1", "--num-davis-videos",
-                      "1", "--seed", str(SEED)])
+    again = make_sample_data(["--out", str(tmp_path), "--formats", "sav,davis", "--num-videos", "1",
+                              "--num-davis-videos", "1", "--seed", str(SEED)])
     for path in [again["sav"][0], again["sav"][0].with_name("sav_000001_manual.json"),
                  tmp_path / "sav" / FRAMES_DIRNAME / "sav_000001" / "00008.jpg",
                  tmp_path / "davis" / "Annotations" / "video_000" / "00003.png"]:

@@ -19,10 +19,11 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, DistributedSampler
 
 import edgetam_train.data.formats.sa1b as sa1b_mod
-from edgetam_train.data.datamodule import EpochShuffleSampler, SA1BDataModule, split_files
+from edgetam_train.data.datamodule import SA1BDataModule, split_files
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.data.formats.rle import rle_runs
 from edgetam_train.data.formats.sa1b import default_index_cache, load_index
+from edgetam_train.data.samplers import EpochShuffleSampler
 from edgetam_train.data.skips import BadSample, SkipCounter
 from edgetam_train.data.synthetic import make_sample_data
 from edgetam_train.data.synthetic.sa1b import make_sa1b_item

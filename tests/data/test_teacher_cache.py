@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.data import teacher_cache as tc
 from edgetam_train.data.datamodule import SA1BDataModule
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
@@ -223,9 +223,9 @@ def test_fit_with_teacher_cache_builds_and_runs_no_teacher(project, cache, monke
         raise AssertionError("a teacher was built although data.teacher_cache is set")
 
     monkeypatch.setattr(FrozenTeacher, "__init__", no_teacher)
-    register_resolvers()
     overrides = ["experiment=edgetam_distill", "debug=quickstart", f"paths.root_dir={project}",
-                 f"paths.output_dir={tmp_path / 'run'}", "model/teacher=cached", f"data.teacher_cache={cache}", "trainer.max_steps=2",
+                 f"paths.output_dir={tmp_path / 'run'}", "model/teacher=cached", f"data.teacher_cache={cache}",
+                 "trainer.max_steps=2",
                  "trainer.log_every_n_steps=1", "model.vis_every_n_steps=1", "model.prompts.num_correction_clicks=1",
                  "data.max_masks=2", "data.val.vos.root=null", "data.val.miou.root=null",
                  "callbacks.model_checkpoint.every_n_train_steps=2"]

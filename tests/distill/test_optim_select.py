@@ -14,14 +14,13 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
 
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.distill.module import DistillationModule
 from edgetam_train.distill.optim import build_optimizer, build_scheduler
 from edgetam_train.distill.optim_select import describe, make_optimizer, make_scheduler
 
 
 def _module(tmp_path, *overrides: str) -> DistillationModule:
-    register_resolvers()
     base = ["experiment=edgetam_distill", "debug=quickstart", f"paths.root_dir={tmp_path}", "model.teacher=null",
             "model.vis_every_n_steps=0"]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):

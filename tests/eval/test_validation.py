@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 import edgetam_train.distill.module as lightning_module
 from edgetam_train.callbacks.best_checkpoint import BestCheckpoint
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.data.datamodule import VideoDataModule
 from edgetam_train.data.datasets.val import MIoUValDataset, ShardSampler, VOSValDataset, build_val_sets, val_loaders
 from edgetam_train.eval.validation import ValScores, combine_masks
@@ -125,7 +125,8 @@ def test_val_sets_items_and_errors(project, tmp_path):
     assert next(iter(loaders[0])) == {"kind": "padding"}  # 1 video on 2 ranks: rank 1 gets the filler
     assert isinstance(next(iter(loaders[1]))["image"], np.ndarray)  # numpy kept (no tensor conversion)
     assert build_val_sets(None) == [] and build_val_sets({"vos": {"root": None}}) == []
-    video_dm = VideoDataModule({"davis": {"_target_": VOS, "root": sample / "davis"}}, image_size=64, clip_len=2, num_workers=0,
+    video_dm = VideoDataModule({"davis": {"_target_": VOS, "root": sample / "davis"}}, image_size=64, clip_len=2,
+                               num_workers=0,
                                val={"vos": {"root": sample / "davis"}, "miou": {"root": None}})
     (loader,) = video_dm.val_dataloader()  # the stage-2 data module reads the same data.val
     assert isinstance(loader.dataset, VOSValDataset) and len(loader) == 1
@@ -160,7 +161,6 @@ def test_perfect_prediction_scores_one_through_the_validation_step(project, monk
 def test_fit_with_validation_logs_scores_and_keeps_best_checkpoint(project):
     from edgetam_train.run.train import train
 
-    register_resolvers()
     overrides = ["experiment=edgetam_distill", "debug=quickstart", f"paths.root_dir={project}",
                  f"paths.output_dir={project / 'logs' / 'val_run'}",
                  "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",

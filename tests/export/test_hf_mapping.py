@@ -1,4 +1,5 @@
-"""Official <-> transformers checkpoint mapping (edgetam_train.export.hf_mapping) and the reference runners.
+"""Official <-> transformers checkpoint mapping (edgetam_train.export.hf_keys / hf_convert / hf_config) and the
+reference runners.
 
 Checks: official->transformers keys/shapes equal the transformers models' state_dicts exactly (video and image
 classes; built on the meta device), the official layout equals shared/reference/*.tsv, round trips are the identity,
@@ -17,13 +18,9 @@ from tests.helpers.reference import read_layout
 
 pytest.importorskip("transformers")
 
-from edgetam_train.export.hf_mapping import (  # noqa: E402
-    MODELS,
-    build_hf_model,
-    hf_config,
-    hf_to_official,
-    official_to_hf,
-)
+from edgetam_train.export.hf_config import build_hf_model, hf_config  # noqa: E402
+from edgetam_train.export.hf_convert import hf_to_official, official_to_hf  # noqa: E402
+from edgetam_train.export.hf_keys import MODELS  # noqa: E402
 from tests.helpers.hf_reference import (  # noqa: E402
     OBJECT_SCORE_BIAS_KEY,
     Click,

@@ -1,5 +1,6 @@
-"""Test-only Lightning callback, injected with ``+callbacks.samples._target_=tests.helpers.ddp_sample_recorder.SampleRecorder
-+callbacks.samples.out_dir=DIR``: every rank writes ``DIR/rank<R>.json``, the list of what it trained on, one entry
+"""Test-only Lightning callback, injected with
+``+callbacks.samples._target_=tests.helpers.ddp_sample_recorder.SampleRecorder +callbacks.samples.out_dir=DIR``: every
+rank writes ``DIR/rank<R>.json``, the list of what it trained on, one entry
 per step: {"step", "rank", "world", "dataset", "samples"}; samples are "<dataset>/<video id>" for clip batches
 (stage 2) and the image paths for SA-1B batches (stage 1)."""
 

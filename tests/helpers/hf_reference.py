@@ -2,7 +2,7 @@
 
 We feed the *same* pixel tensor to our model and to transformers (never through transformers' processors, which
 resize the uint8 image and move pixels slightly), build the transformers model from our official-layout weights
-(:func:`edgetam_train.export.hf_mapping.official_to_hf`), and return raw low-resolution outputs.
+(:func:`edgetam_train.export.hf_convert.official_to_hf`), and return raw low-resolution outputs.
 
 * :func:`random_official_state_dict` -- random weights in the official layout with values that keep every path
   alive (masks / IoUs / object scores are finite and not constant).
@@ -125,7 +125,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from edgetam_train.export.hf_mapping import build_hf_model
+from edgetam_train.export.hf_config import build_hf_model
 from tests.helpers.reference import read_layout
 
 # ----------------------------------------------------------------------------------------------- weights

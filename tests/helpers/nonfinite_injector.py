@@ -1,6 +1,7 @@
 """Test-only Lightning callback that makes the loss NaN at chosen steps, for the non-finite guard tests.
 
-In-process: ``NonFiniteInjector(steps=[1])``; through ``train.py``: ``+callbacks.nan._target_=tests.helpers.nonfinite_injector.
+In-process: ``NonFiniteInjector(steps=[1])``; through ``train.py``:
+``+callbacks.nan._target_=tests.helpers.nonfinite_injector.
 NonFiniteInjector '+callbacks.nan.steps=[2]' '+callbacks.nan.ranks=[0]' +callbacks.nan.out_dir=DIR``.
 
 It wraps ``pl_module.clip_step`` so that at the given global steps (on the given ranks; all when None) every loss term

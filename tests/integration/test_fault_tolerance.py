@@ -34,11 +34,11 @@ from lightning.pytorch.loggers import CSVLogger
 
 from edgetam_train.callbacks.batch_seed import seed_batch
 from edgetam_train.callbacks.sigterm_checkpoint import SigtermCheckpoint
-from edgetam_train.config import CONFIG_DIR, register_resolvers
-from edgetam_train.data.datamodule import EpochDistributedSampler, EpochShuffleSampler
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.data.datasets.fixed_batch import FixedBatch
 from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.data.mixture import MixtureBatchSampler, MixtureDataset
+from edgetam_train.data.samplers import EpochDistributedSampler, EpochShuffleSampler
 from edgetam_train.distill.module import DistillationModule
 from edgetam_train.distill.nonfinite import NonFiniteLossError
 from edgetam_train.run.checkpoint_io import AtomicCheckpointIO
@@ -334,7 +334,6 @@ def test_kill_during_checkpoint_write_keeps_the_previous_file(tmp_path):
 
 @pytest.mark.parametrize("option", ["default", "cpu", "gpu", "ddp", "slurm"])
 def test_every_trainer_option_writes_checkpoints_atomically(option, monkeypatch, tmp_path):
-    register_resolvers()
     monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}",
@@ -352,7 +351,6 @@ def test_every_trainer_option_writes_checkpoints_atomically(option, monkeypatch,
 def nan_setup(project):
     """(module factory, one-batch loader): the quick-start DistillationModule (no correction clicks) and a fixed
     256-px image batch."""
-    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=["experiment=edgetam_distill", "debug=quickstart", f"paths.root_dir={project}",
                                           "model.vis_every_n_steps=0", "model.prompts.num_correction_clicks=0",

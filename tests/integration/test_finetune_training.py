@@ -1,5 +1,6 @@
 """Fine-tuning training options: ``model.freeze`` (frozen modules out of the optimizer and in eval mode),
-``model.teacher=null`` (task loss only), weight EMA (edgetam_train/callbacks/ema.py) and the validation after the last step."""
+``model.teacher=null`` (task loss only), weight EMA (edgetam_train/callbacks/ema.py) and the validation after the last
+step."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from edgetam_train.callbacks.ema import EMA
 from edgetam_train.callbacks.final_validation import FinalValidation
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.data.finetune import COCODataModule
 from edgetam_train.data.synthetic import make_sample_data
 from edgetam_train.distill.freeze import freeze
@@ -64,7 +65,6 @@ def test_freeze_errors_name_the_entry_and_the_choices(student_init):
 
 
 def test_finetune_experiment_composes_without_a_teacher():
-    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=["paths.root_dir=/tmp/unused", "paths.output_dir=/tmp/unused/out",
                                           "experiment=edgetam_finetune", "debug=quickstart", "model.teacher=null",

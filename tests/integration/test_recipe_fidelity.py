@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import edgetam_train.distill.prompting as prompting
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.data.synthetic import make_sample_data
 from edgetam_train.models.build import build_model
 from edgetam_train.models.memory_bank import FrameOutput, MemoryBank
@@ -93,7 +93,6 @@ def test_memory_mask_binarisation_and_dynamic_multimask_follow_the_rules():
 
 
 def build_identity_module(experiment: str, *overrides: str):
-    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=[f"experiment={experiment}", "debug=identity", "paths.root_dir=.",
                                           *overrides])
@@ -167,7 +166,8 @@ def test_identity_run_through_train_py(sample_project):
     env = {**os.environ, "PROJECT_ROOT": str(sample_project), "PYTHONPATH": str(REPO)}
     extra = ["data.clip_len=3", "data.max_objects=2", "model.prompts.num_correction_clicks=1", "trainer.max_steps=2"]
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), "experiment=edgetam_distill_video",
-                           "debug=identity", *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
+                           "debug=identity", *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+                          check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "identity check (4 values, tolerance 1e-06)" in proc.stdout and ": PASS" in proc.stdout, proc.stdout
     metrics = sample_project / "logs" / "debug" / "runs" / "identity" / "csv"

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from edgetam_train.callbacks.sigterm_checkpoint import SigtermCheckpoint
-from edgetam_train.data.datamodule import init_worker
+from edgetam_train.data.workers import init_worker
 from edgetam_train.run.checkpoint_io import AtomicCheckpointIO
 from edgetam_train.run.trainer import Trainer
 from tests.helpers.toy_module import ToyModule
@@ -253,9 +253,8 @@ def shutil_usage(free: int):
 def _compose(tmp_path: Path, *overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from edgetam_train.config import CONFIG_DIR, register_resolvers
+    from edgetam_train.config import CONFIG_DIR
 
-    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         return compose("train", overrides=["experiment=edgetam_distill", "debug=quickstart",
                                            f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}",

@@ -18,7 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.distill.efficiency import apply_activation_checkpointing, checkpoint_level, compile_target
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,6 @@ QUICK = {"image": ["experiment=edgetam_distill", "debug=quickstart"],
 
 
 def compose_cfg(stage: str, *overrides: str):
-    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         return compose("train", overrides=[*QUICK[stage], f"paths.root_dir={REPO}", "model.vis_every_n_steps=0",
                                            *overrides])

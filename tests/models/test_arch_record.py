@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.export.cli import main as export_main
 from edgetam_train.models.arch_record import ARCH_KEY, ArchitectureMismatchError
 from edgetam_train.models.build import build_model, load_model_file, record_student_architecture
@@ -104,7 +104,6 @@ def test_lightning_checkpoint_rebuilds_with_the_predictors_settings(student, tmp
 
 
 def test_train_records_the_composed_student(tmp_path):
-    register_resolvers()
     with initialize_config_dir(str(CONFIG_DIR), version_base=None):
         cfg = compose("train", overrides=[f"paths.root_dir={tmp_path}", "debug=quickstart", "model.teacher=null",
                                           "model.student.image_encoder.trunk.name=efficientvit_b0"])

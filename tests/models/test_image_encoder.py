@@ -203,7 +203,8 @@ def test_reparameterized_trunk_equals_original_in_eval():
 def test_timm_imagenet_checkpoint_loads(tmp_path):
     torch.manual_seed(1)
     full = timm.create_model("repvit_m1", pretrained=False)  # the non-features_only ImageNet layout
-    assert any(k.startswith("stages.0.") for k in full.state_dict()) and any(k.startswith("head.") for k in full.state_dict())
+    keys = full.state_dict()
+    assert any(k.startswith("stages.0.") for k in keys) and any(k.startswith("head.") for k in keys)
     path = tmp_path / "repvit_m1_in1k.pth"
     torch.save({"model": full.state_dict()}, path)
     trunk = TimmTrunk("repvit_m1", weights=str(path)).eval()
@@ -220,7 +221,8 @@ def test_timm_imagenet_checkpoint_loads(tmp_path):
     # bare state_dict, {"state_dict": ...}, and features_only / official EdgeTAM layouts load too
     for i, obj in enumerate([full.state_dict(), {"state_dict": full.state_dict()},
                              trunk.body.state_dict(),
-                             {"model": {f"image_encoder.trunk.body.{k}": v for k, v in trunk.body.state_dict().items()}}]):
+                             {"model": {f"image_encoder.trunk.body.{k}": v
+                                        for k, v in trunk.body.state_dict().items()}}]):
         torch.save(obj, tmp_path / f"w{i}.pt")
         trunk.load_timm(tmp_path / f"w{i}.pt")
 

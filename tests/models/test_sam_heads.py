@@ -268,7 +268,8 @@ def test_matches_transformers_edgetam_heads(heads):
     pytest.importorskip("transformers")
     from transformers.models.edgetam.modeling_edgetam import EdgeTamMaskDecoder, EdgeTamPromptEncoder
 
-    from edgetam_train.export.hf_mapping import hf_config, official_to_hf
+    from edgetam_train.export.hf_config import hf_config
+    from edgetam_train.export.hf_convert import official_to_hf
 
     g, pe, dec = heads
     official = {**{f"sam_prompt_encoder.{k}": v for k, v in pe.state_dict().items()},

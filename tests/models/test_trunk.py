@@ -146,7 +146,7 @@ def test_channels_last_timm_features_become_channels_first_and_hf_says_plainly_i
 
 def test_hf_target_follows_the_trunk():
     from edgetam_train.export.hf import hf_target
-    from edgetam_train.export.hf_mapping import hf_config
+    from edgetam_train.export.hf_config import hf_config
 
     model = build_model("edgetam_mobilenetv4", image_size=256)
     name, spec = hf_target(model)

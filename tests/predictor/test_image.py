@@ -19,6 +19,7 @@ from torchvision import transforms
 
 from edgetam_train.imaging import IMAGENET_MEAN, IMAGENET_STD
 from edgetam_train.models.build import build_model
+from edgetam_train.models.fuse import fuse_high_res_projection
 from edgetam_train.predictor.image import ImagePredictor
 from tests.helpers.hf_reference import hf_image_predict, random_official_state_dict
 
@@ -220,7 +221,7 @@ def test_fused_predictor_equals_unfused(setup256):
     model = copy.deepcopy(plain.model)
     fused = ImagePredictor(model, fuse=True)
     assert model.high_res_in_neck and model.image_encoder.neck.convs[-1].conv.out_channels == 32
-    assert model.fuse_high_res_projection()  # idempotent
+    assert fuse_high_res_projection(model)  # idempotent
     if name == "edgetam":
         assert model.image_encoder.trunk.reparameterized
     fused.set_input(pixels, (H, W))

@@ -24,7 +24,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.distributed import env_rank_is_zero
 from edgetam_train.run.cluster import (
     WANDB_ID_FILE,
@@ -39,7 +39,6 @@ FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # looks like a W&B API ke
 
 
 def _compose(*overrides: str, hydra_cfg: bool = False):
-    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         paths = ["paths.root_dir=/tmp/unused", "paths.output_dir=/tmp/unused/out"]
         return compose("train", overrides=paths + list(overrides), return_hydra_config=hydra_cfg)

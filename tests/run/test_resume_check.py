@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 from edgetam_train.run.resume_check import (
     CHANGES_FILE,
     STORED_CONFIG,
@@ -99,7 +99,6 @@ def test_other_changes_stop_with_the_keys_and_both_ways_out(tmp_path):
 
 
 def _composed(*overrides: str) -> dict:
-    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=["paths.root_dir=/r", "paths.output_dir=/r/out", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)
@@ -123,7 +122,6 @@ def test_train_py_refuses_a_changed_resume_before_building_anything(tmp_path):
     """The issue's command: resuming the quick start with another lr and max_masks stops at once, naming both."""
     project = tmp_path / "project"
     run_dir = project / "logs" / "train" / "runs" / "quickstart"
-    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=["experiment=edgetam_distill", "debug=quickstart", "ckpt_path=auto",
                                           f"paths.root_dir={project}", f"paths.output_dir={run_dir}"])

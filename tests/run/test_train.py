@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+from edgetam_train.config import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,7 +105,6 @@ def test_model_check_runs_before_anything_is_built():
 
 # ---------------------------------------------------------------------------------------------- composition
 def _compose(*overrides: str):
-    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         paths = ["paths.root_dir=/tmp/unused", "paths.output_dir=/tmp/unused/out"]
         return compose("train", overrides=paths + list(overrides))
@@ -152,7 +151,6 @@ def test_quickstart_scales_its_schedule_with_max_steps():
 def test_data_config_check_accepts_every_documented_combination(overrides):
     from edgetam_train.run.train import check_data_config
 
-    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=[*overrides, "paths.output_dir=/tmp/unused"])
     check_data_config(cfg.data, [])

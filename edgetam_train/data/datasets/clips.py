@@ -2,8 +2,8 @@
 
 A clip is T frames of one video (``clip_len``, 8 in the paper) with up to ``max_objects`` objects tracked through it;
 SA-1B images enter stage 2 as clips of one frame (``SA1BClipDataset``). The loaders (``sav.SAVDataset``,
-``vos.VOSDataset``, ``SA1BClipDataset``) read a ``RawClip`` (uint8 frames and masks already resized to S x S, stretched, as
-SAM 2 trains); ``finish_clip`` applies the clip augmentation, drops objects that vanished and normalises.
+``vos.VOSDataset``, ``SA1BClipDataset``) read a ``RawClip`` (uint8 frames and masks already resized to S x S, stretched,
+as SAM 2 trains); ``finish_clip`` applies the clip augmentation, drops objects that vanished and normalises.
 
 Temporal sampling follows SAM 2 training (``RandomUniformSampler``): ``clip_len`` consecutive annotated frames,
 played backwards with probability ``reverse_p``, whose first clip frame shows at least one object; the objects are

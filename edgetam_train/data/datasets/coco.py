@@ -2,8 +2,8 @@
 
 Reading and checking the json: :mod:`edgetam_train.data.formats.coco`. ``COCODataset`` is an ``SA1BDataset`` whose
 ``read_sample`` reads a COCO image and its sampled annotations; everything after it (dropping masks that vanish when
-resized, resize, flip, normalise, pad, the skip counting of unreadable images) is the SA-1B item pipeline, so items
-and batches (``collate_sa1b``) are the same and the training step runs unchanged.
+resized, the stretch to S×S of ``imaging.resize_square``, flip, normalise, the skip counting of unreadable images) is
+the SA-1B item pipeline, so items and batches (``collate_sa1b``) are the same and the training step runs unchanged.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Image + mask folder datasets for fine-tuning (layout: :mod:`edgetam_train.data.formats.mask_folder`).
 
 ``MaskFolderDataset`` is an ``SA1BDataset`` whose ``read_sample`` reads an image and up to ``max_masks`` of its
-object masks; the rest of the item pipeline (resize, flip, normalise, pad, skip counting) is SA-1B's.
+object masks; the rest of the item pipeline (stretch to S×S with ``imaging.resize_square``, flip, normalise, skip
+counting) is SA-1B's.
 ``MaskFolderValDataset`` gives the 1-click mIoU validation items of ``MIoUValDataset``.
 """
 

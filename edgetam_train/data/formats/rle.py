@@ -95,7 +95,8 @@ def decode_resized(rles: Sequence[Any], h: int, w: int, size: int, path: str | P
     return out
 
 
-def decode_annotations(annotations: Sequence[Any], h: int, w: int, path: str | Path = "<annotations>") -> list[np.ndarray]:
+def decode_annotations(annotations: Sequence[Any], h: int, w: int,
+                       path: str | Path = "<annotations>") -> list[np.ndarray]:
     """bool (h, w) masks of SA-1B-style annotations (``{"segmentation": RLE, ...}``), each RLE checked by
     ``check_rle``. Raises ``ValueError`` naming ``path``, the annotation and what is wrong."""
     masks = []
