@@ -1,9 +1,9 @@
 """The package layering that docs/architecture.md describes, checked on the import statements themselves.
 
-Layers, lowest first: ``config``/``distributed``/``progress`` -> ``models`` (and ``cli_common``, the CLIs' model
-loading) -> ``data`` -> ``predictor`` -> ``eval`` -> ``export``/``distill`` -> ``run``. A module may import from its
-own layer and the ones below, never from above, and no two modules of ``edgetam_train`` import each other (directly or
-through a longer circle).
+Layers, lowest first: ``config``/``distributed``/``progress``/``imaging``/``drawing`` -> ``models``/``runtime`` (and
+``cli_common``, the CLIs' model loading) -> ``data`` -> ``predictor`` -> ``eval`` -> ``export``/``distill`` -> ``run``.
+A module may import from its own layer and the ones below, never from above, and no two modules of ``edgetam_train``
+import each other (directly or through a longer circle).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "edgetam_train"
 
-LAYERS = {"config": 0, "distributed": 0, "progress": 0, "imaging": 0, "models": 1, "runtime": 1, "cli_common": 1,
-          "data": 2, "predictor": 3, "eval": 4, "export": 5, "distill": 5, "run": 6, "callbacks": 6}
+LAYERS = {"config": 0, "distributed": 0, "progress": 0, "imaging": 0, "drawing": 0, "models": 1, "runtime": 1,
+          "cli_common": 1, "data": 2, "predictor": 3, "eval": 4, "export": 5, "distill": 5, "run": 6, "callbacks": 6}
 
 
 def _modules() -> dict[str, Path]:

@@ -2,22 +2,18 @@
 
 Each row is one frame (images: one row; stage-2 clips: every frame of the clip, in time order, so tracking is
 visible): ``image + prompt | ground truth | student | teacher`` (the teacher panel only when a teacher answered).
-Colours stay the same everywhere and are outlined in black so they show on dark and light images: ground truth
-amber, student magenta, teacher cyan (each panel's title is written in its colour); positive clicks green dots,
-negative clicks red dots, box prompts white rectangles. Prediction panels carry the ground-truth outline and their IoU
-with the ground truth (at full resolution; 1.00 when both are empty). Drawing goes through
-``torchvision.utils.draw_segmentation_masks`` / ``draw_keypoints`` / ``draw_bounding_boxes``.
+Colours come from :mod:`edgetam_train.drawing` and stay the same everywhere; outlines sit on a black band so they
+show on dark and light images: ground truth amber, student magenta, teacher cyan (each panel's title is written in
+its colour); positive clicks green dots, negative clicks red dots (white-ringed), box prompts white rectangles.
+Prediction panels carry the ground-truth outline and their IoU with the ground truth (at full resolution; 1.00 when
+both are empty).
 
-The LightningModule's ``training_step`` returns, on the steps it chooses (``vis_every_n_steps``; keep it equal to this
-callback's ``every_n_steps``), extra keys next to ``loss`` (B samples, T frames, S the input side):
-
-- ``vis_images``  (B, T, 3, S, S) float, ImageNet-normalised (or (B, 3, S, S): T = 1);
-- ``vis_gt``      (B, T, S, S) bool ground truth;
-- ``vis_student`` (B, T, S, S) float student mask logits (threshold 0);
-- ``vis_teacher`` (B, T, S, S) float teacher mask logits, or None;
-- ``vis_point_coords`` (B, T, P, 2) x, y in input pixels and ``vis_point_labels`` (B, T, P) (1 positive, 0 negative,
-  2/3 box corners, -1 none), or None;
-- ``vis_notes`` B lists of T strings (what prompted each frame: "click", "box", "mask prompt", "memory"), or None.
+What is drawn comes from the training step's output, ``outputs["step"]`` (a
+:class:`~edgetam_train.distill.step_output.ClipStepOutput`), on this callback's steps only
+(:func:`step_pictures`): the first object of each image or clip on every frame, the student's (and teacher's) best
+mask of the first decoder pass (the prompt on conditioning frames, memory on the others) and that pass's prompt.
+Without a replayed clip the teacher decodes the first prompt on its own features (single frames only; one no-grad
+teacher pass, on drawing steps only). Other steps cost nothing.
 
 Every ``every_n_steps`` optimiser steps (counted at the start of the batch, like ``self.global_step`` inside
 ``training_step``) the first ``max_images`` samples are drawn and sent to the loggers: ``WandbLogger`` gets the
@@ -29,6 +25,7 @@ pictures and, per frame, a ``wandb.Image`` with the three masks as switchable ov
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +36,100 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
 
+from edgetam_train.distill.prompting import FrameRecord
+from edgetam_train.distill.step_output import ClipStepOutput
+from edgetam_train.drawing import (
+    BOX_COLOUR,
+    GT_COLOUR,
+    HALO,
+    STUDENT_COLOUR,
+    TEACHER_COLOUR,
+    Colour,
+    DrawnPrompt,
+    draw_masks,
+    draw_prompt,
+)
 from edgetam_train.imaging import IMAGENET_MEAN, IMAGENET_STD, denormalise
 
-GT_COLOUR = (255, 190, 0)
-STUDENT_COLOUR = (255, 0, 220)
-TEACHER_COLOUR = (0, 200, 255)
-POSITIVE_COLOUR = (0, 230, 0)
-NEGATIVE_COLOUR = (255, 40, 40)
-BOX_COLOUR = (255, 255, 255)
-HALO = (0, 0, 0)
 MAX_OVERLAYS = 16  # wandb.Image overlays per drawing
+PANEL_FILL = 0.4  # tint of the ground truth and prediction masks in their panels
+FIRST_NOTES = {"point": "click", "box": "box", "mask": "mask prompt"}  # what prompted a conditioning frame
+
+
+@dataclass
+class StepPictures:
+    """What one drawing shows, per sample (B samples, T frames, P prompt points, S the input side).
+
+    Attributes:
+        images: (B, T, 3, S, S) float, normalised as the model saw them.
+        gt: (B, T, S, S) bool ground truth.
+        student: (B, T, S, S) float student mask logits (threshold 0).
+        teacher: (B, T, S, S) float teacher mask logits, or None.
+        point_coords: (B, T, P, 2) x, y in input pixels, and point_labels (B, T, P) (1 positive, 0 negative, 2/3 box
+            corners, -1 none), or None.
+        notes: B lists of T strings (what prompted each frame: "click", "box", "mask prompt", "memory"), or None.
+    """
+
+    images: torch.Tensor
+    gt: torch.Tensor
+    student: torch.Tensor
+    teacher: torch.Tensor | None = None
+    point_coords: torch.Tensor | None = None
+    point_labels: torch.Tensor | None = None
+    notes: list[list[str]] | None = None
+
+
+def _best_masks(records: list[FrameRecord], first: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, T, S, S) logits: per frame (time order), the best-IoU candidate of the first decoder pass of the objects
+    ``first`` (n,), upsampled to ``size``."""
+    out = []
+    for r in sorted(records, key=lambda r: r.frame_idx):  # records come in processing order
+        step = r.steps[0]
+        best = step.ious[first].argmax(dim=1)
+        low = step.multimasks[first, best][:, None].float()
+        out.append(F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[:, 0])
+    return torch.stack(out, dim=1)
+
+
+@torch.no_grad()
+def step_pictures(step: ClipStepOutput, teacher: Any = None, max_images: int | None = None) -> StepPictures:
+    """The pictures of a training step: the first object of each image or clip (at most ``max_images``), every frame.
+
+    Args:
+        step: the step's output (``outputs["step"]``).
+        teacher: the module's teacher (``first_prompt_masks`` answers a single frame's first prompt when the step has
+            no teacher replay), or None.
+        max_images: draw only the first this many samples.
+    """
+    obj_to_img = step.obj_to_img
+    first = torch.stack([torch.nonzero(obj_to_img == i)[0, 0] for i in obj_to_img.unique()])[:max_images]
+    images = step.clip_images[obj_to_img[first]].detach()  # (n, T, 3, S, S)
+    size, frames = images.shape[-1], images.shape[1]
+    by_frame = sorted(step.records, key=lambda r: r.frame_idx)
+    prompts = [(r.steps[0].point_coords, r.steps[0].point_labels) for r in by_frame]
+    width = max([0] + [c.shape[1] for c, _ in prompts if c is not None])
+    coords = images.new_zeros(len(first), frames, width, 2)
+    labels = torch.full((len(first), frames, width), -1, dtype=torch.long, device=images.device)
+    for t, (c, lab) in enumerate(prompts):
+        if c is not None:
+            coords[:, t, : c.shape[1]] = c[first].float()
+            labels[:, t, : c.shape[1]] = lab[first].long()
+    teacher_masks = None
+    if step.teacher_records is not None:
+        teacher_masks = _best_masks(step.teacher_records, first, size)
+    elif teacher is not None and frames == 1:
+        c, lab = prompts[0]
+        low = teacher.first_prompt_masks(images[:, 0], None if c is None else c[first],
+                                         None if lab is None else lab[first])
+        if low is not None:
+            teacher_masks = F.interpolate(low.float(), size=(size, size), mode="bilinear", align_corners=False)
+    plan = step.plan
+    notes = [FIRST_NOTES.get(plan.first_kind, plan.first_kind) if t in plan.init_cond_frames else "memory"
+             for t in range(frames)]
+    return StepPictures(images=images, gt=step.clip_gt[:, first, 0].transpose(0, 1),
+                        student=_best_masks(step.records, first, size), teacher=teacher_masks, point_coords=coords,
+                        point_labels=labels, notes=[notes] * len(first))
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -59,48 +138,16 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a & b).sum() / union) if union else 1.0
 
 
-def _dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
-    return F.max_pool2d(mask[None, None].float(), 2 * r + 1, stride=1, padding=r)[0, 0] > 0 if r else mask
-
-
-def outline(mask: torch.Tensor, width: int = 1) -> torch.Tensor:
-    """Pixels of the (H, W) bool ``mask`` that touch its outside (4-neighbours), thickened to ``width`` pixels."""
-    inner = ~_dilate(~mask, 1)
-    return _dilate(mask & ~inner, max(0, width - 1))
-
-
-def draw_mask(rgb: torch.Tensor, mask: torch.Tensor, colour: tuple[int, int, int], fill: float = 0.4,
-              width: int = 2) -> torch.Tensor:
-    """``rgb`` (3, H, W) uint8 with ``mask`` (H, W) bool filled (alpha ``fill``; 0: outline only) and outlined in
-    ``colour`` over a one-pixel black halo."""
-    if not mask.any():
-        return rgb
-    edge = outline(mask, width)
-    if fill > 0:
-        rgb = draw_segmentation_masks(rgb, mask[None], alpha=fill, colors=[colour])
-    rgb = draw_segmentation_masks(rgb, _dilate(edge, 1)[None], alpha=1.0, colors=[HALO])
-    return draw_segmentation_masks(rgb, edge[None], alpha=1.0, colors=[colour])
-
-
-def draw_prompt(rgb: torch.Tensor, coords: torch.Tensor | None, labels: torch.Tensor | None,
-                scale: float) -> torch.Tensor:
-    """Clicks (labels 1 green, 0 red) as dots and boxes (labels 2, 3: corners) as white rectangles, black-edged;
-    ``coords`` (P, 2) in input pixels, multiplied by ``scale``; labels -1 are skipped."""
+def frame_prompt(coords: torch.Tensor | None, labels: torch.Tensor | None, scale: float) -> DrawnPrompt:
+    """A frame's prompt, ``coords`` (P, 2) input pixels and ``labels`` (P,) (1, 0 clicks; 2, 3 box corners; -1 none),
+    as the :class:`DrawnPrompt` of a panel ``scale`` times the input size."""
     if coords is None or labels is None or labels.numel() == 0:
-        return rgb
+        return DrawnPrompt()
     xy, lab = coords.detach().float().cpu() * scale, labels.detach().cpu().long()
-    r = max(3, rgb.shape[-1] // 48)
     corners = [xy[lab == k] for k in (2, 3)]
-    if len(corners[0]) and len(corners[0]) == len(corners[1]):
-        boxes = torch.cat(corners, dim=1)
-        rgb = draw_bounding_boxes(rgb, boxes, colors=[HALO] * len(boxes), width=r // 2 + 3)
-        rgb = draw_bounding_boxes(rgb, boxes, colors=[BOX_COLOUR] * len(boxes), width=r // 2 + 1)
-    for value, colour in ((1, POSITIVE_COLOUR), (0, NEGATIVE_COLOUR)):
-        pts = xy[lab == value]
-        if len(pts):
-            rgb = draw_keypoints(rgb, pts[None], colors=HALO, radius=r + 2)
-            rgb = draw_keypoints(rgb, pts[None], colors=colour, radius=r)
-    return rgb
+    box = torch.cat(corners, dim=1)[0] if len(corners[0]) == 1 and len(corners[1]) == 1 else None
+    clicks = (lab == 0) | (lab == 1)
+    return DrawnPrompt(xy[clicks], lab[clicks], box)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -115,7 +162,7 @@ def title_height(panel_size: int) -> int:
     return max(10, panel_size // 16) + 5
 
 
-def _titled(panel: torch.Tensor, title: str, colour: tuple[int, int, int]) -> Image.Image:
+def _titled(panel: torch.Tensor, title: str, colour: Colour) -> Image.Image:
     """The panel under a black strip with ``title`` written in ``colour`` (the strip hides nothing of the frame)."""
     body = Image.fromarray(panel.permute(1, 2, 0).numpy())
     strip = title_height(body.width)
@@ -139,7 +186,7 @@ def frame_row(image: torch.Tensor, gt: torch.Tensor, student: torch.Tensor, teac
 
     Args:
         image: (3, S, S) normalised; gt: (S, S) bool; student / teacher: (S, S) logits.
-        coords / labels: the frame's prompt, (P, 2) input pixels / (P,) (see :func:`draw_prompt`).
+        coords / labels: the frame's prompt, (P, 2) input pixels / (P,) (see :func:`frame_prompt`).
         note: what prompted the frame, in the first panel's title.
     """
     size = image.shape[-1]
@@ -148,14 +195,17 @@ def frame_row(image: torch.Tensor, gt: torch.Tensor, student: torch.Tensor, teac
     gt_small = _resize(gt_full[None], panel_size, "nearest")[0] > 0
     scale = panel_size / size
 
-    def prediction(logits: torch.Tensor, colour: tuple[int, int, int], who: str) -> Image.Image:
+    def prediction(logits: torch.Tensor, colour: Colour, who: str) -> Image.Image:
         full = logits.detach().float().cpu() > 0
         small = _resize(full[None], panel_size, "nearest")[0] > 0
-        out = draw_mask(draw_mask(rgb, small, colour), gt_small, GT_COLOUR, fill=0.0, width=1)
-        return _titled(draw_prompt(out, coords, labels, scale), f"{who}  IoU {iou(full, gt_full):.2f}", colour)
+        out = draw_masks(draw_masks(rgb, small[None], [colour], PANEL_FILL, width=2, halo=True), gt_small[None],
+                         [GT_COLOUR], alpha=0.0, width=1, halo=True)
+        return _titled(draw_prompt(out, prompt), f"{who}  IoU {iou(full, gt_full):.2f}", colour)
 
-    panels = [_titled(draw_prompt(rgb, coords, labels, scale), note or "image", BOX_COLOUR),
-              _titled(draw_mask(rgb, gt_small, GT_COLOUR), "ground truth", GT_COLOUR),
+    prompt = frame_prompt(coords, labels, scale)
+    panels = [_titled(draw_prompt(rgb, prompt), note or "image", BOX_COLOUR),
+              _titled(draw_masks(rgb, gt_small[None], [GT_COLOUR], PANEL_FILL, width=2, halo=True), "ground truth",
+                      GT_COLOUR),
               prediction(student, STUDENT_COLOUR, "student")]
     if teacher is not None:
         panels.append(prediction(teacher, TEACHER_COLOUR, "teacher"))
@@ -197,25 +247,20 @@ def sample_picture(images: torch.Tensor, gt: torch.Tensor, student: torch.Tensor
     return picture
 
 
-def wandb_overlays(outputs: Mapping[str, Any], n: int, mean: Sequence[float] = IMAGENET_MEAN,
+def wandb_overlays(pictures: StepPictures, n: int, mean: Sequence[float] = IMAGENET_MEAN,
                    std: Sequence[float] = IMAGENET_STD) -> tuple[list[np.ndarray], list[dict], list[str]]:
     """Per frame of the first ``n`` samples (at most ``MAX_OVERLAYS``): the RGB frame, the ``masks=`` dict of
     ``wandb.Image`` (ground truth, student, teacher; each switchable in the W&B UI) and a caption."""
-    images, gt, student = outputs["vis_images"], outputs["vis_gt"], outputs["vis_student"]
-    teacher = outputs.get("vis_teacher")
-    if images.ndim == 4:
-        images = images[:, None]
-        gt, student = gt[:, None], student[:, None]
-        teacher = None if teacher is None else teacher[:, None]
+    p = pictures
     frames, masks, captions = [], [], []
     for i in range(n):
-        for t in range(images.shape[1]):
+        for t in range(p.images.shape[1]):
             if len(frames) == MAX_OVERLAYS:
                 return frames, masks, captions
-            layers = {"ground_truth": gt[i, t].bool(), "student": student[i, t] > 0}
-            if teacher is not None:
-                layers["teacher"] = teacher[i, t] > 0
-            frames.append(denormalise(images[i, t], mean, std).permute(1, 2, 0).numpy())
+            layers = {"ground_truth": p.gt[i, t].bool(), "student": p.student[i, t] > 0}
+            if p.teacher is not None:
+                layers["teacher"] = p.teacher[i, t] > 0
+            frames.append(denormalise(p.images[i, t], mean, std).permute(1, 2, 0).numpy())
             masks.append({name: {"mask_data": m.detach().cpu().numpy().astype(np.uint8),
                                  "class_labels": {1: name.replace("_", " ")}} for name, m in layers.items()})
             captions.append(f"sample {i} frame {t}")
@@ -223,14 +268,15 @@ def wandb_overlays(outputs: Mapping[str, Any], n: int, mean: Sequence[float] = I
 
 
 class MaskPictures(Callback):
-    """Draws the ``vis_*`` outputs of the training step every ``every_n_steps`` steps (see module docstring).
+    """Draws the training step's masks every ``every_n_steps`` steps (see module docstring): the one setting of how
+    often pictures are drawn.
 
     Args:
-        every_n_steps: draw when the step at batch start is a multiple of it (and the vis keys are present).
+        every_n_steps: draw when the step at batch start is a multiple of it (and the step returned ``"step"``).
         max_images: at most this many samples per drawing.
         panel_size: side of each panel, pixels.
         key: logger key (wandb / TensorBoard).
-        mean / std: the normalisation of ``vis_images``.
+        mean / std: the normalisation of the step's images.
     """
 
     def __init__(self, every_n_steps: int = 500, max_images: int = 4, panel_size: int = 256,
@@ -238,7 +284,8 @@ class MaskPictures(Callback):
                  std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
         if every_n_steps < 1 or max_images < 1:
-            raise ValueError(f"every_n_steps and max_images must be >= 1, got {every_n_steps}, {max_images}")
+            raise ValueError(f"callbacks.mask_pictures: every_n_steps and max_images must be >= 1, got "
+                             f"{every_n_steps}, {max_images} (callbacks.mask_pictures=null: no pictures)")
         self.every_n_steps = every_n_steps
         self.max_images = max_images
         self.panel_size = panel_size
@@ -257,34 +304,37 @@ class MaskPictures(Callback):
         step = self._step
         if not trainer.is_global_zero or step % self.every_n_steps != 0 or step == self._last_drawn:
             return
-        if not isinstance(outputs, Mapping) or outputs.get("vis_images") is None:
+        out = outputs.get("step") if isinstance(outputs, Mapping) else None
+        if not isinstance(out, ClipStepOutput):
             return
-        pictures = self.draw(outputs)
-        if pictures:
-            self.write(trainer, pictures, step, outputs)
+        pictures = step_pictures(out, getattr(pl_module, "teacher", None), self.max_images)
+        drawn = self.draw(pictures)
+        if drawn:
+            self.write(trainer, drawn, step, pictures)
             self._last_drawn = step
 
-    def draw(self, outputs: Mapping[str, Any]) -> list[Image.Image]:
-        """One picture per sample from the ``vis_*`` outputs, at most ``max_images``."""
-        images, gt, student = outputs["vis_images"], outputs["vis_gt"], outputs["vis_student"]
-        teacher, coords, labels = (outputs.get(k) for k in ("vis_teacher", "vis_point_coords", "vis_point_labels"))
-        notes = outputs.get("vis_notes")
-        n = min(self.max_images, images.shape[0])
-        return [sample_picture(images[i], gt[i], student[i], None if teacher is None else teacher[i],
-                               self.panel_size, self.mean, self.std, None if coords is None else coords[i],
-                               None if labels is None else labels[i], None if notes is None else notes[i])
+    def draw(self, pictures: StepPictures) -> list[Image.Image]:
+        """One picture per sample, at most ``max_images``."""
+        p = pictures
+        n = min(self.max_images, p.images.shape[0])
+        return [sample_picture(p.images[i], p.gt[i], p.student[i], None if p.teacher is None else p.teacher[i],
+                               self.panel_size, self.mean, self.std,
+                               None if p.point_coords is None else p.point_coords[i],
+                               None if p.point_labels is None else p.point_labels[i],
+                               None if p.notes is None else p.notes[i])
                 for i in range(n)]
 
     def write(self, trainer: pl.Trainer, pictures: list[Image.Image], step: int,
-              outputs: Mapping[str, Any] | None = None) -> list[Path]:
-        """Send the pictures to wandb / TensorBoard loggers, else write PNGs; returns the PNG paths written."""
+              source: StepPictures | None = None) -> list[Path]:
+        """Send the pictures to wandb / TensorBoard loggers (wandb also gets the per-frame overlays of ``source``),
+        else write PNGs; returns the PNG paths written."""
         shown = False
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=self.key, images=pictures, step=step,
                                  caption=[f"step {step} sample {i}" for i in range(len(pictures))])
-                if outputs is not None:
-                    frames, masks, captions = wandb_overlays(outputs, len(pictures), self.mean, self.std)
+                if source is not None:
+                    frames, masks, captions = wandb_overlays(source, len(pictures), self.mean, self.std)
                     logger.log_image(key=f"{self.key}_overlays", images=frames, step=step, masks=masks,
                                      caption=captions)
                 shown = True

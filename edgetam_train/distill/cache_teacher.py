@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -42,7 +41,7 @@ from edgetam_train.data.formats.images import read_image
 from edgetam_train.data.formats.sa1b import load_index, read_split_file
 from edgetam_train.data.skips import BadSample
 from edgetam_train.data.transforms import build_augment
-from edgetam_train.distributed import env_rank_and_world
+from edgetam_train.distributed import env_local_rank, env_rank_and_world
 from edgetam_train.imaging import resize_square
 
 log = logging.getLogger("edgetam_train.distill.cache_teacher")
@@ -86,7 +85,7 @@ def pick_device(name: str) -> torch.device:
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))))
+        return torch.device("cuda", env_local_rank())
     return torch.device("cpu")
 
 

@@ -21,13 +21,14 @@ Reductions are done in float32 whatever the autocast dtype.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
+
+from edgetam_train.distill.prompting import PromptStep
 
 TASK_KEYS = ("loss_mask", "loss_dice", "loss_iou", "loss_class")
 
@@ -149,18 +150,6 @@ def feature_distillation_loss(student: Tensor, teacher: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- task loss
-def _step_field(step: Any, key: str) -> Tensor:
-    """``step[key]`` for a mapping, ``step.key`` otherwise (e.g. :class:`edgetam_train.distill.prompting.PromptStep`)."""
-    if isinstance(step, Mapping):
-        if key not in step:
-            raise KeyError(f"prompting step output has no '{key}' (keys: {sorted(step)}); expected 'multimasks' "
-                           "(N, M, H, W), 'ious' (N, M) and 'object_score_logits' (N, 1)")
-        return step[key]
-    if not hasattr(step, key):
-        raise KeyError(f"prompting step output {type(step).__name__} has no attribute '{key}'")
-    return getattr(step, key)
-
-
 class TaskLoss(nn.Module):
     """SAM 2's multi-step, multi-mask segmentation loss (see the module docstring).
 
@@ -230,12 +219,12 @@ class TaskLoss(nn.Module):
                 "loss_iou": (iou * present).sum() / num_objects,
                 "loss_class": loss_class}
 
-    def forward(self, step_outputs: Iterable[Any], targets: Tensor, num_objects: float) -> dict[str, Tensor]:
+    def forward(self, step_outputs: Iterable[PromptStep], targets: Tensor, num_objects: float) -> dict[str, Tensor]:
         """Task loss summed over prompting steps.
 
         Args:
-            step_outputs: one entry per decoder pass: a dict (or object with attributes) holding ``multimasks``
-                (N, M, h, w) logits, ``ious`` (N, M) and ``object_score_logits`` (N, 1).
+            step_outputs: one :class:`~edgetam_train.distill.prompting.PromptStep` per decoder pass: ``multimasks``
+                (N, M, h, w) logits, ``ious`` (N, M) and ``object_score_logits`` (N, 1) (its prompt is not read).
             targets: (N, 1, H, W) or (N, H, W) bool/float ground truth, one row per object.
             num_objects: the loss normaliser; for DDP pass the per-rank object count averaged over ranks (SAM 2:
                 all-reduce sum / world size), since DDP averages gradients. Clamped to ≥ 1.
@@ -251,11 +240,11 @@ class TaskLoss(nn.Module):
             raise ValueError("TaskLoss needs at least one prompting step output")
         totals: dict[str, Tensor] = {}
         for step in steps:
-            masks = _step_field(step, "multimasks")
+            masks = step.multimasks
             if masks.shape[0] != targets.shape[0]:
                 raise ValueError(f"step multimasks have {masks.shape[0]} objects but targets have {targets.shape[0]}")
-            obj = _step_field(step, "object_score_logits") if self.pred_obj_scores else None
-            terms = self.step_losses(masks, _step_field(step, "ious"), obj, targets, num_objects)
+            obj = step.object_score_logits if self.pred_obj_scores else None
+            terms = self.step_losses(masks, step.ious, obj, targets, num_objects)
             for k, v in terms.items():
                 totals[k] = totals[k] + v if k in totals else v
         totals["loss_task"] = self.combine(totals)
@@ -286,25 +275,20 @@ class DistillationLoss(nn.Module):
         self.lambda_f16 = float(lambda_f16)
         self.lambda_fm = float(lambda_fm)
 
-    def forward(self, steps: Iterable[Any] | None = None, targets: Tensor | None = None, num_objects: float = 1.0,
-                f16_student: Tensor | None = None, f16_teacher: Tensor | None = None,
-                fm_student: Tensor | None = None, fm_teacher: Tensor | None = None,
-                task_losses: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    def forward(self, task_losses: Mapping[str, Tensor], f16_student: Tensor | None, f16_teacher: Tensor | None,
+                fm_student: Tensor | None = None, fm_teacher: Tensor | None = None) -> dict[str, Tensor]:
         """All loss terms, each returned on its own for logging.
 
         Args:
-            steps / targets / num_objects: passed to :class:`TaskLoss` (see there), unless ``task_losses`` is given.
-            f16_student / f16_teacher: (B, C, H, W) stride-16 features; the term is 0 when either is None.
+            task_losses: the :class:`TaskLoss` terms (``self.task_loss``'s output, summed over the frames of a clip
+                by the caller): ``loss_task``, ``loss_mask``, ``loss_dice``, ``loss_iou``, ``loss_class`` scalars.
+            f16_student / f16_teacher: (B, C, H, W) stride-16 features; the term is 0 when either is None (no
+                teacher).
             fm_student / fm_teacher: (B, N, C) or (B, C, H, W) memory-attention outputs; 0 when either is None.
-            task_losses: an already computed TaskLoss dict (e.g. summed over video frames by the caller).
         Returns:
             {"loss", "loss_task", "loss_f16", "loss_fm", "loss_mask", "loss_dice", "loss_iou", "loss_class"};
             the feature terms are unweighted MSEs, ``loss`` is the weighted total to back-propagate.
         """
-        if task_losses is None:
-            if steps is None or targets is None:
-                raise ValueError("DistillationLoss needs either (steps, targets) or task_losses")
-            task_losses = self.task_loss(steps, targets, num_objects)
         out = dict(task_losses)
         zero = out["loss_task"].new_zeros(())
         out["loss_f16"] = (feature_distillation_loss(f16_student, f16_teacher)

@@ -9,7 +9,10 @@ is segmented from memory; the teacher replays the student's prompts with its own
 Logged every step: ``train/loss`` and each term (``train/loss_task``, ``loss_f16``, ``loss_fm``, ``loss_mask``,
 ``loss_dice``, ``loss_iou``, ``loss_class``), ``train/num_objects``, and the running totals of bad samples the loaders
 skipped, ``data/skipped`` and ``data/skipped_<reason>`` (summed over steps and ranks, kept across resume), and
-``train/nonfinite_steps``: steps skipped (no update) because a loss term was NaN/inf (:mod:`edgetam_train.distill.nonfinite`).
+``train/nonfinite_steps``: steps skipped (no update) because a loss term was NaN/inf
+(:mod:`edgetam_train.distill.nonfinite`).
+Every training step returns ``{"loss": ..., "step": ClipStepOutput}`` (:mod:`edgetam_train.distill.step_output`):
+callbacks such as ``MaskPictures`` draw from what the step computed; the module itself draws nothing.
 Validation (``data.val``, every ``trainer.val_check_interval`` batches) logs ``val/J&F``, ``val/J``, ``val/F``,
 ``val/mIoU_1click`` and ``val/skipped`` (videos / images with a bad file) (:meth:`DistillationModule.validation_step`).
 
@@ -20,14 +23,13 @@ tensors only and :func:`edgetam_train.models.checkpoint.read_state_dict` reads i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
 from edgetam_train.data.skips import REASONS
@@ -38,7 +40,9 @@ from edgetam_train.distill.losses import DistillationLoss, sum_loss_dicts
 from edgetam_train.distill.nonfinite import DEFAULT_MAX_CONSECUTIVE_NONFINITE, NonFiniteGuard, zero_loss
 from edgetam_train.distill.optim_select import describe, make_optimizer, make_scheduler
 from edgetam_train.distill.prompting import PromptConfig, plan_clip, run_clip
+from edgetam_train.distill.step_output import ClipStepOutput
 from edgetam_train.distill.teacher import ClipReplay, Teacher, TeacherTargets, memory_features
+from edgetam_train.distributed import all_reduce_sum, world_size
 from edgetam_train.eval.validation import ValScores, describe_skipped, one_click_ious, score_video, track_video
 from edgetam_train.models.checkpoint import add_arch_record, check_state_dict, read_state_dict
 from edgetam_train.models.sam2_model import SAM2Model
@@ -57,10 +61,14 @@ class DistillationModule(pl.LightningModule):
         teacher: supplies the distillation targets (:mod:`edgetam_train.distill.teacher`: the live
             ``FrozenTeacher`` or a ``CachedTeacher`` reading F16 from the batch); None trains on the task loss only.
         loss: combines the task loss and the feature terms (weights λ_F, λ_M).
-        prompts: prompt-simulation settings.
-        optimizer / scheduler: ``_partial_`` targets (or dicts for ours): :mod:`edgetam_train.distill.optim_select`.
+        prompts: prompt-simulation settings (the config builds the ``PromptConfig``); None: its defaults.
+        optimizer / scheduler: ``_partial_`` targets (:mod:`edgetam_train.distill.optim_select`); None: our
+            optimiser with its defaults / a constant learning rate.
         init_from: a checkpoint (official or training) whose weights initialise the student (student keys only).
-        vis_every_n_steps: how often the step returns mask-picture tensors for ``MaskPictures``.
+        max_consecutive_nonfinite: a step whose loss (or any loss term) is NaN/inf on any rank is skipped (no
+            optimizer update) and counted (``train/nonfinite_steps``); this many skipped steps in a row stop the run
+            with an error naming the step and the loss terms (:mod:`edgetam_train.distill.nonfinite`). None: skip
+            forever, never stop.
         freeze_batchnorm: keep the student's BatchNorm layers in eval mode while training (running statistics used
             and never updated); ``debug=identity`` sets it so that student and teacher compute the same function.
         freeze: module-name prefixes of the student to freeze (``model.freeze``, :mod:`edgetam_train.distill.freeze`):
@@ -70,26 +78,34 @@ class DistillationModule(pl.LightningModule):
     """
 
     def __init__(self, student: SAM2Model, teacher: Teacher | None, loss: DistillationLoss,
-                 prompts: PromptConfig | dict | None = None, optimizer: Callable | dict | None = None,
-                 scheduler: Callable | dict | None = None, init_from: str | None = None,
-                 vis_every_n_steps: int = 500, freeze_batchnorm: bool = False,
-                 freeze: Sequence[str] | None = None, activation_checkpointing: str | bool | None = None,
-                 compile: str | bool | None = None) -> None:
+                 prompts: PromptConfig | None = None, optimizer: Callable | None = None,
+                 scheduler: Callable | None = None, init_from: str | None = None,
+                 max_consecutive_nonfinite: int | None = DEFAULT_MAX_CONSECUTIVE_NONFINITE,
+                 freeze_batchnorm: bool = False, freeze: Sequence[str] | None = None,
+                 activation_checkpointing: str | bool | None = None, compile: str | bool | None = None) -> None:
+        if prompts is not None and not isinstance(prompts, PromptConfig):
+            raise TypeError(f"model.prompts: expected a PromptConfig (_target_: "
+                            f"edgetam_train.distill.prompting.PromptConfig), got {type(prompts).__name__}")
+        if max_consecutive_nonfinite is not None and int(max_consecutive_nonfinite) < 1:
+            raise ValueError(f"model.max_consecutive_nonfinite={max_consecutive_nonfinite}: expected an integer "
+                             f">= 1 (or null to never stop on non-finite losses)")
         # save_hyperparameters reads these locals: it records plain dicts (weights_only-loadable), not the partials
         optimizer_spec, optimizer = optimizer, describe(optimizer)
         scheduler_spec, scheduler = scheduler, describe(scheduler)
         super().__init__()
-        self.save_hyperparameters(ignore=["student", "teacher", "loss"])
+        self.save_hyperparameters(ignore=["student", "teacher", "loss", "prompts"])
         self.student = student
         # not registered as a submodule: no optimizer, no DDP, no checkpoint; moved to the device in setup()
         object.__setattr__(self, "teacher", teacher)
         self.loss = loss
-        self.prompts = prompts if isinstance(prompts, PromptConfig) else PromptConfig(**(prompts or {}))
+        self.prompts = prompts if prompts is not None else PromptConfig()
+        # the prompt settings as a plain record (weights_only-loadable checkpoints), next to the other arguments
+        self.hparams["prompts"] = dataclasses.asdict(self.prompts)
         self.optimizer_spec, self.scheduler_spec = optimizer_spec, scheduler_spec
-        self.vis_every_n_steps = vis_every_n_steps
+        self.max_consecutive_nonfinite = None if max_consecutive_nonfinite is None else int(max_consecutive_nonfinite)
         self.freeze_batchnorm = freeze_batchnorm
         self.skip_totals = dict.fromkeys(SKIP_KEYS, 0)  # bad samples skipped so far, all ranks; saved in checkpoints
-        self.nonfinite = NonFiniteGuard()  # NaN/inf-loss steps skipped (trainer.max_consecutive_nonfinite)
+        self.nonfinite = NonFiniteGuard()  # NaN/inf-loss steps skipped (max_consecutive_nonfinite)
         self.val_scores = ValScores()  # validation sums and counts (no persistent state: not in checkpoints)
         if teacher is not None and teacher.image_size is not None and teacher.image_size != student.image_size:
             raise ValueError(f"teacher image_size {teacher.image_size} != student image_size "
@@ -113,7 +129,8 @@ class DistillationModule(pl.LightningModule):
         self._keep_eval_parts()
 
     def _keep_eval_parts(self) -> None:
-        """Frozen modules (``model.freeze``) and, with ``freeze_batchnorm``, every student BatchNorm stay in eval mode."""
+        """Frozen modules (``model.freeze``) and, with ``freeze_batchnorm``, every student BatchNorm stay in eval
+        mode."""
         keep_frozen_in_eval(self.student, getattr(self, "frozen_modules", ()))
         if getattr(self, "freeze_batchnorm", False):
             for m in self.student.modules():
@@ -128,11 +145,12 @@ class DistillationModule(pl.LightningModule):
             self._keep_eval_parts()
         return self
 
-    def setup(self, stage: str) -> None:
-        if self.teacher is not None:
-            self.teacher.to(self.device)
-
     def on_fit_start(self) -> None:
+        """Move the teacher (not a registered submodule, so Lightning does not) to the student's device.
+
+        Only fitting uses the teacher, and ``on_fit_start`` is the first hook after the strategy moved the module to
+        its device (``setup`` runs before that, still on the CPU).
+        """
         if self.teacher is not None:
             self.teacher.to(self.device)
 
@@ -147,11 +165,10 @@ class DistillationModule(pl.LightningModule):
 
     def _global_num_objects(self, n: int) -> float:
         """Objects per rank averaged over ranks (SAM 2's loss normaliser), at least 1."""
-        if not (dist.is_available() and dist.is_initialized()):
+        if world_size() == 1:
             return max(float(n), 1.0)
-        t = torch.tensor(float(n), device=self.device)
-        dist.all_reduce(t)
-        return max(float(t) / dist.get_world_size(), 1.0)
+        t = all_reduce_sum(torch.tensor(float(n), device=self.device))
+        return max(float(t) / world_size(), 1.0)
 
     # ------------------------------------------------------------------ the step
     @staticmethod
@@ -165,8 +182,8 @@ class DistillationModule(pl.LightningModule):
             images, masks = images[:, None], masks[None]
         return images, masks.unsqueeze(2), batch["obj_to_img"]
 
-    def clip_step(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """Loss on a batch of clips (images are 1-frame clips): returns (loss terms, tensors for the pictures).
+    def clip_step(self, batch: dict[str, Any]) -> ClipStepOutput:
+        """Loss on a batch of clips (images are 1-frame clips): the loss terms and what the passes produced.
 
         L = Σ_frames L_task + λ_F·MSE(F16_t, F16_s) over all frames + λ_M·MSE(F_M_t, F_M_s) over frames that read
         memory. The teacher replays the clip through memory only when λ_M > 0 (stage 1 needs F16 alone).
@@ -187,25 +204,24 @@ class DistillationModule(pl.LightningModule):
         with_fm = targets.records is not None
         losses = self.loss(task_losses=task, f16_student=feats.f16, f16_teacher=targets.f16,
                            fm_student=memory_features(records) if with_fm else None, fm_teacher=targets.fm)
-        return losses, {"images": images[:, 0], "gt": gt[0], "obj_to_img": obj_to_img, "clip_images": images,
-                        "clip_gt": gt, "plan": plan, "records": records, "teacher_records": targets.records}
+        return ClipStepOutput(losses=losses, clip_images=images, clip_gt=gt, obj_to_img=obj_to_img, plan=plan,
+                              records=records, teacher_records=targets.records)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        losses, aux = self.clip_step(batch)
+        """``{"loss": scalar to back-propagate, "step": ClipStepOutput}``; on a skipped (non-finite) step the loss is
+        :func:`zero_loss` and ``step`` still says what the step computed (``outputs`` of ``on_train_batch_end``)."""
+        out = self.clip_step(batch)
+        losses = out.losses
         bs = batch["images"].shape[0]
         self.log("train/loss", losses["loss"].detach(), batch_size=bs, prog_bar=True)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, batch_size=bs)
-        self.log("train/num_objects", float(aux["gt"].shape[0]), batch_size=bs)
+        self.log("train/num_objects", float(out.num_objects), batch_size=bs)
         self._log_skips(batch.get("skips"), bs)
-        limit = getattr(self._trainer, "max_consecutive_nonfinite", DEFAULT_MAX_CONSECUTIVE_NONFINITE)
-        skip = self.nonfinite.check(losses, self.global_step, limit)  # the same on every rank; raises after N
+        # the same decision on every rank; raises after max_consecutive_nonfinite skips in a row
+        skip = self.nonfinite.check(losses, self.global_step, self.max_consecutive_nonfinite)
         self.log("train/nonfinite_steps", float(self.nonfinite.total), batch_size=bs)
-        if skip:  # zero gradients, dropped before the optimizer step (on_before_optimizer_step)
-            return {"loss": zero_loss(self.parameters())}
-        out: dict[str, Any] = {"loss": losses["loss"]}
-        if self.vis_every_n_steps and self.global_step % self.vis_every_n_steps == 0:
-            out.update(self._pictures(aux))
-        return out
+        # a skipped step back-propagates zero gradients, dropped before the optimizer step (on_before_optimizer_step)
+        return {"loss": zero_loss(self.parameters()) if skip else losses["loss"], "step": out}
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """No update from a batch whose loss was non-finite (:mod:`edgetam_train.distill.nonfinite`)."""
@@ -221,10 +237,8 @@ class DistillationModule(pl.LightningModule):
         counts = [0] * len(SKIP_KEYS)
         for reason, n in (skips or {}).items():
             counts[SKIP_KEYS.index(reason) if reason in SKIP_KEYS else -1] += int(n)
-        if dist.is_available() and dist.is_initialized():
-            t = torch.tensor(counts, dtype=torch.int64, device=self.device)
-            dist.all_reduce(t)
-            counts = t.tolist()
+        if world_size() > 1:
+            counts = all_reduce_sum(torch.tensor(counts, dtype=torch.int64, device=self.device)).tolist()
         for key, n in zip(SKIP_KEYS, counts):
             self.skip_totals[key] += n
         self.log("data/skipped", float(sum(self.skip_totals.values())), batch_size=batch_size)
@@ -232,54 +246,10 @@ class DistillationModule(pl.LightningModule):
             if n:
                 self.log(f"data/skipped_{key}", float(n), batch_size=batch_size)
 
-    @torch.no_grad()
-    def _pictures(self, aux: dict[str, Any]) -> dict[str, Any]:
-        """The ``vis_*`` outputs of ``edgetam_train/callbacks/mask_pictures.py``: the first object of each image or clip on every
-        frame, the student's (and teacher's) mask of the first decoder pass (the prompt on conditioning frames, memory
-        on the others) and that pass's prompt. Without a replayed clip the teacher decodes the first prompt on its own
-        features (single frames only)."""
-        obj_to_img = aux["obj_to_img"]
-        first = torch.stack([torch.nonzero(obj_to_img == i)[0, 0] for i in obj_to_img.unique()])
-        images = aux["clip_images"][obj_to_img[first]]  # (n, T, 3, S, S)
-        size, frames = images.shape[-1], images.shape[1]
-        by_frame = lambda recs: sorted(recs, key=lambda r: r.frame_idx)  # noqa: E731 - records come in processing order
-
-        def best_masks(records) -> Tensor:  # (n, T, S, S) logits of the best-IoU mask of each frame's first pass
-            out = []
-            for r in by_frame(records):
-                step = r.steps[0]
-                best = step.ious[first].argmax(dim=1)
-                low = step.multimasks[first, best][:, None].float()
-                out.append(F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[:, 0])
-            return torch.stack(out, dim=1)
-
-        prompts = [(r.steps[0].point_coords, r.steps[0].point_labels) for r in by_frame(aux["records"])]
-        width = max([0] + [c.shape[1] for c, _ in prompts if c is not None])
-        coords = images.new_zeros(len(first), frames, width, 2)
-        labels = torch.full((len(first), frames, width), -1, dtype=torch.long, device=images.device)
-        for t, (c, lab) in enumerate(prompts):
-            if c is not None:
-                coords[:, t, : c.shape[1]] = c[first].float()
-                labels[:, t, : c.shape[1]] = lab[first].long()
-        teacher = None
-        if aux["teacher_records"] is not None:
-            teacher = best_masks(aux["teacher_records"])
-        elif self.teacher is not None and frames == 1:
-            c, lab = prompts[0]
-            low = self.teacher.first_prompt_masks(images[:, 0], None if c is None else c[first],
-                                                  None if lab is None else lab[first])
-            if low is not None:
-                teacher = F.interpolate(low.float(), size=(size, size), mode="bilinear", align_corners=False)
-        plan = aux["plan"]
-        first_note = {"point": "click", "box": "box", "mask": "mask prompt"}.get(plan.first_kind, plan.first_kind)
-        notes = [first_note if t in plan.init_cond_frames else "memory" for t in range(frames)]
-        return {"vis_images": images, "vis_gt": aux["clip_gt"][:, first, 0].transpose(0, 1),
-                "vis_student": best_masks(aux["records"]), "vis_teacher": teacher, "vis_point_coords": coords,
-                "vis_point_labels": labels, "vis_notes": [notes] * len(first)}
-
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Score one ``data.val`` item (:mod:`edgetam_train.data.datasets.val`) with the student, add it to ``val_scores``.
+        """Score one ``data.val`` item (:mod:`edgetam_train.data.datasets.val`) with the student, add it to
+        ``val_scores``.
 
         VOS video: every object prompted with its first-frame GT mask and tracked (:func:`track_video`), J and F
         per object (DAVIS 2017). Image: 1-click IoU per mask. Padding items (equal batch counts on all ranks) add

@@ -21,17 +21,18 @@ import logging
 from collections.abc import Iterable, Mapping
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
+
+from edgetam_train.distributed import all_reduce_max, global_rank, is_distributed
 
 log = logging.getLogger(__name__)
 
-# trainer.max_consecutive_nonfinite when the trainer does not set it (edgetam_train.run.trainer.Trainer)
+# model.max_consecutive_nonfinite when the config does not set it (DistillationModule's argument)
 DEFAULT_MAX_CONSECUTIVE_NONFINITE = 5
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised after ``trainer.max_consecutive_nonfinite`` skipped steps in a row."""
+    """Raised after ``model.max_consecutive_nonfinite`` skipped steps in a row."""
 
 
 def describe_losses(losses: Mapping[str, Tensor]) -> str:
@@ -70,11 +71,10 @@ class NonFiniteGuard:
         """True when this step must be skipped: some term in ``losses`` (name -> scalar tensor) is NaN/inf here or
         on another rank. Raises :class:`NonFiniteLossError` on the ``max_consecutive``-th skip in a row (None:
         never)."""
-        distributed = dist.is_available() and dist.is_initialized()
+        distributed = is_distributed()
         local = torch.stack([~torch.isfinite(v.detach()).all() for v in losses.values()]).any()
         flag = local.to(torch.float32).reshape(1)  # on the losses' device (NCCL needs CUDA tensors)
-        if distributed:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        all_reduce_max(flag)
         if float(flag) == 0.0:
             self.consecutive = 0
             return False
@@ -83,12 +83,12 @@ class NonFiniteGuard:
         self.pending = True
         terms = f"loss terms: {describe_losses(losses)}"
         if distributed:
-            terms = f"loss terms on rank {dist.get_rank()}: {describe_losses(losses)}" + \
+            terms = f"loss terms on rank {global_rank()}: {describe_losses(losses)}" + \
                 ("" if bool(local) else "; non-finite on another rank")
         if max_consecutive is not None and self.consecutive >= max_consecutive:
             raise NonFiniteLossError(
                 f"non-finite loss at global step {step} ({terms}): {self.consecutive} steps in a row skipped, "
-                f"reaching trainer.max_consecutive_nonfinite={max_consecutive}; the run is stopped. Resume from the "
+                f"reaching model.max_consecutive_nonfinite={max_consecutive}; the run is stopped. Resume from the "
                 f"last checkpoint with a lower learning rate or check the data.")
         log.warning("non-finite loss at global step %d (%s): step skipped, no optimizer update (%d in a row, %d in "
                     "total)", step, terms, self.consecutive, self.total)

@@ -15,11 +15,12 @@ How each kind of target is called (:func:`make_optimizer`, :func:`make_scheduler
   ``param_groups``, not to the class; other keys the class does not take are an error, unless null); any other
   callable (ours) gets the student module;
 * schedule: called with the optimiser, plus ``total_steps`` = ``trainer.max_steps`` when its signature has a
-  ``total_steps`` parameter the config does not set (ours, ``torch.optim.lr_scheduler.OneCycleLR``); null or ``{}``:
-  a constant learning rate.
+  ``total_steps`` parameter the config does not set (ours, ``torch.optim.lr_scheduler.OneCycleLR``); null: a
+  constant learning rate.
 
-A plain dict (no ``_target_``: older configs, tests) means our builder with those arguments. What the checkpoint's
-hyper-parameters record is :func:`describe`'s plain dict, never the partial (Lightning's resume loads checkpoints
+A partial is the one accepted form (code that builds the module directly passes ``functools.partial(build_optimizer,
+lr=...)``); a null optimiser is ours with its defaults. What the checkpoint's hyper-parameters record is
+:func:`describe`'s plain dict, derived here and nowhere else, never the partial (Lightning's resume loads checkpoints
 with ``weights_only=True``).
 """
 
@@ -27,16 +28,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 
-from edgetam_train.distill.optim import build_optimizer, build_scheduler, param_groups
+from edgetam_train.distill.optim import build_optimizer, param_groups
 
-Spec = Callable[..., Any] | Mapping[str, Any] | None
+Spec = Callable[..., Any] | None  # a (nested) functools.partial, or None
 GROUPING_KEYS = ("vision_lr", "vision_prefix", "weight_decay_rule")  # param_groups' keys, for any optimiser class
 
 
@@ -60,22 +61,29 @@ def _name(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
+def _check(spec: Spec, key: str) -> None:
+    """Refuse anything but a callable or None, naming the config key."""
+    if spec is not None and not callable(spec):
+        raise TypeError(f"{key}: expected a _partial_ target (_target_: ..., _partial_: true) or null, got "
+                        f"{type(spec).__name__} {spec!r}")
+
+
 def describe(spec: Spec) -> dict[str, Any] | None:
     """A plain, ``weights_only``-loadable dict of an optimiser / schedule choice for the hyper-parameters:
-    ``{"_target_": "module.name", "_partial_": True, **bound keywords}`` for a callable, the dict itself otherwise."""
-    if spec is None or isinstance(spec, Mapping):
-        return dict(spec) if spec is not None else None
+    ``{"_target_": "module.name", "_partial_": True, **bound keywords}``; None for None."""
+    _check(spec, "model.optimizer / model.scheduler")
+    if spec is None:
+        return None
     kw = {k: list(v) if isinstance(v, tuple) else v for k, v in _keywords(spec).items()}
     return {"_target_": _name(_target(spec)), "_partial_": True, **kw}
 
 
 def make_optimizer(spec: Spec, student: nn.Module) -> Optimizer:
-    """The optimiser of ``student`` from ``spec`` (module docstring: a partial, a dict for ours, or None for ours
-    with its defaults)."""
-    if spec is None or isinstance(spec, Mapping):
-        return build_optimizer(student, **dict(spec or {}))
-    if not callable(spec):
-        raise ValueError(f"model.optimizer: expected a _partial_ target or a dict, got {type(spec).__name__}")
+    """The optimiser of ``student`` from ``spec`` (module docstring: a partial, or None for ours with its
+    defaults)."""
+    _check(spec, "model.optimizer")
+    if spec is None:
+        return build_optimizer(student)
     target = _target(spec)
     if inspect.isclass(target) and issubclass(target, Optimizer):
         accepted = inspect.signature(target).parameters
@@ -103,12 +111,9 @@ def make_scheduler(spec: Spec, optimizer: Optimizer, total_steps: int | None
                    ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """The schedule of ``optimizer`` from ``spec`` (stepped every optimiser step), or None for a constant rate;
     ``total_steps``: the trainer's ``max_steps`` (None outside a Trainer or when unlimited)."""
-    if not spec:
+    _check(spec, "model.scheduler")
+    if spec is None:
         return None
-    if isinstance(spec, Mapping):
-        return build_scheduler(optimizer, total_steps=total_steps, **dict(spec))
-    if not callable(spec):
-        raise ValueError(f"model.scheduler: expected a _partial_ target, a dict or null, got {type(spec).__name__}")
     target = _target(spec)
     try:
         takes_total = "total_steps" in inspect.signature(target).parameters

@@ -38,8 +38,9 @@ to the last frame, then, if K > 0, backward from K to frame 0 (two ``VideoPredic
 * ``masks.npz``: ``logits`` float16 (T, N, H, W) mask logits at the video size (N objects in order of first prompt;
   > 0 is the mask; -1024 where the object is predicted absent), ``object_score`` float32 (T, N) object-presence
   logits (> 0: present), ``obj_ids`` int64 (N,), ``frames`` str (T,) the frame names; ``--no-logits`` skips it;
-* ``overlay.gif``: the frames with each object's mask tinted in its colour (clicks and boxes drawn on their
-  frames), longer side at most ``--gif-max-side`` pixels.
+* ``overlay.gif``: the frames with each object's mask tinted in its colour and its clicks and boxes drawn on their
+  frames in the same colour (positive clicks filled dots, negative ones hollow rings; :mod:`edgetam_train.drawing`),
+  longer side at most ``--gif-max-side`` pixels.
 
 The PNGs are thresholded from the float32 logits (float16 keeps the sign of every logit of magnitude >= 6e-8).
 
@@ -64,14 +65,16 @@ import torch
 from PIL import Image
 
 from edgetam_train.cli_common import add_model_arguments, load_model, run_subcommand, subcommand_parser
+from edgetam_train.drawing import DrawnPrompt, draw_overlay, object_colours
 from edgetam_train.models.checkpoint import CheckpointMismatchError
 from edgetam_train.predictor.image import ImagePrediction, ImagePredictor
 from edgetam_train.predictor.image_io import image_hw, read_rgb
-from edgetam_train.predictor.overlay import DrawnPrompt, draw_overlay, object_colors, overlay
+from edgetam_train.predictor.overlay import overlay
 from edgetam_train.predictor.prompt_text import parse_box, parse_labels, parse_points
 from edgetam_train.predictor.runtimes import add_runtime_arguments, image_predictor, video_predictor
-from edgetam_train.predictor.video import VideoPredictor, VideoState, frame_files
+from edgetam_train.predictor.video import VideoPredictor
 from edgetam_train.predictor.video_prompts import add_video_prompt_arguments, apply_prompts, collect_prompts
+from edgetam_train.predictor.video_state import VideoState, frame_files
 
 # ----------------------------------------------------------------------------------------------- parsing
 
@@ -238,7 +241,8 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", required=True, type=Path,
                         help="folder of .jpg/.jpeg/.png frames (integer names in numeric order, else sorted by "
                              "name) or a video file (.mp4 ..., decoded with PyAV and held in memory)")
-    add_video_prompt_arguments(parser)  # --obj-id, --frame-idx, --points, --labels, --box, --mask, --prompts, --init-masks
+    # --obj-id, --frame-idx, --points, --labels, --box, --mask, --prompts, --init-masks
+    add_video_prompt_arguments(parser)
     parser.add_argument("--out", required=True, type=Path,
                         help="output folder: <frame>.png per frame, masks.npz, overlay.gif")
     parser.add_argument("--fill-hole-area", type=int, default=8,
@@ -278,7 +282,7 @@ def run_video(args: argparse.Namespace) -> int:
     state = predictor.init_state(frames.source)
     apply_prompts(predictor, state, prompts)  # checks the clicks / boxes (inside the frame ...)
     obj_ids, k = state.obj_ids, min(p.frame_idx for p in prompts)
-    colors = object_colors(len(obj_ids))
+    colours = dict(zip(obj_ids, object_colours(len(obj_ids))))  # the same colour for an object's mask and clicks
 
     args.out.mkdir(parents=True, exist_ok=True)
     h, w = frames.hw
@@ -293,8 +297,8 @@ def run_video(args: argparse.Namespace) -> int:
             if logits_all is not None:
                 logits_all[t] = logits.cpu().numpy()
             scores[t] = [float(predictor.get_output(state, t, i).object_score_logit) for i in obj_ids]
-            drawn = [DrawnPrompt(p.points, p.labels, p.box) for p in prompts if p.frame_idx == t]
-            im = Image.fromarray(draw_overlay(frames.rgb(t), masks, colors, drawn))
+            drawn = [DrawnPrompt(p.points, p.labels, p.box, colours[p.obj_id]) for p in prompts if p.frame_idx == t]
+            im = Image.fromarray(draw_overlay(frames.rgb(t), masks, [colours[i] for i in obj_ids], drawn))
             if args.gif_max_side:
                 im.thumbnail((args.gif_max_side, args.gif_max_side), Image.Resampling.BILINEAR)
             gif[t] = im

@@ -33,9 +33,6 @@ from edgetam_train.predictor.preprocess import scale_points
 from edgetam_train.predictor.video_frames import frame_input, state_from_frames, state_from_pixels
 from edgetam_train.predictor.video_state import ObjectOutput, VideoState, _TrackedObject
 
-# predictor/cli.py still imports frame_files from here; it belongs to video_state (move that import, then drop this)
-from edgetam_train.predictor.video_state import frame_files as frame_files
-
 HOLE_FILL_LOGIT = 0.1  # official fill_holes_in_mask_scores value
 PREV_LOGITS_CLAMP = 32.0  # official clamp of previous logits fed back with correction clicks
 

@@ -72,13 +72,12 @@ NUMERIC_KEYS: dict[str, Number] = {
     "trainer.gradient_clip_val": Number(float, low=0, nullable=True),
     "trainer.log_every_n_steps": Number(int, low=1),
     "trainer.val_check_interval": Number(float, low=0, low_open=True, nullable=True),
-    "trainer.max_consecutive_nonfinite": Number(int, low=1, nullable=True),
     "model.optimizer.lr": Number(float, low=0, low_open=True),
     "model.optimizer.vision_lr": Number(float, low=0, low_open=True, nullable=True),
     "model.optimizer.weight_decay": Number(float, low=0),
     "model.scheduler.warmup_steps": Number(int, low=0),
     "model.scheduler.cooldown_steps": Number(int, low=0),
-    "model.vis_every_n_steps": Number(int, low=0),
+    "model.max_consecutive_nonfinite": Number(int, low=1, nullable=True),
     "data.batch_size": Number(int, low=1),
     "data.num_workers": Number(int, low=0),
     "data.image_size": Number(int, low=1),
@@ -92,6 +91,7 @@ NUMERIC_KEYS: dict[str, Number] = {
     "data.max_image_pixels": Number(int, low=1),
     "data.min_image_side": Number(int, low=1),
     "callbacks.model_checkpoint.every_n_train_steps": Number(int, low=0, nullable=True),
+    "callbacks.mask_pictures.every_n_steps": Number(int, low=1),
 }
 
 

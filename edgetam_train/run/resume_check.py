@@ -40,8 +40,8 @@ SAFE_KEYS: tuple[str, ...] = (
     "trainer.limit_val_batches", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "data.num_workers", "data.pin_memory", "data.prefetch_factor", "data.persistent_workers",
     "logger", "callbacks.step_progress_bar", "callbacks.train_log", "callbacks.lr_monitor", "callbacks.throughput",
-    "callbacks.mask_pictures", "callbacks.loss_curve", "callbacks.model_checkpoint.every_n_train_steps", "callbacks.model_checkpoint.save_top_k",
-    "model.vis_every_n_steps",
+    "callbacks.mask_pictures", "callbacks.loss_curve", "callbacks.model_checkpoint.every_n_train_steps",
+    "callbacks.model_checkpoint.save_top_k",
 )
 # keys that say how to launch, not what to train
 IGNORED_KEYS: tuple[str, ...] = ("ckpt_path", ACCEPT_KEY)

@@ -1,8 +1,9 @@
 """What ``python train.py`` does: compose -> instantiate data, model, callbacks, loggers, trainer -> fit.
 
 Lightning does the plumbing (strategies, precision, checkpointing, logging); this file only wires the Hydra config
-to it, checks the config before anything is built, resolves ``ckpt_path: auto`` to the run's last checkpoint (or the newer SLURM requeue checkpoint), keeps one
-W&B run id per run directory, refuses credentials in the config, and turns config mistakes into clear errors.
+to it, checks the config before anything is built, resolves ``ckpt_path: auto`` to the run's last checkpoint (or the
+newer SLURM requeue checkpoint), keeps one W&B run id per run directory, refuses credentials in the config, and
+turns config mistakes into clear errors.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from edgetam_train.config import CONFIG_DIR, register_resolvers
+# imported for its side effect: edgetam_train.config registers the OmegaConf resolvers (${floordiv:...},
+# ${rank_zero_or:...}) on import, which resolving the composed config here needs
+import edgetam_train.config  # noqa: F401
 from edgetam_train.models.build import record_student_architecture
 from edgetam_train.run.cluster import (
     assign_wandb_run_ids,
@@ -76,8 +79,8 @@ def check_model_config(model_cfg: DictConfig | None) -> None:
     training modules; architectures are the ``arch`` group, under ``model.student`` / ``model.teacher.net``)."""
     target, cls = _target_class(model_cfg, "model")
     if cls is None or not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
-        raise ValueError(f"model._target_={target}, which is not a LightningModule: the model group selects the training module "
-                         f"(model=distill_image, or model=distill_video); architectures (edgetam, "
+        raise ValueError(f"model._target_={target}, which is not a LightningModule: the model group selects the "
+                         f"training module (model=distill_image, or model=distill_video); architectures (edgetam, "
                          f"sam2.1_hiera_t/s/b+/l) go under it: arch@model.student=edgetam, "
                          f"arch@model.teacher.net=sam2.1_hiera_t")
 
@@ -118,7 +121,6 @@ def check_teacher_choice(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; returns the final logged metrics."""
-    register_resolvers()
     tidy_console()  # each Lightning line once, no warnings the user cannot act on
     check_numeric_config(cfg)  # lr=abc, batch_size=-1, ...: named now, not after the models are built
     check_no_secrets(cfg)  # before anything writes the config (config_resolved.yaml, logger hyper-parameters)
@@ -151,5 +153,3 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
-
-CONFIG_PATH = str(CONFIG_DIR)

@@ -50,7 +50,7 @@ def one_step(size: int, frames: int, objects: int, teacher_name: str, device: st
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
-        losses, _ = module.clip_step(batch)
+        losses = module.clip_step(batch).losses
     losses["loss"].backward()
     if device == "cuda":
         return {"size": size, "step_bytes": torch.cuda.max_memory_allocated() - base}

@@ -79,7 +79,7 @@ class LossOf(torch.nn.Module):
         self.module = module
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.module.clip_step(batch)[0]["loss"]
+        return self.module.clip_step(batch).losses["loss"]
 
 
 def time_steps(module: DistillationModule, batch: dict[str, Any], steps: int, warmup: int, ddp: bool,

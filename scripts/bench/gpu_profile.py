@@ -103,7 +103,7 @@ def profile_mode(module, optimizer, batch: dict, teacher, steps: int, warmup: in
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            losses, _ = module.clip_step(batch)
+            losses = module.clip_step(batch).losses
         losses["loss"].backward()
         optimizer.step()
 

@@ -96,7 +96,7 @@ def build(job: Job) -> tuple[Any, dict, int, int]:
     cfg = compose(job.stage, [f"model.student.image_size={job.size}", f"model.teacher.net.image_size={job.size}",
                               "model.teacher.checkpoint=null", "model.teacher.allow_random_init=true",
                               "model.init_from=null", f"model.activation_checkpointing={job.level}",
-                              "model.compile=false", "model.vis_every_n_steps=0"]
+                              "model.compile=false"]
                   + ([f"arch@model.teacher.net={job.teacher}"] if job.teacher else [])
                   + ([f"model.prompts.num_correction_clicks={job.clicks}"] if job.clicks is not None else []))
     torch.manual_seed(0)
@@ -159,7 +159,7 @@ def estimate(job: Job, fake: bool = True, built: tuple | None = None) -> dict[st
     def step() -> None:
         torch.manual_seed(1)
         with autocast:
-            losses, _ = module.clip_step(batch)
+            losses = module.clip_step(batch).losses
         losses["loss"].backward()
 
     t0 = time.perf_counter()
@@ -266,7 +266,7 @@ def time_cost(size: int, masks: int, steps: int) -> list[str]:
             module.student.zero_grad(set_to_none=True)
             torch.manual_seed(1)
             t0 = time.perf_counter()
-            losses, _ = module.clip_step(batch)
+            losses = module.clip_step(batch).losses
             losses["loss"].backward()
             if i:  # the first round is a warm-up
                 times[lv].append(time.perf_counter() - t0)

@@ -99,7 +99,7 @@ class Interleave(Callback):
         scheduler = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
         optimizer.zero_grad(set_to_none=True)
         with trainer.precision_plugin.forward_context():
-            losses, _ = module.clip_step(batch)
+            losses = module.clip_step(batch).losses
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], self.clip)
         optimizer.step()

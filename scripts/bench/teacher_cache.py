@@ -81,7 +81,7 @@ def step_fn(module: DistillationModule, optimizer: torch.optim.Optimizer, batch:
         object.__setattr__(module, "teacher", teacher)
         optimizer.zero_grad(set_to_none=True)
         torch.manual_seed(0)  # the same prompts on both sides
-        losses, _ = module.clip_step(b)
+        losses = module.clip_step(b).losses
         losses["loss"].backward()
         optimizer.step()
         return {k: v.detach() for k, v in losses.items()}
@@ -93,7 +93,7 @@ def step_flops(module: DistillationModule, batch: dict, teacher: FrozenTeacher |
     """FLOPs of one step's forward + backward (teacher forward included when ``teacher`` is given)."""
     object.__setattr__(module, "teacher", teacher)
     torch.manual_seed(0)
-    flops = measure_flops(module, lambda: module.clip_step(batch)[0], lambda losses: losses["loss"])
+    flops = measure_flops(module, lambda: module.clip_step(batch).losses, lambda losses: losses["loss"])
     module.student.zero_grad(set_to_none=True)
     return flops
 
@@ -148,7 +148,7 @@ def run_config(sa1b: Path, cache: TeacherCache, teacher: FrozenTeacher, args: ar
         for name, (b, t) in {"live": (live_batch, teacher), "cached": (batch, None)}.items():
             object.__setattr__(module, "teacher", t)
             torch.manual_seed(0)
-            check[name] = module.clip_step(b)[0]["loss"]
+            check[name] = module.clip_step(b).losses["loss"]
     loss_rel = abs(check["cached"] - check["live"]).item() / abs(check["live"]).item()
     flops_live = step_flops(module, live_batch, teacher)
     flops_cached = step_flops(module, batch, None)

@@ -81,7 +81,7 @@ def step_modules(archs: list[str], root: Path, image_size: int = 256):
 
 def train_step(module, optimizer, batch) -> None:
     optimizer.zero_grad(set_to_none=True)
-    losses, _ = module.clip_step(batch)
+    losses = module.clip_step(batch).losses
     losses["loss"].backward()
     optimizer.step()
 

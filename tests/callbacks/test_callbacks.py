@@ -22,22 +22,16 @@ from PIL import Image
 from edgetam_train.callbacks.batch_seed import BatchSeed
 from edgetam_train.callbacks.best_checkpoint import BestCheckpoint
 from edgetam_train.callbacks.loss_curve import LossCurve
-from edgetam_train.callbacks.mask_pictures import (
-    GT_COLOUR,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    POSITIVE_COLOUR,
-    STUDENT_COLOUR,
-    TEACHER_COLOUR,
-    MaskPictures,
-    sample_picture,
-    title_height,
-)
+from edgetam_train.callbacks.mask_pictures import MaskPictures, StepPictures, sample_picture, title_height
 from edgetam_train.callbacks.sigterm_checkpoint import SigtermCheckpoint
 from edgetam_train.callbacks.step_progress_bar import StepProgressBar
 from edgetam_train.callbacks.throughput import Throughput, batch_sizes
 from edgetam_train.callbacks.train_log import TrainLog
 from edgetam_train.distill.optim import build_optimizer, build_scheduler
+from edgetam_train.distill.prompting import ClipPlan, FrameRecord, PromptStep
+from edgetam_train.distill.step_output import ClipStepOutput
+from edgetam_train.drawing import GT_COLOUR, POSITIVE_COLOUR, STUDENT_COLOUR, TEACHER_COLOUR
+from edgetam_train.imaging import IMAGENET_MEAN, IMAGENET_STD
 from edgetam_train.run.cluster import assign_wandb_run_ids
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -96,8 +90,9 @@ def test_trainer_options_instantiate(compose_cfg, option):
 
 def test_callbacks_default_and_none(compose_cfg, tmp_path):
     cfg = compose_cfg("callbacks=default")
-    assert list(cfg.callbacks) == ["model_checkpoint", "best_checkpoint", "lr_monitor", "step_progress_bar", "train_log",
-                                   "throughput", "mask_pictures", "loss_curve", "sigterm_checkpoint", "batch_seed"]
+    assert list(cfg.callbacks) == ["model_checkpoint", "best_checkpoint", "lr_monitor", "step_progress_bar",
+                                   "train_log", "throughput", "mask_pictures", "loss_curve", "sigterm_checkpoint",
+                                   "batch_seed"]
     cbs = _instantiate_all(cfg.callbacks)
     types = [type(c) for c in cbs]
     assert types == [ModelCheckpoint, BestCheckpoint, LearningRateMonitor, StepProgressBar, TrainLog,
@@ -211,12 +206,13 @@ def test_mask_pictures_go_to_wandb_logger_when_present(tmp_path):
 
     fake = FakeWandb()
     cb = MaskPictures(every_n_steps=1, max_images=2, panel_size=32)
-    outputs = {"vis_images": torch.zeros(3, 2, 3, 16, 16), "vis_gt": torch.ones(3, 2, 16, 16, dtype=torch.bool),
-               "vis_student": torch.ones(3, 2, 16, 16), "vis_teacher": None}
+    # 3 two-frame clips of one object each, no teacher replay and no teacher
+    step = toy_step(torch.zeros(3, 2, 3, 16, 16), torch.ones(2, 3, 1, 16, 16, dtype=torch.bool),
+                    torch.ones(2, 3, 16, 16), teacher_logits=None)
     trainer = SimpleNamespace(loggers=[fake], log_dir=str(tmp_path), default_root_dir=str(tmp_path),
                               is_global_zero=True, global_step=0)
     cb.on_train_batch_start(trainer, None, None, 0)
-    cb.on_train_batch_end(trainer, None, outputs, None, 0)
+    cb.on_train_batch_end(trainer, None, {"loss": torch.zeros(()), "step": step}, None, 0)
     (key, images, step, kwargs), (okey, frames, ostep, okwargs) = fake.calls
     assert key == "train/mask_pictures" and step == 0 and len(images) == 2 and isinstance(images[0], Image.Image)
     # per frame of the 2 samples: the frame with switchable ground-truth / student overlays (wandb.Image masks=)
@@ -235,8 +231,27 @@ class ToyData(torch.utils.data.Dataset):
         return {"images": torch.randn(3, 16, 16, generator=g), "masks": torch.rand(16, 16, generator=g) > 0.5}
 
 
+def toy_step(images: torch.Tensor, gt: torch.Tensor, logits: torch.Tensor,
+             teacher_logits: torch.Tensor | None) -> ClipStepOutput:
+    """A training step's output for B clips of T frames with one object each and one decoder pass per frame.
+
+    Args:
+        images: (B, T, 3, S, S); gt: (T, B, 1, S, S) bool; logits / teacher_logits: (T, B, S, S) (teacher: None for
+            no teacher replay).
+    """
+    b, t = images.shape[:2]
+
+    def records(masks: torch.Tensor) -> list[FrameRecord]:
+        steps = [PromptStep(masks[i][:, None], torch.ones(b, 1), torch.ones(b, 1), None, None) for i in range(t)]
+        return [FrameRecord(i, [steps[i]], masks[i][:, None] > 0, torch.zeros(b, 1), i > 0) for i in range(t)]
+
+    return ClipStepOutput(losses={"loss": logits.sum()}, clip_images=images, clip_gt=gt, obj_to_img=torch.arange(b),
+                          plan=ClipPlan(t, [0], [], "point"), records=records(logits),
+                          teacher_records=None if teacher_logits is None else records(teacher_logits))
+
+
 class ToyModule(pl.LightningModule):
-    """A 1×1 conv "segmenter" whose training step returns the vis_* keys MaskPictures reads."""
+    """A 1×1 conv "segmenter" whose training step returns a ClipStepOutput, as DistillationModule's does."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -246,8 +261,9 @@ class ToyModule(pl.LightningModule):
         logits = self.head(batch["images"])[:, 0]
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["masks"].float())
         self.log("train/loss", loss, batch_size=batch["images"].shape[0])
-        return {"loss": loss, "vis_images": batch["images"], "vis_gt": batch["masks"],
-                "vis_student": logits.detach(), "vis_teacher": -logits.detach()}
+        step = toy_step(batch["images"][:, None], batch["masks"][None, :, None], logits[None].detach(),
+                        -logits[None].detach())
+        return {"loss": loss, "step": step}
 
     def configure_optimizers(self):
         opt = build_optimizer(self, lr=1e-3, weight_decay=0.1)
@@ -328,8 +344,8 @@ def test_tensorboard_logger_config_gets_the_pictures(compose_cfg, tmp_path):
     assert isinstance(tb, TensorBoardLogger) and Path(tb.log_dir).is_relative_to(tmp_path / "out" / "tensorboard")
     trainer = SimpleNamespace(loggers=[tb], default_root_dir=str(tmp_path), is_global_zero=True)
     cb = MaskPictures(every_n_steps=1, panel_size=32)
-    pics = cb.draw({"vis_images": torch.zeros(1, 3, 16, 16), "vis_gt": torch.ones(1, 16, 16, dtype=torch.bool),
-                    "vis_student": torch.ones(1, 16, 16), "vis_teacher": None})
+    pics = cb.draw(StepPictures(images=torch.zeros(1, 1, 3, 16, 16), gt=torch.ones(1, 1, 16, 16, dtype=torch.bool),
+                                student=torch.ones(1, 1, 16, 16)))
     assert cb.write(trainer, pics, 0) == []  # went to TensorBoard, no PNG files
     tb.experiment.flush()
     assert list(Path(tb.log_dir).glob("events.out.tfevents.*"))

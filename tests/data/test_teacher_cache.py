@@ -113,10 +113,10 @@ def test_loss_equals_live_teacher_loss_on_the_same_batch(cache, sa1b, teacher):
                                 PromptConfig(num_correction_clicks=2))
     live_batch = {k: v for k, v in batch.items() if k != "teacher_f16"}
     torch.manual_seed(0)
-    live, _ = module.clip_step(live_batch)
+    live = module.clip_step(live_batch).losses
     object.__setattr__(module, "teacher", CachedTeacher())
     torch.manual_seed(0)
-    cached, _ = module.clip_step(batch)
+    cached = module.clip_step(batch).losses
     assert cached["loss_f16"] > 0
     for key in ("loss_task", "loss_mask", "loss_dice", "loss_iou", "loss_class"):
         assert torch.equal(cached[key], live[key]), key
@@ -225,8 +225,8 @@ def test_fit_with_teacher_cache_builds_and_runs_no_teacher(project, cache, monke
     monkeypatch.setattr(FrozenTeacher, "__init__", no_teacher)
     overrides = ["experiment=edgetam_distill", "debug=quickstart", f"paths.root_dir={project}",
                  f"paths.output_dir={tmp_path / 'run'}", "model/teacher=cached", f"data.teacher_cache={cache}",
-                 "trainer.max_steps=2",
-                 "trainer.log_every_n_steps=1", "model.vis_every_n_steps=1", "model.prompts.num_correction_clicks=1",
+                 "trainer.max_steps=2", "trainer.log_every_n_steps=1", "callbacks.mask_pictures.every_n_steps=1",
+                 "model.prompts.num_correction_clicks=1",
                  "data.max_masks=2", "data.val.vos.root=null", "data.val.miou.root=null",
                  "callbacks.model_checkpoint.every_n_train_steps=2"]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):

@@ -27,6 +27,7 @@ from edgetam_train.distill.optim import (
     no_weight_decay,
     param_groups,
 )
+from edgetam_train.distill.prompting import PromptStep
 
 LN2 = math.log(2.0)
 BIG = 40.0  # a saturated logit
@@ -116,6 +117,11 @@ def test_object_score_bce_hand_values():
 
 
 # ---------------------------------------------------------------------------------------------- TaskLoss
+def _step(multimasks: torch.Tensor, ious: torch.Tensor, obj: torch.Tensor) -> PromptStep:
+    """A decoder pass without its prompt (the loss reads only the outputs)."""
+    return PromptStep(multimasks, ious, obj, point_coords=None, point_labels=None)
+
+
 def _three_candidates():
     """One object, target = left half of a 4×4 image; candidates: wrong (right half), perfect, all on."""
     gt = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
@@ -124,7 +130,7 @@ def _three_candidates():
     masks = torch.cat([-perfect, perfect, torch.full_like(perfect, BIG)], dim=1).requires_grad_(True)  # (1, 3, 4, 4)
     ious = torch.tensor([[0.1, 0.9, 0.3]], requires_grad=True)
     obj = torch.tensor([[BIG]], requires_grad=True)
-    return gt, {"multimasks": masks, "ious": ious, "object_score_logits": obj}
+    return gt, _step(masks, ious, obj)
 
 
 def test_best_of_three_selects_lowest_focal_plus_dice():
@@ -135,7 +141,7 @@ def test_best_of_three_selects_lowest_focal_plus_dice():
     assert out["loss_class"].item() < 1e-9
     expected = 20 * out["loss_mask"] + out["loss_dice"] + out["loss_iou"] + out["loss_class"]
     assert out["loss_task"].item() == pytest.approx(expected.item(), rel=1e-6)
-    (g_masks, g_ious) = torch.autograd.grad(out["loss_task"], [step["multimasks"], step["ious"]])
+    (g_masks, g_ious) = torch.autograd.grad(out["loss_task"], [step.multimasks, step.ious])
     assert g_masks[:, 0].abs().sum() == 0 and g_masks[:, 2].abs().sum() == 0  # only the chosen candidate trains
     assert g_ious[0].tolist() == pytest.approx([0.0, -1.0, 0.0])
     # supervise_all_iou: mean |pred - actual| over candidates: actual IoUs 0, 1, 0.5
@@ -146,8 +152,7 @@ def test_best_of_three_selects_lowest_focal_plus_dice():
 def test_single_mask_output_and_absent_object():
     gt = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
     gt[0, :, :2] = True  # object 0 present, object 1 absent
-    step = {"multimasks": torch.zeros(2, 1, 4, 4), "ious": torch.full((2, 1), 0.3),
-            "object_score_logits": torch.zeros(2, 1)}
+    step = _step(torch.zeros(2, 1, 4, 4), torch.full((2, 1), 0.3), torch.zeros(2, 1))
     out = TaskLoss()([step], gt, num_objects=1)
     # only object 0 counts for the mask terms: focal at logit 0 over 8 positive + 8 negative pixels
     assert out["loss_mask"].item() == pytest.approx((8 * 0.0625 + 8 * 0.1875) * LN2 / 16, rel=1e-6)
@@ -162,11 +167,12 @@ def test_single_mask_output_and_absent_object():
 def test_num_objects_normalisation_and_sum_over_steps():
     torch.manual_seed(0)
     gt = torch.rand(1, 1, 8, 8) > 0.5
-    step = {"multimasks": torch.randn(1, 3, 8, 8), "ious": torch.rand(1, 3), "object_score_logits": torch.randn(1, 1)}
+    step = _step(torch.randn(1, 3, 8, 8), torch.rand(1, 3), torch.randn(1, 1))
     loss = TaskLoss()
     one = loss([step], gt, num_objects=1)
     half = loss([step], gt, num_objects=2)
-    two_objects = loss([{k: torch.cat([v, v]) for k, v in step.items()}], torch.cat([gt, gt]), num_objects=2)
+    doubled = _step(*(torch.cat([v, v]) for v in (step.multimasks, step.ious, step.object_score_logits)))
+    two_objects = loss([doubled], torch.cat([gt, gt]), num_objects=2)
     two_steps = loss([step, step], gt, num_objects=1)
     clamped = loss([step], gt, num_objects=0)
     for k in ("loss_task", "loss_mask", "loss_dice", "loss_iou", "loss_class"):
@@ -179,28 +185,23 @@ def test_num_objects_normalisation_and_sum_over_steps():
 def test_low_res_logits_are_upsampled_to_target_size():
     gt = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
     gt[..., :4] = True
-    low = {"multimasks": torch.full((1, 1, 2, 2), 1.5), "ious": torch.zeros(1, 1),
-           "object_score_logits": torch.zeros(1, 1)}
-    full = dict(low, multimasks=torch.full((1, 1, 8, 8), 1.5))  # bilinear upsampling of a constant is the constant
+    low = _step(torch.full((1, 1, 2, 2), 1.5), torch.zeros(1, 1), torch.zeros(1, 1))
+    # bilinear upsampling of a constant is the constant
+    full = _step(torch.full((1, 1, 8, 8), 1.5), low.ious, low.object_score_logits)
     a, b = TaskLoss()([low], gt, 1), TaskLoss()([full], gt, 1)
     assert all(a[k].item() == pytest.approx(b[k].item(), rel=1e-6) for k in a)
 
 
-def test_task_loss_accepts_attribute_steps_and_reports_bad_input():
-    class Step:
-        def __init__(self):
-            self.multimasks, self.ious = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1)
-            self.object_score_logits = torch.zeros(1, 1)
-
-    gt = torch.ones(1, 4, 4, dtype=torch.bool)  # (N, H, W) is accepted too
-    assert set(TaskLoss()([Step()], gt, 1)) == {"loss_task", "loss_mask", "loss_dice", "loss_iou", "loss_class"}
-    with pytest.raises(KeyError, match="object_score_logits"):
-        TaskLoss()([{"multimasks": torch.zeros(1, 1, 4, 4), "ious": torch.zeros(1, 1)}], gt, 1)
+def test_task_loss_targets_layouts_and_reports_bad_input():
+    gt = torch.ones(1, 4, 4, dtype=torch.bool)  # (N, H, W) is accepted as well as (N, 1, H, W)
+    step = _step(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1), torch.zeros(1, 1))
+    out = TaskLoss()([step], gt, 1)
+    assert set(out) == {"loss_task", "loss_mask", "loss_dice", "loss_iou", "loss_class"}
+    assert all(out[k].item() == TaskLoss()([step], gt[:, None], 1)[k].item() for k in out)
     with pytest.raises(ValueError, match="at least one"):
         TaskLoss()([], gt, 1)
     with pytest.raises(ValueError, match="2 objects"):
-        TaskLoss()([{"multimasks": torch.zeros(2, 1, 4, 4), "ious": torch.zeros(2, 1),
-                     "object_score_logits": torch.zeros(2, 1)}], gt, 1)
+        TaskLoss()([_step(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1), torch.zeros(2, 1))], gt, 1)
 
 
 # ---------------------------------------------------------------------------------------------- distillation
@@ -221,8 +222,7 @@ def test_distillation_loss_combines_and_reports_every_term():
     s16, t16 = torch.zeros(1, 2, 2, 2, requires_grad=True), torch.full((1, 2, 2, 2), 2.0)   # MSE 4
     sfm, tfm = torch.zeros(1, 5, 3, requires_grad=True), torch.ones(1, 5, 3)                 # MSE 1
     stage1 = DistillationLoss(TaskLoss(), lambda_f16=1.0, lambda_fm=0.0)
-    out = stage1(steps=[step], targets=gt, num_objects=1, f16_student=s16, f16_teacher=t16, fm_student=sfm,
-                 fm_teacher=tfm)
+    out = stage1(TaskLoss()([step], gt, 1), f16_student=s16, f16_teacher=t16, fm_student=sfm, fm_teacher=tfm)
     assert set(out) == {"loss", "loss_task", "loss_f16", "loss_fm", "loss_mask", "loss_dice", "loss_iou", "loss_class"}
     assert out["loss_f16"].item() == pytest.approx(4.0) and out["loss_fm"].item() == pytest.approx(1.0)
     assert out["loss"].item() == pytest.approx(out["loss_task"].item() + 4.0, rel=1e-6)
@@ -231,10 +231,9 @@ def test_distillation_loss_combines_and_reports_every_term():
                   fm_student=sfm, fm_teacher=tfm)
     assert out2["loss_task"].item() == pytest.approx(2 * out["loss_task"].item(), rel=1e-6)
     assert out2["loss"].item() == pytest.approx(out2["loss_task"].item() + 4.0 + 0.5, rel=1e-6)
-    no_teacher = stage1(steps=[step], targets=gt, num_objects=1, f16_student=s16, f16_teacher=None)
+    no_teacher = stage1(TaskLoss()([step], gt, 1), f16_student=s16, f16_teacher=None)
     assert no_teacher["loss_f16"].item() == 0.0 and no_teacher["loss"].item() == pytest.approx(out["loss_task"].item())
-    with pytest.raises(ValueError, match="task_losses"):
-        stage1(f16_student=s16, f16_teacher=t16)
+    assert no_teacher["loss_fm"].item() == 0.0  # no memory features given: the term is 0
 
 
 # ---------------------------------------------------------------------------------------------- param groups

@@ -13,6 +13,7 @@ import logging
 import math
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -22,8 +23,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
+from PIL import Image
 from torch import nn
 
+from edgetam_train.callbacks.mask_pictures import MaskPictures, title_height
 from edgetam_train.config import CONFIG_DIR, register_resolvers
 from edgetam_train.data.datamodule import SA1BDataModule
 from edgetam_train.data.datasets.fixed_batch import FixedBatch
@@ -31,6 +34,7 @@ from edgetam_train.data.datasets.sa1b import SA1BDataset, collate_sa1b
 from edgetam_train.data.synthetic import make_sample_data
 from edgetam_train.distill.module import DistillationModule
 from edgetam_train.distill.optim import inverse_sqrt_schedule
+from edgetam_train.distill.step_output import ClipStepOutput
 from edgetam_train.distill.teacher import FrozenTeacher
 from edgetam_train.models.build import build_model
 from edgetam_train.models.checkpoint import read_state_dict
@@ -49,8 +53,7 @@ def project(tmp_path_factory) -> Path:
 def compose_train(project: Path, *overrides: str) -> DictConfig:
     """``train.yaml`` composed as ``python train.py experiment=edgetam_distill debug=quickstart <overrides>``."""
     register_resolvers()
-    base = ["experiment=edgetam_distill", "debug=quickstart", f"paths.root_dir={project}",
-            "model.vis_every_n_steps=0"]
+    base = ["experiment=edgetam_distill", "debug=quickstart", f"paths.root_dir={project}"]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         return compose("train", overrides=base + list(overrides))
 
@@ -103,7 +106,7 @@ def test_overfits_a_fixed_batch_with_distillation(project, batch):
         torch.manual_seed(1234)  # the same prompts (first prompt type, clicks) every step
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            losses, _ = module.clip_step(batch)
+            losses = module.clip_step(batch).losses
         history.append({k: float(v.detach()) for k, v in losses.items()})
         first, now = history[0], history[-1]
         if (now["loss"] <= 0.5 * first["loss"] and now["loss_dice"] <= 0.5 * first["loss_dice"]
@@ -141,7 +144,7 @@ def test_feature_term_pulls_student_f16_to_frozen_teacher(project, batch):
         torch.manual_seed(step)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            losses, _ = module.clip_step(batch)
+            losses = module.clip_step(batch).losses
         assert float(losses["loss_task"].detach()) == 0.0
         assert math.isclose(float(losses["loss"].detach()), float(losses["loss_f16"].detach()), rel_tol=1e-6)
         opt.zero_grad(set_to_none=True)
@@ -153,6 +156,39 @@ def test_feature_term_pulls_student_f16_to_frozen_teacher(project, batch):
     after = teacher.state_dict()
     assert after.keys() == teacher_sd.keys() and all(torch.equal(after[k], v) for k, v in teacher_sd.items())
     assert torch.equal(teacher.encode_image(images).f16, f16_teacher)
+
+
+# ---------------------------------------------------------------------------------------------- step output, pictures
+def test_step_returns_the_typed_output_and_the_callback_draws_from_it(project, batch, tmp_path, monkeypatch):
+    """training_step returns {"loss", "step": ClipStepOutput} on every step and no pictures; MaskPictures draws from
+    that output on its own steps only, calling the teacher's first_prompt_masks there (never on other steps)."""
+    module = build_module(project, "model.prompts.num_correction_clicks=1")
+    module.train()
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = module.training_step(batch, 0)
+    assert set(out) == {"loss", "step"} and isinstance(out["step"], ClipStepOutput)
+    step = out["step"]
+    assert torch.equal(out["loss"], step.losses["loss"]) and step.num_objects == 3
+    assert step.clip_images.shape == (1, 1, 3, 256, 256) and step.clip_gt.shape == (1, 3, 1, 256, 256)
+    assert len(step.records) == 1 and len(step.records[0].steps) == 2 and step.teacher_records is None
+
+    calls = []
+    real = module.teacher.first_prompt_masks
+    monkeypatch.setattr(module.teacher, "first_prompt_masks", lambda *a: calls.append(torch.is_grad_enabled())
+                        or real(*a))
+    cb = MaskPictures(every_n_steps=2, panel_size=32)
+    trainer = SimpleNamespace(loggers=[], default_root_dir=str(tmp_path), is_global_zero=True, global_step=1)
+    cb.on_train_batch_start(trainer, module, batch, 0)
+    cb.on_train_batch_end(trainer, module, out, batch, 0)  # step 1: not a drawing step
+    assert calls == [] and not (tmp_path / "mask_pictures").exists()
+    trainer.global_step = 2
+    cb.on_train_batch_start(trainer, module, batch, 0)
+    cb.on_train_batch_end(trainer, module, out, batch, 0)
+    assert calls == [False]  # one teacher pass, without gradients
+    (png,) = (tmp_path / "mask_pictures").iterdir()
+    assert png.name == "step_0000002_0.png" and Image.open(png).size == (4 * 32, 32 + title_height(32))
 
 
 # ---------------------------------------------------------------------------------------------- the frozen teacher

@@ -24,7 +24,7 @@ def fit(module, batch, steps: int, lr: float = 1e-3) -> list[float]:
     losses = []
     for _ in range(steps):
         torch.manual_seed(0)
-        out, _ = module.clip_step(batch)
+        out = module.clip_step(batch).losses
         opt.zero_grad()
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(module.student.parameters(), 1.0)
@@ -72,7 +72,7 @@ def test_teacher_and_student_memory_banks_are_independent(batch, monkeypatch):
     monkeypatch.setattr(prompting, "MemoryBank", SpyBank)
     module = build_module("model.prompts.num_correction_clicks=1", "model.prompts.video_prob_points=1.0")
     torch.manual_seed(0)
-    losses, _ = module.clip_step(batch)
+    losses = module.clip_step(batch).losses
     assert len(banks) == 2
     student_bank, teacher_bank = banks
     student_mem = [o.memory for o in {**student_bank.cond, **student_bank.non_cond}.values() if o.memory is not None]

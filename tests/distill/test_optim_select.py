@@ -1,7 +1,8 @@
 """The optimiser and schedule chosen in the config by ``_partial_`` targets (``distill/optim_select.py``): ours by
 default (the same AdamW groups and LambdaLR as before), a ``torch.optim`` class with our parameter groups, a torch
-schedule that receives ``trainer.max_steps``, a constant rate for ``null``; the hyper-parameters hold plain dicts that
-``torch.load(weights_only=True)`` reads (Lightning's resume)."""
+schedule that receives ``trainer.max_steps``, a constant rate for ``null``; nothing but partials or null (a dict is
+refused, naming the key); the hyper-parameters hold plain dicts that ``torch.load(weights_only=True)`` reads
+(Lightning's resume)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ from edgetam_train.distill.optim_select import describe, make_optimizer, make_sc
 
 
 def _module(tmp_path, *overrides: str) -> DistillationModule:
-    base = ["experiment=edgetam_distill", "debug=quickstart", f"paths.root_dir={tmp_path}", "model.teacher=null",
-            "model.vis_every_n_steps=0"]
+    base = ["experiment=edgetam_distill", "debug=quickstart", f"paths.root_dir={tmp_path}", "model.teacher=null"]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=base + list(overrides))
     return instantiate(cfg.model, _convert_="partial")
@@ -90,14 +90,20 @@ def test_torch_optimizer_gets_our_groups_and_torch_schedule_gets_max_steps(tmp_p
     assert isinstance(_configure(constant), torch.optim.AdamW)  # no schedule: the optimiser alone
 
 
-def test_plain_dicts_still_mean_ours_and_bad_factories_are_named():
+def test_partials_and_none_are_the_one_form_and_bad_factories_are_named():
     net = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
-    opt = make_optimizer({"lr": 1e-3, "weight_decay": 0.05}, net)
+    opt = make_optimizer(functools.partial(build_optimizer, lr=1e-3, weight_decay=0.05), net)
     assert type(opt) is torch.optim.AdamW and {g["name"] for g in opt.param_groups} == {"decay", "no_decay"}
-    assert make_scheduler({}, opt, 10) is None and make_scheduler(None, opt, 10) is None
-    assert isinstance(make_scheduler({"name": "cosine", "warmup_steps": 2}, opt, 10),
+    assert type(make_optimizer(None, net)) is torch.optim.AdamW  # null: ours with its defaults
+    assert make_scheduler(None, opt, 10) is None
+    assert isinstance(make_scheduler(functools.partial(build_scheduler, name="cosine", warmup_steps=2), opt, 10),
                       torch.optim.lr_scheduler.LambdaLR)
-    assert describe({"lr": 1.0}) == {"lr": 1.0} and describe(None) is None
+    assert describe(None) is None
+    assert describe(functools.partial(build_scheduler, name="constant")) == {
+        "_target_": "edgetam_train.distill.optim.build_scheduler", "_partial_": True, "name": "constant"}
+    for bad, key in (({"lr": 1e-3}, "model.optimizer"), ({"name": "constant"}, "model.scheduler")):
+        with pytest.raises(TypeError, match=rf"{key}: expected a _partial_ target .* got dict"):
+            (make_optimizer(bad, net) if key == "model.optimizer" else make_scheduler(bad, opt, 10))
     with pytest.raises(ValueError, match=r"torch.optim.sgd.SGD takes no \['betas'\]; remove them"):
         make_optimizer(functools.partial(torch.optim.SGD, lr=0.1, betas=[0.9, 0.99], vision_lr=None), net)
     with pytest.raises(ValueError, match=r"returned Linear, expected a torch.optim.Optimizer"):

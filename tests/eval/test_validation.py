@@ -165,7 +165,6 @@ def test_fit_with_validation_logs_scores_and_keeps_best_checkpoint(project):
                  f"paths.output_dir={project / 'logs' / 'val_run'}",
                  "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
                  "trainer.enable_progress_bar=false", "~callbacks.step_progress_bar", "~callbacks.mask_pictures",
-                 "model.vis_every_n_steps=0",
                  "model.prompts.num_correction_clicks=1", "data.max_masks=2", "data.val.vos.max_frames=4",
                  "data.val.miou.max_images=2", "data.val.miou.max_masks=2"]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):

@@ -40,10 +40,10 @@ class NonFiniteInjector(pl.Callback):
         real = pl_module.clip_step
 
         def clip_step(batch):
-            losses, aux = real(batch)
+            out = real(batch)
             if trainer.global_step in self.steps and (self.ranks is None or trainer.global_rank in self.ranks):
-                losses = {k: v * float("nan") for k, v in losses.items()}
-            return losses, aux
+                out.losses = {k: v * float("nan") for k, v in out.losses.items()}
+            return out
 
         pl_module.clip_step = clip_step
         self.records.append({"step": -1, "rank": trainer.global_rank, "params": params_digest(pl_module)})

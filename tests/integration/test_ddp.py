@@ -34,7 +34,7 @@ def test_video_quickstart_on_two_cpu_processes(tmp_path):
          "trainer.sync_batchnorm=false",              # SyncBatchNorm is GPU-only; the rest is trainer=ddp as on GPUs
          f"trainer.max_steps={STEPS}", "trainer.log_every_n_steps=1",
          "callbacks.model_checkpoint.every_n_train_steps=2",
-         "model.vis_every_n_steps=2",                 # mask pictures (rank 0 only) in the middle of the run
+         "callbacks.mask_pictures.every_n_steps=2",   # mask pictures (rank 0 only) in the middle of the run
          "data.clip_len=2", "data.max_objects=1", "model.prompts.num_correction_clicks=1",
          "data.val.vos.root=null", "data.val.miou.root=null",
          # all three datasets likely, so "the same dataset on every rank" is tested across datasets

@@ -5,7 +5,7 @@
 - SIGTERM saves ``last.ckpt`` and exits with status 0; the re-launch continues at the next step, step-exact too;
 - checkpoint files are written atomically: a save that fails or is killed midway leaves the previous one loadable;
 - a non-finite loss skips the step (no update, all ranks together), is counted in ``train/nonfinite_steps``, and
-  ``trainer.max_consecutive_nonfinite`` skips in a row stop the run with an error naming the step and the terms.
+  ``model.max_consecutive_nonfinite`` skips in a row stop the run with an error naming the step and the terms.
 
 The ``train.py`` runs use the stage-1 quick start at its smallest: 4 sample images of 256 px, batch 1 (4 steps per
 epoch), 2 masks, 1 correction click, random SAM 2.1-T teacher, one CPU thread, deterministic algorithms.
@@ -29,6 +29,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -42,7 +43,6 @@ from edgetam_train.data.samplers import EpochDistributedSampler, EpochShuffleSam
 from edgetam_train.distill.module import DistillationModule
 from edgetam_train.distill.nonfinite import NonFiniteLossError
 from edgetam_train.run.checkpoint_io import AtomicCheckpointIO
-from edgetam_train.run.trainer import Trainer
 from tests.helpers.nonfinite_injector import NonFiniteInjector
 from tests.helpers.toy_module import ToyModule
 
@@ -51,7 +51,7 @@ STEPS = 7  # 4 batches per epoch: the runs cross into epoch 1
 SMALL = ["experiment=edgetam_distill", "debug=quickstart", f"trainer.max_steps={STEPS}", "trainer.log_every_n_steps=1",
          "callbacks.model_checkpoint.save_top_k=0",  # only last.ckpt: one write per checkpoint
          "model.prompts.num_correction_clicks=1", "data.max_masks=2", "data.batch_size=1",
-         "data.val.vos.root=null", "data.val.miou.root=null", "model.vis_every_n_steps=0",
+         "data.val.vos.root=null", "data.val.miou.root=null",
          "callbacks.mask_pictures=null", "deterministic=true", "ckpt_path=auto"]
 
 
@@ -340,10 +340,10 @@ def test_every_trainer_option_writes_checkpoints_atomically(option, monkeypatch,
                                           f"trainer={option}"])
     targets = [p["_target_"] for p in cfg.trainer.plugins]
     assert "edgetam_train.run.checkpoint_io.AtomicCheckpointIO" in targets, targets
-    assert cfg.trainer.max_consecutive_nonfinite == 5 and cfg.trainer._target_ == "edgetam_train.run.trainer.Trainer"
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"  # Lightning's own: no setting of ours in the trainer
     if option in ("default", "cpu"):
         trainer = instantiate(cfg.trainer, logger=False)
-        assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO) and trainer.max_consecutive_nonfinite == 5
+        assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
 # ---------------------------------------------------------------------------------------------- non-finite loss
@@ -353,25 +353,26 @@ def nan_setup(project):
     256-px image batch."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=["experiment=edgetam_distill", "debug=quickstart", f"paths.root_dir={project}",
-                                          "model.vis_every_n_steps=0", "model.prompts.num_correction_clicks=0",
+                                          "model.prompts.num_correction_clicks=0",
                                           "trainer.max_steps=6"])  # the schedule fits 6 steps
     ds = SA1BDataset(project / "data" / "sample" / "sa1b", image_size=256, max_masks=2, hflip_p=0.0)
     batch = collate_sa1b([ds[0]])
 
-    def make() -> DistillationModule:
+    assert cfg.model.max_consecutive_nonfinite == 5  # configs/model/distill_image.yaml
+
+    def make(max_consecutive: int | None = 5) -> DistillationModule:
         torch.manual_seed(0)
-        return instantiate(cfg.model, _convert_="partial")
+        return instantiate(cfg.model, _convert_="partial", max_consecutive_nonfinite=max_consecutive)
 
     return make, torch.utils.data.DataLoader(FixedBatch(batch, 6), batch_size=None)
 
 
-def _fit(module, loader, tmp_path: Path, injector: NonFiniteInjector, max_consecutive: int) -> pl.Trainer:
+def _fit(module, loader, tmp_path: Path, injector: NonFiniteInjector) -> pl.Trainer:
     trainer = Trainer(max_steps=6, accelerator="cpu", devices=1, precision="32-true", gradient_clip_val=0.1,
                       log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
                       logger=CSVLogger(str(tmp_path), name="csv", version=0), default_root_dir=str(tmp_path),
                       callbacks=[injector, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0,
-                                                           every_n_train_steps=1)],
-                      max_consecutive_nonfinite=max_consecutive)
+                                                           every_n_train_steps=1)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module, train_dataloaders=loader)
@@ -383,8 +384,8 @@ def test_nonfinite_loss_skips_the_step_and_is_counted(nan_setup, tmp_path, caplo
     untouched (with gradient clipping on), the others update; train/nonfinite_steps counts 0,1,1,2,2,2 and the count
     is saved in the checkpoint."""
     make, loader = nan_setup
-    module, injector = make(), NonFiniteInjector(steps=[1, 3])
-    trainer = _fit(module, loader, tmp_path, injector, max_consecutive=2)
+    module, injector = make(max_consecutive=2), NonFiniteInjector(steps=[1, 3])
+    trainer = _fit(module, loader, tmp_path, injector)
     assert trainer.global_step == 6
     digest = {r["step"]: r["params"] for r in injector.records}  # step -1: before training
     for step in range(6):
@@ -400,11 +401,11 @@ def test_nonfinite_loss_skips_the_step_and_is_counted(nan_setup, tmp_path, caplo
 
 def test_consecutive_nonfinite_losses_stop_the_run(nan_setup, tmp_path):
     make, loader = nan_setup
-    module = make()
+    module = make(max_consecutive=2)
     with pytest.raises(NonFiniteLossError) as err:
-        _fit(module, loader, tmp_path, NonFiniteInjector(steps=[2, 3, 4]), max_consecutive=2)
+        _fit(module, loader, tmp_path, NonFiniteInjector(steps=[2, 3, 4]))
     msg = str(err.value)
-    assert "global step 3" in msg and "max_consecutive_nonfinite=2" in msg, msg
+    assert "global step 3" in msg and "model.max_consecutive_nonfinite=2" in msg, msg
     for term in ("loss=nan", "loss_task=nan", "loss_f16=nan", "loss_mask=nan", "loss_dice=nan", "loss_iou=nan"):
         assert term in msg, msg
 
@@ -426,3 +427,11 @@ def test_nonfinite_loss_on_one_ddp_rank_skips_the_step_on_both(project, tmp_path
     assert [ranks[0][s] != ranks[0][s - 1] for s in range(4)] == [True, True, False, True]
     (steps,) = losses(project / "logs" / "train" / "runs" / "ddp_nan").values()
     assert len(steps) == 4
+
+
+def test_max_consecutive_nonfinite_is_checked_naming_the_key(nan_setup):
+    make, _ = nan_setup
+    for bad in (0, -3):
+        with pytest.raises(Exception, match=rf"model.max_consecutive_nonfinite={bad}: expected an integer >= 1"):
+            make(max_consecutive=bad)
+    assert make(max_consecutive=None).max_consecutive_nonfinite is None  # null: skip forever, never stop

@@ -4,6 +4,8 @@ step."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -19,6 +21,8 @@ from edgetam_train.data.synthetic import make_sample_data
 from edgetam_train.distill.freeze import freeze
 from edgetam_train.distill.losses import DistillationLoss
 from edgetam_train.distill.module import DistillationModule
+from edgetam_train.distill.optim import build_optimizer, build_scheduler
+from edgetam_train.distill.prompting import PromptConfig
 from edgetam_train.models.build import build_model
 
 TRUNK = "image_encoder.trunk"
@@ -86,8 +90,9 @@ def test_task_loss_only_with_ema_keeps_the_frozen_trunk_bit_identical(student_in
                              "miou": {"root": None, "max_masks": 2}},
                         image_size=256, max_masks=2, batch_size=1, num_workers=0, pin_memory=False)
     module = DistillationModule(_student(student_init), teacher=None, loss=DistillationLoss(lambda_f16=1.0),
-                                prompts={"num_correction_clicks": 1}, optimizer={"lr": 1e-3},
-                                scheduler={"name": "constant"}, freeze=[TRUNK], vis_every_n_steps=0)
+                                prompts=PromptConfig(num_correction_clicks=1),
+                                optimizer=partial(build_optimizer, lr=1e-3),
+                                scheduler=partial(build_scheduler, name="constant"), freeze=[TRUNK])
     trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, val_check_interval=100,
                          check_val_every_n_epoch=None,
@@ -116,8 +121,9 @@ def test_task_loss_only_with_ema_keeps_the_frozen_trunk_bit_identical(student_in
 
     # resume: the module and the EMA continue from the checkpoint (Lightning's WeightAveraging.on_load_checkpoint)
     resumed = DistillationModule(_student(student_init), teacher=None, loss=DistillationLoss(),
-                                 prompts={"num_correction_clicks": 1}, optimizer={"lr": 1e-3},
-                                 scheduler={"name": "constant"}, freeze=[TRUNK], vis_every_n_steps=0)
+                                 prompts=PromptConfig(num_correction_clicks=1),
+                                 optimizer=partial(build_optimizer, lr=1e-3),
+                                 scheduler=partial(build_scheduler, name="constant"), freeze=[TRUNK])
     trainer = pl.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
                          callbacks=[EMA(decay=0.5)], enable_checkpointing=False)

@@ -33,7 +33,8 @@ def run(tmp_path: Path, *extra: str) -> tuple[int, list[tuple[int, float]], Path
 
 def test_short_run_validates_at_step_0_and_at_the_end_and_draws_the_curve(tmp_path, capsys):
     rc, points, png = run(tmp_path, "--train-images", "4", "--val-images", "2", "trainer.max_steps=2",
-                          "trainer.val_check_interval=2", "data.batch_size=1", "model.vis_every_n_steps=1000")
+                          "trainer.val_check_interval=2", "data.batch_size=1",
+                          "callbacks.mask_pictures.every_n_steps=1000")
     assert [step for step, _ in points] == [0, 2]  # the untrained weights are scored before the first step
     assert all(0.0 <= v <= 1.0 for _, v in points)
     assert rc == 1 and "FAIL" in capsys.readouterr().out  # 2 steps do not reach 0.5: the verdict says so

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from edgetam_train.distill.losses import TaskLoss, dice_loss, sigmoid_focal_loss
-from edgetam_train.distill.prompting import mask_to_box
+from edgetam_train.distill.prompting import PromptStep, mask_to_box
 
 
 def focal_reference(logits, targets, alpha=0.25, gamma=2.0):
@@ -63,14 +63,14 @@ def test_task_loss_mask_term_is_sam2_normalised_focal_of_best_candidate():
     g = torch.Generator().manual_seed(1)
     targets = torch.rand(4, 1, 8, 8, generator=g) > 0.5
     targets[3] = False  # an absent object: no mask term
-    steps = [{"multimasks": torch.randn(4, 3, 8, 8, generator=g) * 3, "ious": torch.rand(4, 3, generator=g),
-              "object_score_logits": torch.randn(4, 1, generator=g)} for _ in range(2)]
+    steps = [PromptStep(torch.randn(4, 3, 8, 8, generator=g) * 3, torch.rand(4, 3, generator=g),
+                        torch.randn(4, 1, generator=g), point_coords=None, point_labels=None) for _ in range(2)]
     num_objects = 2.5
     got = TaskLoss()(steps, targets, num_objects)["loss_mask"]
     expected = 0.0
     for step in steps:
-        focal = focal_reference(step["multimasks"], targets) / num_objects
-        dice = dice_loss(step["multimasks"], targets) / num_objects
+        focal = focal_reference(step.multimasks, targets) / num_objects
+        dice = dice_loss(step.multimasks, targets) / num_objects
         best = (focal * 20 + dice).argmin(1)
         present = targets.flatten(1).any(1).float()
         expected = expected + (focal[torch.arange(4), best] * present).sum()

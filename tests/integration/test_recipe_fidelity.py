@@ -129,10 +129,10 @@ def test_self_distillation_identity_in_process(experiment, frames):
         plan = prompting.plan_clip(frames, module.prompts)
         kinds.add(plan.first_kind)
         torch.manual_seed(seed)
-        losses, aux = module.clip_step(batch)
-        losses = {k: v.detach() for k, v in losses.items()}
+        out = module.clip_step(batch)
+        losses = {k: v.detach() for k, v in out.losses.items()}
         assert float(losses["loss_f16"]) <= 1e-6 and float(losses["loss_fm"]) <= 1e-6, (seed, losses)
-        assert (aux["teacher_records"] is not None) == (frames > 1)  # stage 2: the teacher replayed the clip
+        assert (out.teacher_records is not None) == (frames > 1)  # stage 2: the teacher replayed the clip
     assert len(kinds) >= 2
 
 
@@ -143,7 +143,7 @@ def test_identity_check_fails_when_the_teacher_replays_under_the_inference_rules
                                    "model.prompts.num_correction_clicks=2", "model.prompts.video_prob_points=1.0")
     module.train()
     torch.manual_seed(0)
-    losses, _ = module.clip_step(synthetic_clip(4))
+    losses = module.clip_step(synthetic_clip(4).losses)
     assert float(losses["loss_f16"]) <= 1e-6 < float(losses["loss_fm"])
 
 

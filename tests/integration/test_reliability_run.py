@@ -13,12 +13,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from edgetam_train.callbacks.sigterm_checkpoint import SigtermCheckpoint
 from edgetam_train.data.workers import init_worker
 from edgetam_train.run.checkpoint_io import AtomicCheckpointIO
-from edgetam_train.run.trainer import Trainer
 from tests.helpers.toy_module import ToyModule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,7 +100,7 @@ def test_ctrl_c_to_train_py_process_group_saves_last_checkpoint(tmp_path, ranks)
     assert out.returncode == 0, out.stderr
     args = ["experiment=edgetam_distill", "debug=quickstart", "trainer.max_steps=40", "run_name=ctrlc",
             "model.prompts.num_correction_clicks=1", "data.max_masks=2", "data.batch_size=1", "data.num_workers=1",
-            "data.val.vos.root=null", "data.val.miou.root=null", "model.vis_every_n_steps=0",
+            "data.val.vos.root=null", "data.val.miou.root=null",
             "callbacks.mask_pictures=null", "callbacks.model_checkpoint.save_top_k=0", "ckpt_path=auto",
             "callbacks.model_checkpoint.every_n_train_steps=1000", *(DDP_CPU if ranks > 1 else [])]
     env = {**os.environ, "PROJECT_ROOT": str(project), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}

@@ -33,7 +33,7 @@ QUICK = {"image": ["experiment=edgetam_distill", "debug=quickstart"],
 
 def compose_cfg(stage: str, *overrides: str):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return compose("train", overrides=[*QUICK[stage], f"paths.root_dir={REPO}", "model.vis_every_n_steps=0",
+        return compose("train", overrides=[*QUICK[stage], f"paths.root_dir={REPO}",
                                            *overrides])
 
 
@@ -65,7 +65,7 @@ def step(module, batch: dict, autocast: bool = False) -> tuple[dict, dict]:
     module.student.zero_grad(set_to_none=True)
     torch.manual_seed(1)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        losses, _ = module.clip_step(batch)
+        losses = module.clip_step(batch).losses
     losses["loss"].backward()
     grads = {n: p.grad.detach().clone() for n, p in module.student.named_parameters() if p.grad is not None}
     return {k: v.detach().float() for k, v in losses.items()}, grads

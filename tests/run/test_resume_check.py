@@ -33,7 +33,7 @@ def _stored(run_dir: Path, cfg: dict) -> None:
 
 
 BASE = {"run_name": "r", "ckpt_path": "auto", "accept_config_changes": [],
-        "model": {"optimizer": {"lr": 4e-4}, "vis_every_n_steps": 10},
+        "model": {"optimizer": {"lr": 4e-4}}, "callbacks": {"mask_pictures": {"every_n_steps": 10}},
         "data": {"max_masks": 4, "num_workers": 8, "datasets": ["a", "b"]},
         "trainer": {"max_steps": 40, "val_check_interval": 20}}
 
@@ -66,9 +66,10 @@ def test_identical_and_fresh_runs_pass_without_a_record(tmp_path):
 def test_safe_changes_resume_and_are_recorded(tmp_path, caplog):
     _stored(tmp_path, BASE)
     with caplog.at_level("INFO"):
-        changes = check_resume_config(_with(trainer__max_steps=80, data__num_workers=0, model__vis_every_n_steps=5),
-                                      tmp_path, "ck/last.ckpt", rank_zero=True)
-    assert set(changes.safe) == {"trainer.max_steps", "data.num_workers", "model.vis_every_n_steps"}
+        new = _with(trainer__max_steps=80, data__num_workers=0, callbacks__mask_pictures__every_n_steps=5)
+        changes = check_resume_config(new, tmp_path, "ck/last.ckpt", rank_zero=True)
+    assert set(changes.safe) == {"trainer.max_steps", "data.num_workers",
+                                 "callbacks.mask_pictures.every_n_steps"}
     assert "trainer.max_steps: 40 -> 80" in caplog.text
     (entry,) = OmegaConf.to_container(OmegaConf.load(tmp_path / CHANGES_FILE))
     assert entry["resumed_from"] == "ck/last.ckpt" and entry["safe"]["trainer.max_steps"] == {"old": 40, "new": 80}
@@ -111,7 +112,8 @@ def test_the_documented_safe_overrides_are_safe_in_the_composed_configs(experime
     override touches must itself be safe, or a resume with it would be refused."""
     stored = _composed(*experiment)
     safe = ["trainer.log_every_n_steps=7", "trainer.val_check_interval=3", "data.num_workers=1",
-            "model.vis_every_n_steps=3", "logger=wandb", "callbacks.model_checkpoint.every_n_train_steps=9"]
+            "callbacks.mask_pictures.every_n_steps=3", "logger=wandb",
+            "callbacks.model_checkpoint.every_n_train_steps=9"]
     if "debug=quickstart" not in experiment:  # the quick start derives its warmup from max_steps: not safe there
         safe.append("trainer.max_steps=123")
     changes = classify_changes(config_diff(stored, _composed(*experiment, *safe)))

@@ -45,7 +45,8 @@ def project(tmp_path_factory) -> Path:
 def test_quickstart_two_steps_writes_checkpoint_metrics_and_pictures(project):
     proc = run_train(project, "experiment=edgetam_distill", "debug=quickstart", "trainer.max_steps=2",
                      "trainer.log_every_n_steps=1", "callbacks.model_checkpoint.every_n_train_steps=2",
-                     "model.vis_every_n_steps=1", "model.prompts.num_correction_clicks=1", "data.max_masks=2")
+                     "callbacks.mask_pictures.every_n_steps=1", "model.prompts.num_correction_clicks=1",
+                     "data.max_masks=2")
     assert proc.returncode == 0, proc.stderr[-4000:]
     run_dir = project / "logs" / "train" / "runs" / "quickstart"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
