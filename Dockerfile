@@ -24,7 +24,6 @@ WORKDIR /work
 RUN pip install torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY edgetam_train ./edgetam_train
-COPY callbacks ./callbacks
 # the project itself (a local path: DL3013 does not apply; its dependencies are pinned in pyproject.toml)
 # hadolint ignore=DL3013
 RUN pip install ".[cluster]"

@@ -568,7 +568,7 @@ def test_a_new_dataset_is_a_class_and_one_config_entry(sample, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    entry = f"{{_target_:test_video_data.RenamedVOS,root:'{sample / 'davis'}',weight:1.0}}"
+    entry = f"{{_target_:tests.data.test_clips.RenamedVOS,root:'{sample / 'davis'}',weight:1.0}}"
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[
             "data=video_mixture", "model.student.image_size=64", "data.datasets.sav.root=null",

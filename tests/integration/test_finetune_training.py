@@ -76,7 +76,7 @@ def test_finetune_experiment_composes_without_a_teacher():
                                           "callbacks=[finetune,ema,early_stopping]"])
     assert cfg.data._target_.endswith("COCODataModule") and cfg.data.val.miou.root is None
     assert cfg.callbacks.best_checkpoint.monitor == "val/mIoU_1click" == cfg.callbacks.early_stopping.monitor
-    assert cfg.callbacks.ema._target_ == "callbacks.ema.EMA" and "final_validation" in cfg.callbacks
+    assert cfg.callbacks.ema._target_ == "edgetam_train.callbacks.ema.EMA" and "final_validation" in cfg.callbacks
     module = instantiate(cfg.model, _convert_="partial")
     assert module.teacher is None and module.frozen_modules == [TRUNK]
 

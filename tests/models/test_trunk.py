@@ -103,7 +103,7 @@ def test_quickstart_with_another_trunk_trains_predicts_and_exports(tmp_path, cap
     """The one override on the quick start trains; the checkpoint alone then drives edgetam-predict and -export."""
     import numpy as np
     from PIL import Image
-    from test_train_cli import run_train  # python train.py as the quick-start tests run it
+    from tests.run.test_train import run_train  # python train.py as the quick-start tests run it
 
     from edgetam_train.data.synthetic import make_sample_data
     from edgetam_train.export.cli import main as export_main

@@ -22,7 +22,7 @@ def test_docker_pins_equal_pyproject():
 def test_docker_runs_train_py_and_copies_what_it_needs():
     text = (REPO / "Dockerfile").read_text()
     assert re.search(r'ENTRYPOINT \["python", "train.py"\]', text)
-    for path in ("edgetam_train", "callbacks", "configs", "train.py"):
+    for path in ("edgetam_train", "configs", "train.py"):
         assert re.search(rf"COPY {re.escape(path)}\b", text), f"Dockerfile does not copy {path}"
         assert (REPO / path).exists()
 
