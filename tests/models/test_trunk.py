@@ -103,11 +103,11 @@ def test_quickstart_with_another_trunk_trains_predicts_and_exports(tmp_path, cap
     """The one override on the quick start trains; the checkpoint alone then drives edgetam-predict and -export."""
     import numpy as np
     from PIL import Image
-    from tests.run.test_train import run_train  # python train.py as the quick-start tests run it
 
     from edgetam_train.data.synthetic import make_sample_data
     from edgetam_train.export.cli import main as export_main
     from edgetam_train.predictor.cli import main as predict_main
+    from tests.run.test_train import run_train  # python train.py as the quick-start tests run it
 
     make_sample_data(["--out", str(tmp_path / "data" / "sample"), "--num-images", "2", "--formats",
                            "sa1b,davis", "--num-davis-videos", "1", "--video-frames", "2"])
