@@ -64,7 +64,9 @@ class DistillationModule(pl.LightningModule):
         prompts: prompt-simulation settings (the config builds the ``PromptConfig``); None: its defaults.
         optimizer / scheduler: ``_partial_`` targets (:mod:`edgetam_train.distill.optim_select`); None: our
             optimiser with its defaults / a constant learning rate.
-        init_from: a checkpoint (official or training) whose weights initialise the student (student keys only).
+        init_from: a checkpoint (official or training) whose weights initialise the student (student keys only);
+            None or ``"none"`` (no checkpoint, on purpose: what stage 2 must say to start without one) keep the
+            student's own init.
         max_consecutive_nonfinite: a step whose loss (or any loss term) is NaN/inf on any rank is skipped (no
             optimizer update) and counted (``train/nonfinite_steps``); this many skipped steps in a row stop the run
             with an error naming the step and the loss terms (:mod:`edgetam_train.distill.nonfinite`). None: skip
@@ -110,7 +112,7 @@ class DistillationModule(pl.LightningModule):
         if teacher is not None and teacher.image_size is not None and teacher.image_size != student.image_size:
             raise ValueError(f"teacher image_size {teacher.image_size} != student image_size "
                              f"{student.image_size}: both must see the same images (set both model.*.image_size)")
-        if init_from:
+        if init_from and str(init_from).strip().lower() != "none":
             sd = read_state_dict(init_from)
             check_state_dict(student, sd, str(init_from))
             student.load_state_dict(sd)

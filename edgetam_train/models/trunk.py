@@ -30,6 +30,12 @@ OFFICIAL_TRUNK_PREFIX = "image_encoder.trunk."
 TRUNK_STRIDES = (4, 8, 16, 32)  # what the FPN neck (2x top-down steps) and SAM 2's heads (F16, S/4, S/8) expect
 
 
+def is_random(weights: object) -> bool:
+    """``weights: random`` (any case): a randomly initialised trunk chosen on purpose (training refuses an unset
+    ``weights`` unless ``model.init_from`` replaces it; ``edgetam_train/run/preflight.py``)."""
+    return isinstance(weights, str) and weights.strip().lower() == "random"
+
+
 def _create_timm(name: str, device: str | None = None, **kwargs) -> nn.Module:
     """``timm.create_model(name, pretrained=False, in_chans=3, **kwargs)`` (on ``device``, e.g. "meta" for a free
     probe); an unknown name or a model without ``features_only`` support is a ValueError naming ``name``."""
@@ -122,7 +128,8 @@ class TimmTrunk(nn.Module):
         name: timm architecture, e.g. ``repvit_m1``, ``mobilenetv4_conv_small``.
         out_indices: which timm feature levels to return; None (default) = the levels at strides 4, 8, 16, 32
             (:func:`select_levels`). Whatever is chosen must have exactly those strides.
-        weights: optional local timm-format file (e.g. an ImageNet ``repvit_m1`` checkpoint), see :meth:`load_timm`.
+        weights: local timm-format file (e.g. the ImageNet ``repvit_m1.dist_in1k`` checkpoint), see :meth:`load_timm`;
+            None or ``"random"``: random init (``"random"`` says it is on purpose; training refuses None).
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
 
     ``forward(x (B, 3, H, W)) -> list`` of 4 maps high-res first, (B, C_i, H/s_i, W/s_i), s_i = 4, 8, 16, 32.
@@ -149,7 +156,7 @@ class TimmTrunk(nn.Module):
         # timm feature wrappers of some models (e.g. Swin) return channels-last maps
         self.channels_last = str(getattr(self.body, "output_fmt", "NCHW")).upper().endswith("NHWC")
         self.reparameterized = False
-        if weights is not None:
+        if weights is not None and not is_random(weights):
             self.load_timm(weights)
 
     def _pruned_keys(self) -> set[str]:
@@ -255,7 +262,7 @@ class HieraTrunk(nn.Module):
         self.stage_ends: list[int] = list(hiera.stage_ends)
         self.channel_list: list[int] = [self.blocks[i].dim_out for i in self.stage_ends][::-1]
         self.strides: list[int] = [info["reduction"] for info in hiera.feature_info]
-        if weights is not None:
+        if weights is not None and not is_random(weights):
             self.load_weights(weights)
 
     def load_weights(self, path: str | Path) -> None:

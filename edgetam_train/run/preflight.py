@@ -5,7 +5,9 @@ save ``every_n_train_steps`` later.
 - :func:`check_numeric_config`: the numeric config values (learning rate, steps, batch size, ...) have the right type
   and range (``model.optimizer.lr=abc`` names the key instead of failing inside the optimizer);
 - :func:`check_run_dir`: the run and checkpoint directories can be created and written, and their filesystem has
-  room for a few checkpoints (:data:`FREE_CHECKPOINTS`) of the model about to be trained.
+  room for a few checkpoints (:data:`FREE_CHECKPOINTS`) of the model about to be trained;
+- :func:`check_initialisation`: the weights start where the paper's do (ImageNet trunk, stage 2 from stage 1, an
+  existing teacher file) unless the config says ``random`` / ``none`` on purpose.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import hydra
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from edgetam_train.data.datamodule import VideoDataModule
 
 log = logging.getLogger(__name__)
 
@@ -156,3 +161,103 @@ def check_run_dir(directories: dict[str, str | Path], need_bytes: int = 0) -> No
                               f"about {_gb(need_bytes)}; free space there or point {key} elsewhere")
     log.info("run directories writable, %s free needed: %s", _gb(need_bytes),
              ", ".join(f"{k}={v}" for k, v in directories.items()))
+
+
+# ------------------------------------------------------------------------------------ where the weights start from
+
+RANDOM_TRUNK = "random"  # model.student.image_encoder.trunk.weights=random: a random trunk, chosen on purpose
+NO_INIT = "none"  # model.init_from=none: no starting checkpoint, chosen on purpose (stage 2 from the trunk's init)
+TRUNK_KEY = "model.student.image_encoder.trunk.weights"
+# timm trunk name -> the scripts/download.py weights name of its ImageNet checkpoint (what the official EdgeTAM
+# builds its trunk from with timm pretrained=True: repvit_m1.dist_in1k)
+TRUNK_DOWNLOADS: dict[str, tuple[str, str]] = {"repvit_m1": ("repvit_m1", "repvit_m1.dist_in1k.safetensors")}
+TEACHER_DOWNLOADS: dict[str, str] = {  # teacher checkpoint file name -> its scripts/download.py weights name
+    f"sam2.1_hiera_{size}.pt": f"sam2.1_hiera_{size}" for size in ("tiny", "small", "base_plus", "large")}
+
+
+def is_choice(value: object, word: str) -> bool:
+    """True when a config value is the explicit opt-out ``word`` (``random`` / ``none``, any case)."""
+    return isinstance(value, str) and value.strip().lower() == word
+
+
+def _trunk_problem(trunk: DictConfig, init_from: object) -> str | None:
+    """Why the student trunk's initialisation is refused (None: it is not). A set file must exist; no file at all is
+    refused unless ``init_from`` replaces every student weight or the trunk is ``random`` on purpose."""
+    weights = trunk.get("weights")
+    if is_choice(weights, RANDOM_TRUNK):
+        return None
+    name = str(trunk.get("name", "repvit_m1"))
+    download, file = TRUNK_DOWNLOADS.get(name, (None, f"<a timm checkpoint of {name}>"))
+    fetch = (f"python scripts/download.py weights {download} --out weights (-> weights/{file}), then "
+             f"{TRUNK_KEY}=weights/{file}" if download else f"{TRUNK_KEY}=<a local timm checkpoint of {name}>")
+    opt_out = f"to train from a random trunk on purpose: {TRUNK_KEY}={RANDOM_TRUNK}"
+    if weights not in (None, ""):
+        if Path(str(weights)).is_file():
+            return None
+        return f"{TRUNK_KEY}={weights} does not exist. Download it: {fetch}; or {opt_out}"
+    if init_from not in (None, "") and not is_choice(init_from, NO_INIT):
+        return None  # model.init_from replaces every student weight, the trunk's included
+    return (f"{TRUNK_KEY} is not set, so the student's {name} trunk would start from random weights (the paper's "
+            f"starts from ImageNet: timm repvit_m1.dist_in1k, as the official EdgeTAM's timm pretrained=True). "
+            f"Download it: {fetch}; or {opt_out}")
+
+
+def _teacher_problem(teacher: object) -> str | None:
+    """A live teacher whose checkpoint file is set but missing (refused now, not after the data is indexed)."""
+    if not isinstance(teacher, DictConfig) or not teacher.get("checkpoint"):
+        return None
+    path = Path(str(teacher.checkpoint))
+    if path.is_file():
+        return None
+    name = TEACHER_DOWNLOADS.get(path.name, "sam2.1_hiera_base_plus")
+    return (f"model.teacher.checkpoint={path} does not exist. Download it: python scripts/download.py weights {name} "
+            f"--out {path.parent}; or model.teacher.checkpoint=<official SAM 2.1 file>")
+
+
+def is_video_stage(data_cfg: object) -> bool:
+    """True when ``data`` is the stage-2 clip mixture (``VideoDataModule`` or a subclass)."""
+    target = data_cfg.get("_target_") if isinstance(data_cfg, DictConfig) else None
+    if not target:
+        return False
+    try:
+        cls = hydra.utils.get_class(str(target))
+    except Exception:  # noqa: BLE001 - check_data_config names an unimportable target
+        return False
+    return isinstance(cls, type) and issubclass(cls, VideoDataModule)
+
+
+def check_initialisation(cfg: DictConfig) -> None:
+    """Refuse, before anything is built, a training run whose weights would start from nothing without saying so:
+
+    - the student trunk (``model.student.image_encoder.trunk.weights``): a set file must exist; unset is refused
+      unless ``model.init_from`` gives every student weight, or the value is ``random`` (on purpose);
+    - stage 2 (``data`` is the clip mixture): ``model.init_from`` must name the stage-1 student (or be ``none``, on
+      purpose); a set ``init_from`` file must exist;
+    - a live teacher's ``model.teacher.checkpoint`` file must exist.
+
+    Raises ``ValueError`` listing every problem, each naming the config key, the download command and the opt-out.
+    Configs without a student trunk (other ``_target_`` modules) are not checked.
+    """
+    model = cfg.get("model")
+    if not isinstance(model, DictConfig):
+        return
+    problems = []
+    init_from = model.get("init_from")
+    if init_from not in (None, "") and not is_choice(init_from, NO_INIT) and not Path(str(init_from)).is_file():
+        problems.append(f"model.init_from={init_from} does not exist (a stage-1 / official checkpoint)")
+    elif init_from in (None, "") and is_video_stage(cfg.get("data")):
+        problems.append("model.init_from is not set, so stage 2 would start the student from scratch (the paper's "
+                        "stage 2 starts from the stage-1 student): model.init_from=logs/train/runs/edgetam_distill/"
+                        "checkpoints/last.ckpt (or any stage-1 / official checkpoint); to train stage 2 without it "
+                        f"on purpose: model.init_from={NO_INIT}")
+    trunk = OmegaConf.select(model, "student.image_encoder.trunk", default=None)
+    if isinstance(trunk, DictConfig) and "weights" in trunk:
+        problem = _trunk_problem(trunk, init_from)
+        if problem:
+            problems.append(problem)
+    problem = _teacher_problem(model.get("teacher"))
+    if problem:
+        problems.append(problem)
+    if problems:
+        raise ValueError("refusing to start: the weights would not start where the recipe does:\n  - "
+                         + "\n  - ".join(problems))

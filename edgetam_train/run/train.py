@@ -30,7 +30,13 @@ from edgetam_train.run.cluster import (
 )
 from edgetam_train.run.console import tidy_console
 from edgetam_train.run.log_config import assign_wandb_tags, experiment_tags, log_config
-from edgetam_train.run.preflight import FREE_CHECKPOINTS, check_numeric_config, check_run_dir, checkpoint_bytes
+from edgetam_train.run.preflight import (
+    FREE_CHECKPOINTS,
+    check_initialisation,
+    check_numeric_config,
+    check_run_dir,
+    checkpoint_bytes,
+)
 from edgetam_train.run.resume_check import check_resume_config
 
 log = logging.getLogger(__name__)
@@ -127,6 +133,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_model_config(cfg.get("model"))
     check_data_config(cfg.get("data"), experiment_tags())
     check_teacher_choice(cfg)
+    check_initialisation(cfg)  # no silent random trunk / stage 2 from scratch / missing teacher file
     output_dir = cfg.paths.output_dir
     ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     check_resume_config(cfg, output_dir, ckpt)  # a resume with a changed config stops here unless safe or accepted
