@@ -301,15 +301,17 @@ class VideoDataModule(DataModuleBase):
                 cls.prepare(entry["root"], **kwargs)
 
     def build_dataset(self, name: str, entry: Mapping[str, Any]):
-        """The dataset of one ``data.datasets`` entry."""
+        """The dataset of one ``data.datasets`` entry: the shared arguments (image size, ``max_objects``,
+        ``augment``, seed, ...) with the entry's own keys taking precedence (``data.datasets.sa1b.max_objects`` /
+        ``.augment``: SA-1B's values inside stage 2)."""
         hp = self.hparams
         cls, kwargs = self._arguments(entry)
-        kwargs.setdefault("max_objects", hp.max_objects)
-        common = dict(image_size=hp.image_size, augment=None if hp.augment is None else dict(hp.augment),
+        common = dict(image_size=hp.image_size, max_objects=hp.max_objects,
+                      augment=None if hp.augment is None else dict(hp.augment),
                       seed=hp.seed, max_skip_rate=hp.max_skip_rate, name=name)
         if issubclass(cls, ClipDataset):
             common.update(clip_len=hp.clip_len, reverse_p=hp.reverse_p)
-        return cls(entry["root"], **common, **kwargs)
+        return cls(entry["root"], **{**common, **kwargs})
 
     def setup(self, stage: str | None = None) -> None:
         """Create the datasets and the mixture."""

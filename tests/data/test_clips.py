@@ -621,3 +621,26 @@ def test_video_data_module_from_hydra_config_saves_weights_only_loadable_hparams
     torch.save({"datamodule_hyper_parameters": dict(dm.hparams)}, path)
     loaded = torch.load(path, weights_only=True)["datamodule_hyper_parameters"]
     assert set(loaded["datasets"]) == set(cfg.data.datasets)
+
+
+def test_sa1b_inside_stage2_takes_its_mask_count_and_augmentation_from_config(sample, tmp_path):
+    """data.datasets.sa1b.max_objects / .augment (configs/data/video_mixture.yaml) reach the SA-1B clip dataset; the
+    defaults are the clips' values (3 objects, the full clip augmentation)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from edgetam_train.config import CONFIG_DIR
+
+    def sa1b_of(*overrides: str):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            cfg = compose("train", overrides=["experiment=edgetam_distill_video", "debug=quickstart_video",
+                                              f"paths.root_dir={tmp_path}", "data.max_objects=3",
+                                              f"data.datasets.sa1b.root={sample / 'sa1b'}", *overrides])
+        dm = instantiate(cfg.data)
+        return cfg, dm.build_dataset("sa1b", dm.entries["sa1b"])
+
+    cfg, ds = sa1b_of()
+    assert cfg.data.datasets.sa1b.max_objects == 3 and ds.max_masks == 3
+    assert ds.clip_augment.hflip_p == cfg.data.augment.hflip_p == 0.5 and ds.clip_augment.degrees == 25.0
+    _, ds = sa1b_of("data.datasets.sa1b.max_objects=5", "data.datasets.sa1b.augment=null")
+    assert ds.max_masks == 5 and ds.clip_augment.hflip_p == 0.0 and ds.clip_augment.degrees == 0.0
