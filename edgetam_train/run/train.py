@@ -37,6 +37,7 @@ from edgetam_train.run.preflight import (
     check_run_dir,
     checkpoint_bytes,
 )
+from edgetam_train.run.recipe_report import report_recipe
 from edgetam_train.run.resume_check import check_resume_config
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = _instantiate_list(cfg.get("logger"), "logger")
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log_config(trainer.loggers, cfg, model)  # the whole resolved config, not only the module's hyper-parameters
+    if trainer.is_global_zero:  # the recipe-critical settings beside the paper's, differences marked
+        report_recipe(cfg, trainer.loggers, output_dir, world_size=trainer.world_size)
     if trainer.is_global_zero:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, Path(output_dir) / "config_resolved.yaml", resolve=True)

@@ -70,6 +70,11 @@ def test_quickstart_two_steps_writes_checkpoint_metrics_and_pictures(project):
     pictures = sorted(p.name for p in metrics.parent.glob("mask_pictures/*.png"))
     assert pictures and pictures[0].startswith("step_0000000_"), pictures
     assert "TEACHER IS RANDOMLY INITIALISED" in proc.stderr + proc.stdout
+    # the recipe report: printed, in quickstart.log and the run directory, the quick start's deviations marked
+    report = (run_dir / "recipe_report.md").read_text()
+    assert "| student trunk init | ≠ random |" in report and "| image size | ≠ 256 | 1024 |" in report
+    assert "Recipe report: quickstart" in proc.stderr + proc.stdout
+    assert "| global batch" in (run_dir / "train.log").read_text()
 
 
 def test_unknown_config_option_lists_the_valid_choices(project):
