@@ -231,6 +231,45 @@ def test_mask_folder_both_layouts_and_bad_masks(tmp_path, caplog):
         MaskFolderDataset(tmp_path / "nowhere")
 
 
+def test_anti_aliased_or_soft_instance_png_is_refused_unless_binary_mode(tmp_path, caplog):
+    """An anti-aliased 8-bit disc (grey levels on its edge) or a blurred 16-bit square was read as dozens of
+    "objects", most of them 1-px rings: skipped as bad_annotation with what a mask must hold; mode=binary reads them
+    as one object; a 2-level grey PNG (no 0) is one object."""
+    root = tmp_path / "mf"
+    yy, xx = np.mgrid[0:H * 8, 0:W * 8]
+    disc = ((yy - H * 4) ** 2 + (xx - W * 4) ** 2 < (H * 3) ** 2).astype(np.uint8) * 255
+    smooth = np.asarray(Image.fromarray(disc).resize((W, H), Image.BOX))  # anti-aliased: edge levels 1..254
+    assert len(np.unique(smooth)) > 10
+    square = np.zeros((H, W))
+    square[10:38, 15:50] = 1
+    soft = square.copy()
+    for _ in range(3):  # a cheap blur: a soft 16-bit mask
+        soft = (soft + np.roll(soft, 1, 0) + np.roll(soft, -1, 0) + np.roll(soft, 1, 1) + np.roll(soft, -1, 1)) / 5
+    masks = {"aa": smooth, "soft16": (soft * 65535).round().astype(np.uint16),
+             "two_level": np.where(square > 0, 200, 10).astype(np.uint8)}
+    for stem, m in masks.items():
+        _image(root / "images" / f"{stem}.png")
+        (root / "masks").mkdir(exist_ok=True)
+        Image.fromarray(m).save(root / "masks" / f"{stem}.png")
+    with caplog.at_level(logging.WARNING):
+        ds = MaskFolderDataset(root, image_size=64, max_skip_rate=1.0)
+        item = ds[0]  # aa (skipped), soft16 (skipped), two_level
+    assert item["path"].endswith("two_level.png") and item["skips"] == {"bad_annotation": 2}
+    assert item["masks"].shape[0] == 1
+    assert "aa.png (bad_annotation: looks anti-aliased or soft" in caplog.text
+    assert "must hold 0 for background and one exact value per object" in caplog.text
+    assert "data.train.mode=binary" in caplog.text and "soft16.png (bad_annotation" in caplog.text
+    binary = MaskFolderDataset(root, image_size=64, max_skip_rate=1.0, mode="binary")
+    for i, stem in enumerate(sorted(masks)):
+        item = binary[i]
+        assert item["path"].endswith(f"{stem}.png") and not item["skips"] and item["masks"].shape[0] == 1
+    val = MaskFolderValDataset(root, mode="binary")
+    disc_mask = val[0]["masks"][0]
+    assert abs(int(disc_mask.sum()) - int((smooth > 127).sum())) == 0
+    with pytest.raises(ValueError, match="data.train.mode='semantic': expected one of instance, binary"):
+        MaskFolderDataset(root, mode="semantic")
+
+
 # ---------------------------------------------------------------------------------------------- videos
 def test_vos_finetune_clips_validation_and_unannotated_videos(tmp_path, caplog):
     make_sample_data(["--out", str(tmp_path), "--formats", "davis", "--num-davis-videos", "2",
