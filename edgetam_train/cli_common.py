@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -69,3 +70,16 @@ def run_subcommand(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     except bad_input as err:
         print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def check_output_folder(folder: Path, option: str = "--out") -> None:
+    """Raise ValueError naming ``option`` when ``folder`` cannot become a folder to write into: it or a parent is a
+    file, or its nearest existing parent is not writable. The CLIs call it before loading a model, so a bad ``--out``
+    is found in a moment instead of as a traceback after the prediction."""
+    for path in (folder, *folder.parents):
+        if path.exists():  # False for a path under a file: the loop climbs to that file
+            if not path.is_dir():
+                raise ValueError(f"{option} {folder}: {path} is a file, not a folder")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise ValueError(f"{option} {folder}: the folder {path} is not writable")
+            return

@@ -96,6 +96,12 @@ def _open(url: str, offset: int, timeout: float):
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
+def _total_of(content_range: str) -> int | None:
+    """The full size N of a ``Content-Range`` value (``bytes */N`` or ``bytes a-b/N``); None when absent or ``*``."""
+    total = content_range.rpartition("/")[2].strip()
+    return int(total) if total.isdigit() else None
+
+
 def _fetch_once(url: str, part: Path, timeout: float) -> None:
     """Append the rest of ``url`` to ``part`` (from its size on; from zero when the server ignores ``Range``).
     Raises OSError / urllib errors on a failed or short transfer (the caller retries)."""
@@ -103,9 +109,16 @@ def _fetch_once(url: str, part: Path, timeout: float) -> None:
     try:
         resp = _open(url, offset, timeout)
     except urllib.error.HTTPError as err:
-        if err.code == 416 and offset:  # range not satisfiable: the part already holds the whole file
+        if err.code != 416 or not offset:
+            raise
+        # Range not satisfiable: finished only when the part is exactly the size the server gives ("bytes */N").
+        # A stale part larger than the file (another version, a wrong link) would otherwise pass as done.
+        total = _total_of(err.headers.get("Content-Range", "") if err.headers else "")
+        if total == offset:
             return
-        raise
+        part.unlink()
+        _fetch_once(url, part, timeout)  # from zero; offset 0 never asks for a Range, so this cannot loop
+        return
     with resp:
         if offset and resp.status != 206:  # the server sent the whole file: start again
             offset = 0
@@ -218,11 +231,29 @@ def read_links(path: Path) -> list[tuple[str, str]]:
             pairs.append((parts[0], parts[1]))
         else:
             raise ValueError(f"--links {path} line {n}: expected 'URL', 'name URL' or 'name<TAB>URL', got {line!r}")
-        if not pairs[-1][0] or "/" in pairs[-1][0] or not urlparse(pairs[-1][1]).scheme.startswith("http"):
-            raise ValueError(f"--links {path} line {n}: bad file name or URL in {line!r}")
+        name = pairs[-1][0]
+        if name in ("", ".", "..") or "/" in name or "\\" in name:  # names a folder, not a file under --out
+            raise ValueError(f"--links {path} line {n}: file name {name!r} is not a plain file name (in {line!r}); "
+                             "give 'name URL' with a name such as data.tar")
+        if not urlparse(pairs[-1][1]).scheme.startswith("http"):
+            raise ValueError(f"--links {path} line {n}: bad URL in {line!r} (expected http:// or https://)")
     if not pairs:
         raise ValueError(f"--links {path} lists no file")
     return pairs
+
+
+def check_stems(pairs: list[tuple[str, str]]) -> None:
+    """Raise ``ValueError`` when two archives would extract to the same ``OUT/<stem>/`` folder (``x.tar``, ``x.zip``):
+    the second would be taken as "already extracted" and silently never unpacked."""
+    seen: dict[str, str] = {}
+    for name, _ in pairs:
+        stem = archive_stem(name)
+        if stem is None:
+            continue
+        if stem in seen:
+            raise ValueError(f"archives {seen[stem]} and {name} would both extract to the folder {stem}/; rename one "
+                             "in the links file ('name URL' lines) or select one with --select")
+        seen[stem] = name
 
 
 def read_sums(path: Path | None) -> dict[str, str]:
@@ -329,6 +360,8 @@ def run_weights(args: argparse.Namespace) -> int:
 
 def run_archives(args: argparse.Namespace) -> int:
     pairs = select(read_links(args.links), args.select, args.limit)
+    if not args.no_extract:
+        check_stems(pairs)
     failed = fetch_archives(pairs, args.out, read_sums(args.sha256), args.workers, args.keep_archives,
                             not args.no_extract, args.retries)
     if failed:

@@ -60,6 +60,20 @@ def read_json(path: str | Path) -> Any:
         raise BadSample("bad_json", str(path), f"{type(e).__name__}: {e}") from None
 
 
+# Reasons that mean the image was read but none of its objects was usable.
+MASK_REASONS = frozenset({"no_masks", "empty_after_transform", "bad_annotation", "bad_rle"})
+
+
+def no_sample_reason(skipped: Mapping[str, int]) -> str:
+    """Why every item was skipped, from the {reason: count} of the skips (for the error of :func:`first_readable`)."""
+    if skipped and set(skipped) <= MASK_REASONS:
+        why = "the images are readable but no annotation survived"
+        if "empty_after_transform" in skipped:
+            why += " (every object mask is empty at the training size: zero-area or sub-pixel objects?)"
+        return f"{why}; skipped per reason {dict(skipped)} (the log names each file)"
+    return f"skipped per reason {dict(skipped)} (the log names each file)"
+
+
 def first_readable(load: Callable[[int], dict[str, Any]], index: int, length: int, skips: "SkipCounter",
                    what: str) -> dict[str, Any]:
     """``load(index)``, or if it raises ``BadSample`` the next readable item (wrapping around).
@@ -79,7 +93,7 @@ def first_readable(load: Callable[[int], dict[str, Any]], index: int, length: in
         skips.ok()
         item["skips"] = skipped
         return item
-    raise RuntimeError(f"no readable sample among the {length} items of {what}")
+    raise RuntimeError(f"no readable sample among the {length} items of {what}: {no_sample_reason(skipped)}")
 
 
 class SkipRateExceeded(RuntimeError):

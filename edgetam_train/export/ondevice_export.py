@@ -53,6 +53,10 @@ def export_ondevice(model: SAM2Model, out_dir: str | Path, fmt: str, model_name:
         raise ValueError(f"--quantize {quantize!r}: expected int8")
     if quantize and calibration is None:
         raise ValueError("--quantize int8 needs --calibration DIR (a folder of a few JPEG/PNG images)")
+    if quantize:  # read the calibration images first: a bad one stops the export before any graph is written
+        from edgetam_train.export.quantize import calibration_pixels
+
+        calibration_pixels(calibration, model.image_size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()

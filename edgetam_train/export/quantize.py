@@ -63,8 +63,13 @@ def calibration_pixels(folder: str | Path, image_size: int, limit: int = 32) -> 
         raise ValueError(f"--calibration {folder}: no {'/'.join(FRAME_EXTENSIONS)} images")
     out = []
     for path in files:
-        with Image.open(path) as im:
-            out.append(image_to_input(np.array(im.convert("RGB")), image_size))
+        try:
+            with Image.open(path) as im:
+                out.append(image_to_input(np.array(im.convert("RGB")), image_size))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            # PIL's UnidentifiedImageError is an OSError: without this the CLI reported "cannot write --out"
+            raise ValueError(f"--calibration {folder}: {path.name} is not a readable image ({type(err).__name__}: "
+                             f"{err}); remove it or replace it with a JPEG/PNG") from None
     return out
 
 

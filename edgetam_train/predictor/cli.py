@@ -64,7 +64,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from edgetam_train.cli_common import add_model_arguments, load_model, run_subcommand, subcommand_parser
+from edgetam_train.cli_common import (
+    add_model_arguments,
+    check_output_folder,
+    load_model,
+    run_subcommand,
+    subcommand_parser,
+)
 from edgetam_train.drawing import DrawnPrompt, draw_overlay, object_colours
 from edgetam_train.models.checkpoint import CheckpointMismatchError
 from edgetam_train.predictor.image import ImagePrediction, ImagePredictor
@@ -141,6 +147,7 @@ def run_image(args: argparse.Namespace) -> int:
     multimask = args.multimask
     if multimask is None:
         multimask = box is None and points is not None and len(points) == 1
+    check_output_folder(output_prefix(args.out).parent)
     image = read_rgb(args.image)
     predictor = image_predictor(args, lambda: ImagePredictor(load_model(args), fuse=args.fuse))
     predictor.set_image(image)
@@ -274,6 +281,7 @@ def run_video(args: argparse.Namespace) -> int:
                          f"{args.gif_max_side}, {args.fill_hole_area}, {args.fps}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; expected a folder (created if missing)")
+    check_output_folder(args.out)
     frames = read_frames(args.frames)
     num = len(frames.names)
     prompts = collect_prompts(args, frames.names, frames.hw)  # checks them (frames in range, masks' size ...)

@@ -30,6 +30,8 @@ from edgetam_train.predictor.video import VideoPredictor
 from edgetam_train.runtime.backends import GRAPHS, load_parts, read_manifest
 
 RUNTIMES = ("torch", *GRAPHS)
+# what ExportedModel reads from manifest.json: a copy without one is refused naming the file, not a KeyError later
+MANIFEST_KEYS = ("format", "model", "image_size", "parts", "tracking", "memory", "prompt_points", "mask_prompt")
 
 
 @dataclass
@@ -56,11 +58,15 @@ class ExportedModel:
     training = False
 
     def __init__(self, model_dir: str | Path, runtime: str | None = None, threads: int | None = None) -> None:
-        self.manifest = read_manifest(model_dir)
+        self.manifest = read_manifest(model_dir, MANIFEST_KEYS)
         fmt = self.manifest["format"]
         if runtime is not None and runtime != fmt:
             raise ValueError(f"--runtime {runtime}: {model_dir} holds a {fmt} export (manifest.json 'format')")
-        for key, value in self.manifest["tracking"].items():
+        tracking = self.manifest["tracking"]
+        if not isinstance(tracking, dict) or "directly_add_no_mem_embed" not in tracking:
+            raise ValueError(f"{Path(model_dir) / 'manifest.json'}: 'tracking' must be the exported model's tracking "
+                             "flags (directly_add_no_mem_embed, ...); export the directory again")
+        for key, value in tracking.items():
             setattr(self, key, value)
         if not self.directly_add_no_mem_embed:
             raise ValueError(f"{model_dir}: models without directly_add_no_mem_embed are not supported by the "

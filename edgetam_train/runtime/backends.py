@@ -45,14 +45,21 @@ class MissingToolchainError(ImportError, ValueError):
         self.fmt = fmt
 
 
-def read_manifest(model_dir: str | Path) -> dict:
-    """``model_dir/manifest.json`` as a dict; ValueError naming the file when it is missing or not a manifest."""
+def read_manifest(model_dir: str | Path, required: tuple[str, ...] = ("format", "image_size", "parts")) -> dict:
+    """``model_dir/manifest.json`` as a dict; ValueError naming the file when it is missing, not json, or lacks one
+    of the ``required`` keys."""
     path = Path(model_dir) / MANIFEST
     if not path.is_file():
         raise ValueError(f"--model-dir {model_dir}: no {MANIFEST} (write the directory with edgetam-export "
                          "--format onnx|executorch|tflite|coreml)")
-    manifest = json.loads(path.read_text())
-    for key in ("format", "image_size", "parts"):
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # a truncated copy: json names a line, not the file
+        raise ValueError(f"{path}: not a readable json manifest ({type(err).__name__}: {err}); copy or export the "
+                         "directory again") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a json object (an edgetam-export on-device manifest)")
+    for key in required:
         if key not in manifest:
             raise ValueError(f"{path}: key {key!r} missing; expected an edgetam-export on-device manifest")
     return manifest
@@ -177,7 +184,13 @@ def load_graph(runtime: str, path: str | Path, inputs: list[str], outputs: list[
                          "export validates the Core ML spec but cannot run it")
     if runtime not in GRAPHS:
         raise ValueError(f"unknown runtime {runtime!r}; expected one of {', '.join(GRAPHS)}")
-    return GRAPHS[runtime](path, inputs, outputs, threads)
+    try:
+        return GRAPHS[runtime](path, inputs, outputs, threads)
+    except (MissingToolchainError, FileNotFoundError):
+        raise
+    except Exception as err:  # noqa: BLE001 -- each runtime has its own load errors (InvalidProtobuf, RuntimeError)
+        raise ValueError(f"{path}: not a loadable {runtime} graph ({type(err).__name__}: {str(err).strip()[:300]}); "
+                         "the file is truncated or damaged: copy or export the directory again") from None
 
 
 def load_parts(model_dir: str | Path, manifest: dict | None = None, threads: int | None = None
@@ -185,6 +198,11 @@ def load_parts(model_dir: str | Path, manifest: dict | None = None, threads: int
     """All graphs listed in ``model_dir``'s manifest, loaded with the manifest's runtime."""
     manifest = manifest or read_manifest(model_dir)
     runtime = manifest["format"]
-    return {name: load_graph(runtime, Path(model_dir) / part["file"], [t["name"] for t in part["inputs"]],
-                             [t["name"] for t in part["outputs"]], threads)
-            for name, part in manifest["parts"].items()}
+    try:
+        listed = {name: (part["file"], [t["name"] for t in part["inputs"]], [t["name"] for t in part["outputs"]])
+                  for name, part in manifest["parts"].items()}
+    except (AttributeError, KeyError, TypeError) as err:
+        raise ValueError(f"{Path(model_dir) / MANIFEST}: 'parts' must map each graph to its file, inputs and "
+                         f"outputs ({type(err).__name__}: {err})") from None
+    return {name: load_graph(runtime, Path(model_dir) / file, inputs, outputs, threads)
+            for name, (file, inputs, outputs) in listed.items()}

@@ -147,6 +147,62 @@ def test_coco_data_module_on_generated_data(tmp_path):
         half.setup("fit")
 
 
+def test_non_finite_or_far_polygon_points_are_skipped_before_rasterising(tmp_path, caplog):
+    """NaN / ±1e300 polygon points crash pycocotools (the DataLoader worker dies naming nothing): left out instead,
+    counted as bad_annotation and named with the file and annotation id; the good annotation still trains."""
+    good = [[10, 8, 40, 8, 40, 30, 10, 30]]
+    bad = {2: [[10, 8, float("nan"), 8, 40, 30]], 3: [[10, 8, 1e300, 8, 40, 30]], 4: [[10, -1e300, 40, 8, 40, 30]],
+           5: [[10, 8, 10**400, 8, 40, 30]]}
+    path, folder = _coco(tmp_path, [_ann(1, 1, good)] + [_ann(i, 2, seg) for i, seg in bad.items()])
+    with caplog.at_level(logging.WARNING):
+        coco = read_coco(path)
+    assert coco.dropped == {"bad_annotation": 4, "no_masks": 1} and [im.file_name for im in coco.images] == ["0.png"]
+    assert "annotation 2 of 1.png: polygon 0 has the point (nan, 8): x, y must be finite" in caplog.text
+    assert "annotation 3 of 1.png: polygon 0 has the point (1e+300, 8)" in caplog.text and str(path) in caplog.text
+    item = COCODataset(path, folder, image_size=64, max_skip_rate=1.0)[0]
+    assert item["masks"].shape[0] == 1 and item["masks"].any()
+
+
+def test_duplicate_or_list_image_ids_are_refused_or_skipped_by_name(tmp_path, caplog):
+    good = _compressed(_box_mask(5, 5, 20, 20))
+    path, _ = _coco(tmp_path, [_ann(1, 1, good)], images=2)
+    data = json.loads(path.read_text())
+    data["images"][1]["id"] = 1  # 1.png claims 0.png's id: its annotations would train on the wrong picture
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"{path}: image id 1 is used twice, by 0.png and by 1.png"):
+        read_coco(path)
+    data["images"][1]["id"] = [2, 3]  # unhashable: was a TypeError
+    data["annotations"].append(_ann(2, [2, 3], good))
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        coco = read_coco(path)
+    assert coco.dropped == {"bad_json": 1, "bad_annotation": 1} and len(coco.images) == 1
+    assert "images[1]: needs id (an integer or a string)" in caplog.text
+    assert "annotation 2: image_id [2, 3] is not in 'images'" in caplog.text
+
+
+def test_zero_area_polygons_and_ragged_rle_counts_are_named(tmp_path, caplog):
+    line = [[10, 10, 20, 20, 30, 30]]  # three points on one line: rasterises to nothing
+    ragged = {"size": [H, W], "counts": [10, [5, 5], H * W - 20]}
+    path, _ = _coco(tmp_path, [_ann(1, 1, line), _ann(2, 1, [[5, 5, 5, 5, 5, 5]]), _ann(3, 2, ragged)])
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match=rf"{path}: no image has a usable "
+                                                                           r"annotation.*'bad_annotation': 2"):
+        read_coco(path)
+    assert "annotation 1 of 0.png: polygons enclose no area" in caplog.text
+    assert "annotation 3 of 1.png: uncompressed RLE counts must be a flat list of integers" in caplog.text
+
+
+def test_no_readable_sample_says_that_no_annotation_survived(tmp_path):
+    from edgetam_train.data.skips import BadSample, SkipCounter, first_readable
+
+    def load(i: int) -> dict:
+        raise BadSample("empty_after_transform", f"{i}.png", "all 1 sampled masks vanished when resized")
+
+    with pytest.raises(RuntimeError, match=r"among the 4 items of x: the images are readable but no annotation "
+                                           r"survived \(every object mask is empty.*'empty_after_transform': 4"):
+        first_readable(load, 0, 4, SkipCounter(max_skip_rate=1.0), "x")
+
+
 # ---------------------------------------------------------------------------------------------- mask folder
 def test_mask_folder_both_layouts_and_bad_masks(tmp_path, caplog):
     make_sample_data(["--out", str(tmp_path), "--formats", "mask_folder", "--num-images", "4",
@@ -173,6 +229,45 @@ def test_mask_folder_both_layouts_and_bad_masks(tmp_path, caplog):
     assert val[0]["kind"] == "miou" and val[0]["masks"].shape[0] == 2
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         MaskFolderDataset(tmp_path / "nowhere")
+
+
+def test_anti_aliased_or_soft_instance_png_is_refused_unless_binary_mode(tmp_path, caplog):
+    """An anti-aliased 8-bit disc (grey levels on its edge) or a blurred 16-bit square was read as dozens of
+    "objects", most of them 1-px rings: skipped as bad_annotation with what a mask must hold; mode=binary reads them
+    as one object; a 2-level grey PNG (no 0) is one object."""
+    root = tmp_path / "mf"
+    yy, xx = np.mgrid[0:H * 8, 0:W * 8]
+    disc = ((yy - H * 4) ** 2 + (xx - W * 4) ** 2 < (H * 3) ** 2).astype(np.uint8) * 255
+    smooth = np.asarray(Image.fromarray(disc).resize((W, H), Image.BOX))  # anti-aliased: edge levels 1..254
+    assert len(np.unique(smooth)) > 10
+    square = np.zeros((H, W))
+    square[10:38, 15:50] = 1
+    soft = square.copy()
+    for _ in range(3):  # a cheap blur: a soft 16-bit mask
+        soft = (soft + np.roll(soft, 1, 0) + np.roll(soft, -1, 0) + np.roll(soft, 1, 1) + np.roll(soft, -1, 1)) / 5
+    masks = {"aa": smooth, "soft16": (soft * 65535).round().astype(np.uint16),
+             "two_level": np.where(square > 0, 200, 10).astype(np.uint8)}
+    for stem, m in masks.items():
+        _image(root / "images" / f"{stem}.png")
+        (root / "masks").mkdir(exist_ok=True)
+        Image.fromarray(m).save(root / "masks" / f"{stem}.png")
+    with caplog.at_level(logging.WARNING):
+        ds = MaskFolderDataset(root, image_size=64, max_skip_rate=1.0)
+        item = ds[0]  # aa (skipped), soft16 (skipped), two_level
+    assert item["path"].endswith("two_level.png") and item["skips"] == {"bad_annotation": 2}
+    assert item["masks"].shape[0] == 1
+    assert "aa.png (bad_annotation: looks anti-aliased or soft" in caplog.text
+    assert "must hold 0 for background and one exact value per object" in caplog.text
+    assert "data.train.mode=binary" in caplog.text and "soft16.png (bad_annotation" in caplog.text
+    binary = MaskFolderDataset(root, image_size=64, max_skip_rate=1.0, mode="binary")
+    for i, stem in enumerate(sorted(masks)):
+        item = binary[i]
+        assert item["path"].endswith(f"{stem}.png") and not item["skips"] and item["masks"].shape[0] == 1
+    val = MaskFolderValDataset(root, mode="binary")
+    disc_mask = val[0]["masks"][0]
+    assert abs(int(disc_mask.sum()) - int((smooth > 127).sum())) == 0
+    with pytest.raises(ValueError, match="data.train.mode='semantic': expected one of instance, binary"):
+        MaskFolderDataset(root, mode="semantic")
 
 
 # ---------------------------------------------------------------------------------------------- videos

@@ -191,6 +191,48 @@ def test_runtime_argument_errors(onnx_dir, checkpoint, tmp_path, capsys):
     assert "--ckpt is required" in capsys.readouterr().err
 
 
+def test_damaged_export_folder_exits_2_naming_the_file(onnx_dir, tmp_path, capsys):
+    """A truncated graph (was onnxruntime's InvalidProtobuf traceback), a truncated manifest.json (was "Expecting
+    value: line N" without the file) and a manifest without 'tracking' (was a KeyError): exit 2, the file named."""
+    import shutil
+
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "im.png")
+
+    def predict(model_dir) -> str:
+        rc = predict_cli.main(["image", "--image", str(tmp_path / "im.png"), "--points", "1,1", "--labels", "1",
+                               "--out", str(tmp_path / "x"), "--runtime", "onnx", "--model-dir", str(model_dir)])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err, err
+        return err
+
+    def damaged(name: str):
+        folder = tmp_path / name
+        shutil.copytree(onnx_dir, folder)
+        return folder
+
+    folder = damaged("graph")
+    graph = folder / "prompt_decoder.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 3])
+    assert f"{graph}: not a loadable onnx graph" in predict(folder)
+    (folder / "prompt_decoder.onnx").unlink()
+    assert "prompt_decoder.onnx: graph file missing" in predict(folder)
+    folder = damaged("manifest")
+    manifest = folder / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text[: len(text) // 2])
+    assert f"{manifest}: not a readable json manifest (JSONDecodeError" in predict(folder)
+    data = json.loads(text)
+    del data["tracking"]
+    manifest.write_text(json.dumps(data))
+    assert f"{manifest}: key 'tracking' missing" in predict(folder)
+    data = json.loads(text)
+    data["tracking"] = {}
+    manifest.write_text(json.dumps(data))
+    assert f"{manifest}: 'tracking' must be the exported model's tracking flags" in predict(folder)
+
+
 def test_missing_toolchain_names_the_extra(monkeypatch, tmp_path):
     (tmp_path / "m.tflite").write_bytes(b"")
     monkeypatch.setitem(__import__("sys").modules, "ai_edge_litert", None)

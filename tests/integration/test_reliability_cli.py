@@ -52,6 +52,35 @@ def test_16_bit_grey_png_is_scaled_not_clipped_to_white(tmp_path):
     assert rgb.min() == 0 and rgb.max() == 255
 
 
+def test_predict_out_under_a_file_is_refused_before_the_model_is_loaded(tmp_path, capsys):
+    """Was a traceback after the prediction; now exit 2 naming the file, before the (missing) checkpoint is read."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    image = _rgb_png(tmp_path / "im.png")
+    missing_ckpt = str(tmp_path / "never_read.pt")
+    rc = cli.main(["image", "--ckpt", missing_ckpt, "--image", str(image), "--points", "5,5", "--labels", "1",
+                   "--out", str(blocker / "sub" / "pred"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--out {blocker / 'sub'}: {blocker} is a file, not a folder" in err, err
+    assert "never_read.pt" not in err
+    rc = cli.main(["video", "--ckpt", missing_ckpt, "--frames", str(tmp_path), "--points", "5,5", "--labels", "1",
+                   "--out", str(blocker / "res"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{blocker} is a file, not a folder" in err and "never_read.pt" not in err, err
+
+
+def test_int8_export_with_a_junk_calibration_image_names_that_image(ckpt, tmp_path, capsys):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    _rgb_png(calib / "0.png")
+    (calib / "1.jpg").write_text("not a jpeg")
+    rc = export_cli.main([str(ckpt), "--format", "onnx", "--image-size", str(S), "--quantize", "int8",
+                          "--calibration", str(calib), "--out", str(tmp_path / "int8")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--calibration {calib}: 1.jpg is not a readable image" in err, err
+    assert "cannot write --out" not in err and not (tmp_path / "int8" / "image_encoder.onnx").exists()
+
+
 def test_non_image_file_is_an_exit_2_message(tmp_path, capsys):
     junk = tmp_path / "notes.jpg"
     junk.write_text("this is not a picture")

@@ -237,6 +237,23 @@ def test_davis_training_frame_without_its_jpg_or_png_is_counted(sample, tmp_path
         assert sparse[0]["skips"] == {"missing_frame": 1}
 
 
+def test_davis_training_video_with_a_numbering_gap_is_used_with_a_warning(sample, tmp_path, caplog):
+    """A frame whose jpg and png are both gone (00001, 00003): the clip joins the frames around it, as before, but the
+    gap is no longer silent: one warning per video names the folder and the numbers."""
+    from edgetam_train.data.datasets.vos import VOSDataset
+
+    root = _davis_copy(sample, tmp_path / "davis")
+    video, pngs = _first_video(root)
+    pngs[2].unlink()
+    (root / "JPEGImages" / video / f"{pngs[2].stem}.jpg").unlink()
+    ds = VOSDataset(root, image_size=64, clip_len=2, max_skip_rate=1.0, seed=0)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):  # read twice: warned once
+            assert ds[0]["skips"] == {}
+    expected = f"{root / 'JPEGImages' / video}: frame numbers jump from {pngs[1].stem} to {pngs[3].stem} (1 frame(s)"
+    assert caplog.text.count(expected) == 1, caplog.text
+
+
 _FORK_SCRIPT = """
 import cv2, numpy as np, torch
 from torch.utils.data import DataLoader

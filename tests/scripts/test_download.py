@@ -222,3 +222,28 @@ def test_weights_by_name_checked_after_download(server, tmp_path, monkeypatch, c
     assert download.main(["weights", "--list"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in download.WEIGHTS) and "dl.fbaipublicfiles.com" in listed
+
+
+def test_stale_part_larger_than_the_file_is_downloaded_again(server, tmp_path):
+    """A 416 ``bytes */N`` with N smaller than the part is not "finished": the part is replaced by a fresh download."""
+    server.files["blob.bin"] = PAYLOAD
+    (tmp_path / "blob.bin.part").write_bytes(b"x" * (len(PAYLOAD) + 1000))  # left by another version of the file
+    digest = download.download(f"{server.url}/blob.bin", tmp_path / "blob.bin", log=lambda *_: None)
+    assert digest == sha(PAYLOAD) and (tmp_path / "blob.bin").read_bytes() == PAYLOAD
+    assert server.requests == [("blob.bin", f"bytes={len(PAYLOAD) + 1000}-"), ("blob.bin", None)]
+    (tmp_path / "c.bin.part").write_bytes(PAYLOAD)  # exactly the whole file: 416, finished, nothing fetched again
+    assert download.download(f"{server.url}/blob.bin", tmp_path / "c.bin", log=lambda *_: None) == sha(PAYLOAD)
+    assert server.requests[-1] == ("blob.bin", f"bytes={len(PAYLOAD)}-")
+
+
+def test_links_names_that_are_folders_and_archives_sharing_a_stem_exit_2(tmp_path, capsys):
+    links = tmp_path / "links.txt"
+    for name in (".", ".."):
+        links.write_text(f"{name} http://127.0.0.1:9/x.tar\n")
+        assert download.main(["archives", "--links", str(links), "--out", str(tmp_path / "out")]) == 2
+        assert f"line 1: file name {name!r} is not a plain file name" in capsys.readouterr().err
+    links.write_text("http://127.0.0.1:9/data/..\n")  # a URL whose last part is '..'
+    assert download.main(["archives", "--links", str(links), "--out", str(tmp_path / "out")]) == 2
+    links.write_text("http://127.0.0.1:9/x.tar\nhttp://127.0.0.1:9/x.zip\n")
+    assert download.main(["archives", "--links", str(links), "--out", str(tmp_path / "out")]) == 2
+    assert "archives x.tar and x.zip would both extract to the folder x/" in capsys.readouterr().err

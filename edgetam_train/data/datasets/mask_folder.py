@@ -17,9 +17,20 @@ from torch.utils.data import Dataset
 from edgetam_train.data.datasets.sa1b import SA1BDataset
 from edgetam_train.data.datasets.val import PADDING
 from edgetam_train.data.formats.images import read_image
-from edgetam_train.data.formats.mask_folder import index_mask_folder, read_instance_label, read_object_masks
+from edgetam_train.data.formats.mask_folder import (
+    MASK_MODES,
+    index_mask_folder,
+    read_instance_label,
+    read_object_masks,
+)
 from edgetam_train.data.formats.sa1b import sample_annotations
 from edgetam_train.data.transforms import resize_mask_square
+
+
+def check_mode(mode: str, key: str) -> None:
+    """Refuse a mask mode that is not one of ``MASK_MODES``, naming the config ``key``."""
+    if mode not in MASK_MODES:
+        raise ValueError(f"{key}={mode!r}: expected one of {', '.join(MASK_MODES)} (what each masks/<stem>.png holds)")
 
 
 class MaskFolderDataset(SA1BDataset):
@@ -28,11 +39,16 @@ class MaskFolderDataset(SA1BDataset):
     Args:
         root: the folder holding ``images/`` and ``masks/`` (config ``data.train.root``).
         image_dir / mask_dir: their names.
+        mode: what a ``<stem>.png`` holds: "instance" ids (default) or a "binary" mask (config ``data.train.mode``;
+            :func:`~edgetam_train.data.formats.mask_folder.read_instance_label`).
         **kwargs: ``SA1BDataset`` arguments (image_size, max_masks, hflip_p, seed, max_skip_rate, min_attempts).
     """
 
-    def __init__(self, root: str | Path, image_dir: str = "images", mask_dir: str = "masks", **kwargs: Any) -> None:
+    def __init__(self, root: str | Path, image_dir: str = "images", mask_dir: str = "masks", mode: str = "instance",
+                 **kwargs: Any) -> None:
+        check_mode(mode, "data.train.mode")
         self.items = index_mask_folder(root, image_dir, mask_dir)
+        self.mode = mode
         super().__init__(Path(root) / image_dir, files=[it.image for it in self.items], **kwargs)
         self.masks_dir = Path(root) / mask_dir
 
@@ -48,7 +64,7 @@ class MaskFolderDataset(SA1BDataset):
             chosen = sample_annotations(len(ids), self.max_masks, rng)
             masks = np.stack([resize_mask_square(full[i].view(np.uint8), self.image_size) for i in chosen])
         else:
-            label, ids = read_instance_label(self.masks_dir / item.mask, (h, w))
+            label, ids = read_instance_label(self.masks_dir / item.mask, (h, w), self.mode)
             chosen = sample_annotations(len(ids), self.max_masks, rng)
             small = resize_mask_square(label, self.image_size)  # nearest: the same as resizing each object mask
             masks = (small[None] == ids[chosen][:, None, None]).astype(np.uint8)
@@ -61,10 +77,13 @@ class MaskFolderValDataset(Dataset):
     Args:
         root, image_dir, mask_dir: as :class:`MaskFolderDataset` (``data.val.root``).
         max_images: only the first images (by stem). max_masks: only the first objects of each image.
+        mode: as :class:`MaskFolderDataset` (``data.val.mode``).
     """
 
     def __init__(self, root: str | Path, image_dir: str = "images", mask_dir: str = "masks",
-                 max_images: int | None = None, max_masks: int | None = None) -> None:
+                 max_images: int | None = None, max_masks: int | None = None, mode: str = "instance") -> None:
+        check_mode(mode, "data.val.mode")
+        self.mode = mode
         self.root = Path(root)
         items = index_mask_folder(root, image_dir, mask_dir)
         self.items = items[:max_images] if max_images else items
@@ -79,6 +98,6 @@ class MaskFolderValDataset(Dataset):
             return dict(PADDING)
         item = self.items[index]
         image = read_image(self.images_dir / item.image)
-        masks, _ = read_object_masks(self.masks_dir, item, image.shape[:2])
+        masks, _ = read_object_masks(self.masks_dir, item, image.shape[:2], self.mode)
         masks = masks[: self.max_masks] if self.max_masks else masks
         return {"kind": "miou", "name": item.image, "image": image, "masks": masks}

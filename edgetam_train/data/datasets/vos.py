@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,9 +11,11 @@ import numpy as np
 
 from edgetam_train.data.datasets.clips import ClipDataset, RawClip, clip_positions, sample_objects
 from edgetam_train.data.formats.images import read_image
-from edgetam_train.data.formats.vos import frame_order, list_stems, object_ids, read_label
+from edgetam_train.data.formats.vos import frame_order, list_stems, numbering_gaps, object_ids, read_label
 from edgetam_train.data.skips import BadSample
 from edgetam_train.data.transforms import resize_frames, resize_mask_square
+
+log = logging.getLogger(__name__)
 
 
 class VOSDataset(ClipDataset):
@@ -62,6 +65,7 @@ class VOSDataset(ClipDataset):
             raise FileNotFoundError(f"no videos under {self.mask_root}")
         self.first_frame_tries = first_frame_tries
         self.every_frame_annotated = every_frame_annotated
+        self._gaps_warned: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -82,7 +86,19 @@ class VOSDataset(ClipDataset):
                 if s not in pngs:
                     raise BadSample("missing_frame", str(self.mask_root / video / f"{s}.png"),
                                     f"annotation missing: {self.image_root / video / jpgs[s]} has no png")
+            self._warn_gaps(video, stems)
         return stems
+
+    def _warn_gaps(self, video: str, stems: list[str]) -> None:
+        """Warn once per video when frame numbers jump (a jpg and its png both missing): clips still join the frames
+        around the gap, which may be a cut in the video (sparse sets, ``every_frame_annotated=False``, skip this)."""
+        gaps = numbering_gaps(stems)
+        if gaps and video not in self._gaps_warned:
+            self._gaps_warned.add(video)
+            missing = sum(int(b) - int(a) - 1 for a, b in gaps)
+            log.warning("%s: frame numbers jump from %s to %s%s (%d frame(s) missing, jpg and png); clips join the "
+                        "frames around the gap", self.image_root / video, *gaps[0],
+                        f" and at {len(gaps) - 1} more place(s)" if len(gaps) > 1 else "", missing)
 
     def load_raw(self, index: int, rng: np.random.Generator) -> RawClip:
         """List the video's frames, draw a window whose first frame has objects, read only the clip's files."""

@@ -13,9 +13,11 @@ is :func:`edgetam_train.data.formats.rle.decode_resized`, as for SA-1B. ``iscrow
 :func:`read_coco` checks the whole json once, without decoding a mask: a file-level problem (unreadable json, no
 ``images`` / ``annotations`` list, an empty annotation list) raises an error naming the file and the key; a bad
 annotation (polygon with < 3 points, RLE whose size disagrees with its image entry or whose runs do not cover it,
-unknown ``image_id``, no segmentation) is left out, logged with the file, annotation id and problem, and counted per
-reason; images without a usable annotation are left out. Images missing on disk are found when read (the dataset
-skips and counts them as SA-1B does).
+unknown ``image_id``, no segmentation, polygon points that are not finite or lie more than one image size outside the
+image, polygons enclosing no area, ragged RLE counts) is left out, logged with the file, annotation id and problem,
+and counted per reason; images without a usable annotation are left out. Two images sharing an ``id`` are an error
+naming both file names (their annotations could not be told apart). Images missing on disk are found when read (the
+dataset skips and counts them as SA-1B does).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 
 ISCROWD_CHOICES = ("skip", "use")
 MAX_LOGGED = 10  # bad annotations logged one by one per file; the rest only counted
+MAX_OUTSIDE = 1.0  # polygon points may lie this many image sizes outside the image (COCO has a few just outside)
+MIN_POLYGON_AREA = 1e-6  # px^2: below it the polygons are lines or points and rasterise to an empty mask
 
 
 @dataclass
@@ -69,6 +73,40 @@ class CocoSet:
         return self.dropped.get("bad_annotation", 0) + self.dropped.get("bad_rle", 0)
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def polygon_problem(k: int, poly: Any, h: int, w: int) -> str | None:
+    """What is wrong with polygon ``k`` of an h x w image, or None. Coordinates must be finite and at most one image
+    size outside the image: pycocotools rasterises through C ints, and NaN or 1e300 crashes the process (a segfault
+    that kills the DataLoader worker and names nothing), so they are refused here, before any decoding."""
+    if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+        return f"polygon {k} is not a list of numbers"
+    if len(poly) % 2 or len(poly) < 6:
+        return f"polygon {k} has {len(poly) / 2:g} points (need >= 3 x, y pairs)"
+    try:
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+    except OverflowError:  # a json integer beyond float range
+        xy = np.full((1, 2), np.inf)
+    limits = np.asarray([w, h], dtype=np.float64)
+    ok = (xy >= -limits * MAX_OUTSIDE).all(1) & (xy <= limits * (1 + MAX_OUTSIDE)).all(1)  # NaN fails both
+    if not ok.all():
+        bad = xy[~ok][0]
+        return f"polygon {k} has the point ({bad[0]:g}, {bad[1]:g}): x, y must be finite numbers within one image " \
+               f"size of the {w}x{h} image"
+    return None
+
+
+def polygons_area(seg: list[list[float]]) -> float:
+    """Summed absolute shoelace area of checked polygons (0 when every polygon is a line or a point)."""
+    total = 0.0
+    for poly in seg:
+        x, y = np.asarray(poly[0::2], dtype=np.float64), np.asarray(poly[1::2], dtype=np.float64)
+        total += abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) / 2
+    return total
+
+
 def annotation_problem(ann: dict, h: int, w: int) -> tuple[str, str] | None:
     """(skip reason, what is wrong) of a COCO annotation for an h x w image, or None when it can be decoded."""
     seg = ann.get("segmentation")
@@ -76,20 +114,22 @@ def annotation_problem(ann: dict, h: int, w: int) -> tuple[str, str] | None:
         if not seg:
             return "bad_annotation", "empty polygon list"
         for k, poly in enumerate(seg):
-            if not isinstance(poly, list) or not all(isinstance(v, (int, float)) for v in poly):
-                return "bad_annotation", f"polygon {k} is not a list of numbers"
-            if len(poly) % 2 or len(poly) < 6:
-                return "bad_annotation", f"polygon {k} has {len(poly) / 2:g} points (need >= 3 x, y pairs)"
+            problem = polygon_problem(k, poly, h, w)
+            if problem is not None:
+                return "bad_annotation", problem
+        if polygons_area(seg) < MIN_POLYGON_AREA:  # rasterises to nothing: an item with no object to train on
+            return "bad_annotation", f"polygons enclose no area ({polygons_area(seg):g} px^2; points on one line)"
         return None
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")
         if not isinstance(size, list) or list(size) != [h, w]:
             return "bad_rle", f"RLE size {size} != image size [{h}, {w}] (height, width of its image entry)"
         if isinstance(counts, list):
-            runs = np.asarray(counts)
-            if runs.dtype.kind not in "iu" or (runs < 0).any() or int(runs.sum()) != h * w:
-                return "bad_rle", f"uncompressed RLE counts sum to {runs.sum() if runs.dtype.kind in 'iu' else '?'}" \
-                                  f", need {h * w} non-negative integers"
+            # checked element by element: a ragged or nested list makes np.asarray raise, a huge int overflow
+            if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= h * w for c in counts):
+                return "bad_rle", f"uncompressed RLE counts must be a flat list of integers in [0, {h * w}]"
+            if sum(counts) != h * w:
+                return "bad_rle", f"uncompressed RLE counts sum to {sum(counts)}, need {h * w} (height x width)"
             return None
         if isinstance(counts, (str, bytes)):
             try:
@@ -101,6 +141,11 @@ def annotation_problem(ann: dict, h: int, w: int) -> tuple[str, str] | None:
             return None
         return "bad_rle", f"RLE counts must be a list of ints or a string, got {type(counts).__name__}"
     return "bad_annotation", f"segmentation is {type(seg).__name__}, expected polygons or an RLE dict"
+
+
+def _is_id(value: Any) -> bool:
+    """An image id must be a json integer or string (a list is unhashable, a float compares unreliably)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def annotation_rle(ann: dict, h: int, w: int) -> dict:
@@ -156,15 +201,18 @@ def read_coco(path: str | Path, iscrowd: str = "skip") -> CocoSet:
     images: dict[Any, CocoImage] = {}
     for k, entry in enumerate(data["images"]):
         ok = isinstance(entry, dict) and isinstance(entry.get("file_name"), str) and \
-            isinstance(entry.get("height"), int) and isinstance(entry.get("width"), int) and "id" in entry
+            isinstance(entry.get("height"), int) and isinstance(entry.get("width"), int) and _is_id(entry.get("id"))
         if not ok:
-            drop("bad_json", f"images[{k}]: needs id, file_name, height and width")
+            drop("bad_json", f"images[{k}]: needs id (an integer or a string), file_name, height and width")
             continue
+        if entry["id"] in images:  # the annotations of both would land on one picture: refuse, never guess
+            raise ValueError(f"{path}: image id {entry['id']!r} is used twice, by {images[entry['id']].file_name} and "
+                             f"by {entry['file_name']} (images[{k}]); every image needs its own id")
         images[entry["id"]] = CocoImage(entry["file_name"], entry["height"], entry["width"], entry["id"])
     crowd = 0
     for k, ann in enumerate(data["annotations"]):
         ident = ann.get("id", f"#{k}") if isinstance(ann, dict) else f"#{k}"
-        image = images.get(ann.get("image_id")) if isinstance(ann, dict) else None
+        image = images.get(ann.get("image_id")) if isinstance(ann, dict) and _is_id(ann.get("image_id")) else None
         if image is None:
             drop("bad_annotation", f"annotation {ident}: image_id "
                  f"{ann.get('image_id') if isinstance(ann, dict) else None!r} is not in 'images'")

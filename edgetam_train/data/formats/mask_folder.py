@@ -1,7 +1,7 @@
 """Image + mask folders on disk: ``<root>/images/<stem>.{jpg,jpeg,png}`` with either
 
 * ``<root>/masks/<stem>.png``: an instance-id PNG (palette, grey or 16-bit; 0 = background, every other value one
-  object), or
+  object; an anti-aliased or soft PNG is refused unless ``mode="binary"``: :func:`read_instance_label`), or
 * ``<root>/masks/<stem>/<k>.png``: one binary PNG per object (any non-zero pixel belongs to it).
 
 :func:`index_mask_folder` pairs images and masks by stem (names only; nothing is decoded) and reports what is left
@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 SINGLE_CHANNEL_MODES = ("1", "L", "P", "I;16", "I;16B", "I;16L", "I")
+MASK_MODES = ("instance", "binary")  # data.train.mode / data.val.mode: what a <stem>.png holds
+RING_INTERIOR = 0.1  # a value with at most this fraction of interior pixels is a ring (an edge level)
+MIN_RING_VALUES = 3  # fewer ring values are tiny objects, not anti-aliasing
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,11 @@ def read_png(path: Path) -> np.ndarray:
                           "a binary mask", ("corrupt_mask", "mask missing"))
 
 
-def read_object_masks(masks_dir: Path, item: MaskFolderItem, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def read_object_masks(masks_dir: Path, item: MaskFolderItem, hw: tuple[int, int], mode: str = "instance"
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """bool (K, H, W) object masks of ``item`` and their int64 (K,) ids (instance values, or the ``<k>`` of
-    ``<k>.png``), checked against the image size ``hw``. Raises ``BadSample`` size_mismatch / no_masks / ...
-    (empty per-object PNGs are left out)."""
+    ``<k>.png``), checked against the image size ``hw``; ``mode``: as :func:`read_instance_label`. Raises
+    ``BadSample`` size_mismatch / no_masks / bad_annotation ... (empty per-object PNGs are left out)."""
     if item.per_object:
         folder = masks_dir / item.mask
         files = sorted((e.name for e in _names(folder) if e.name.lower().endswith(".png")),
@@ -98,16 +102,52 @@ def read_object_masks(masks_dir: Path, item: MaskFolderItem, hw: tuple[int, int]
         if not masks:
             raise BadSample("no_masks", str(folder), "no non-empty <k>.png object mask")
         return np.stack(masks), np.asarray(ids, dtype=np.int64)
-    label, ids = read_instance_label(masks_dir / item.mask, hw)
+    label, ids = read_instance_label(masks_dir / item.mask, hw, mode)
     return label[None] == ids[:, None, None], ids
 
 
-def read_instance_label(path: Path, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W) instance-id map of ``path`` and its int64 object ids (non-zero values), checked against ``hw``."""
+def ring_only_values(label: np.ndarray) -> np.ndarray:
+    """Non-zero values of ``label`` whose pixels lie (almost) only on edges: a pixel is an edge pixel when one of its
+    4 neighbours holds another value. Anti-aliasing and soft masks make such values (a 1-2 px ring per grey level);
+    a real object has interior pixels unless it is a few pixels wide."""
+    edge = np.zeros(label.shape, dtype=bool)
+    vertical, horizontal = label[1:] != label[:-1], label[:, 1:] != label[:, :-1]
+    edge[1:] |= vertical
+    edge[:-1] |= vertical
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    values, inverse, counts = np.unique(label, return_inverse=True, return_counts=True)
+    interior = np.bincount(inverse.ravel(), weights=~edge.ravel(), minlength=len(values))
+    ring = (interior <= RING_INTERIOR * counts) & (values != 0)
+    return values[ring]
+
+
+def read_instance_label(path: Path, hw: tuple[int, int], mode: str = "instance") -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) instance-id map of ``path`` and its int64 object ids (non-zero values), checked against ``hw``.
+
+    ``mode`` "instance": every non-zero value is one object; a PNG with exactly two values is a binary mask (the
+    higher one the object, whatever the lower is); a PNG that looks anti-aliased or soft (:func:`ring_only_values`
+    for most of its values) raises ``BadSample`` bad_annotation saying what the PNG must hold, rather than training
+    each edge ring as an object. ``mode`` "binary": one object (id 1), the pixels above half the PNG's maximum.
+    """
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask folder mode={mode!r}: expected one of {MASK_MODES}")
     label = read_png(path)
     check_mask_size(label, hw, path)
+    if mode == "binary":
+        label = (label > label.max() / 2).astype(np.uint8)  # 0/1, 0/255, anti-aliased 0..255, 16-bit soft
     ids = np.unique(label)
+    if ids.size == 2 and ids[0] != 0:  # two grey levels: background and object
+        label = np.where(label == ids[1], ids[1], 0).astype(label.dtype)
+        ids = np.unique(label)
     ids = ids[ids != 0].astype(np.int64)
+    ring = ring_only_values(label) if ids.size >= MIN_RING_VALUES else ids[:0]
+    if ring.size >= MIN_RING_VALUES and ring.size * 2 > ids.size:
+        raise BadSample("bad_annotation", str(path), f"looks anti-aliased or soft: {ring.size} of its {ids.size} "
+                        f"values (e.g. {', '.join(map(str, ring[:5].tolist()))}) occur only in thin rings at edges. An "
+                        "instance-id PNG must hold 0 for background and one exact value per object (save without "
+                        "smoothing, resize with nearest neighbour); for binary masks set data.train.mode=binary (and "
+                        "data.val.mode=binary)")
     if ids.size == 0:
         raise BadSample("no_masks", str(path), "the instance-id PNG is all background (0)")
     return label, ids

@@ -61,6 +61,14 @@ def frame_order(stems: Sequence[str]) -> list[str]:
     return sorted(stems)
 
 
+def numbering_gaps(ordered: Sequence[str]) -> list[tuple[str, str]]:
+    """(before, after) pairs of consecutive numbered frame stems whose numbers differ by more than one (frames
+    missing from the folder: a jpg and its png both gone); [] when the stems are not all numbers."""
+    if not ordered or not all(s.isdigit() for s in ordered):
+        return []
+    return [(a, b) for a, b in zip(ordered, ordered[1:]) if int(b) - int(a) > 1]
+
+
 def read_label(path: Path) -> np.ndarray:
     """uint8 (H, W) object ids of an indexed PNG. Raises ``BadSample`` missing_frame / corrupt_mask / bad_annotation."""
     return read_label_png(path, ("P", "L"), "an indexed (palette 'P' or grey 'L') PNG of object ids",
