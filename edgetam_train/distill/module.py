@@ -36,6 +36,7 @@ from edgetam_train.data.skips import REASONS
 from edgetam_train.distill.efficiency import apply_activation_checkpointing, compile_student
 from edgetam_train.distill.freeze import freeze as freeze_modules
 from edgetam_train.distill.freeze import keep_frozen_in_eval, trainable_summary
+from edgetam_train.distill.lora import keep_batchnorm_eval, restore_lora, save_lora, setup_lora
 from edgetam_train.distill.losses import DistillationLoss, sum_loss_dicts
 from edgetam_train.distill.nonfinite import DEFAULT_MAX_CONSECUTIVE_NONFINITE, NonFiniteGuard, zero_loss
 from edgetam_train.distill.optim_select import describe, make_optimizer, make_scheduler
@@ -44,7 +45,8 @@ from edgetam_train.distill.step_output import ClipStepOutput
 from edgetam_train.distill.teacher import ClipReplay, Teacher, TeacherTargets, memory_features
 from edgetam_train.distributed import all_reduce_sum, world_size
 from edgetam_train.eval.validation import ValScores, describe_skipped, one_click_ious, score_video, track_video
-from edgetam_train.models.checkpoint import add_arch_record, check_state_dict, read_state_dict
+from edgetam_train.models.build import architecture_difference
+from edgetam_train.models.checkpoint import CheckpointMismatchError, add_arch_record, check_state_dict, read_state_dict
 from edgetam_train.models.sam2_model import SAM2Model
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class DistillationModule(pl.LightningModule):
             no gradients, not in the optimizer, in eval mode for the whole run.
         activation_checkpointing / compile: memory and speed switches of the step
             (:mod:`edgetam_train.distill.efficiency`: none / heads / full; false / true / encoder / student).
+        lora: ``model.lora`` (:mod:`edgetam_train.distill.lora`; None or rank 0: off): peft LoRA adapters on the
+            chosen linears; only they and ``lora.heads`` train.
     """
 
     def __init__(self, student: SAM2Model, teacher: Teacher | None, loss: DistillationLoss,
@@ -84,7 +88,8 @@ class DistillationModule(pl.LightningModule):
                  scheduler: Callable | None = None, init_from: str | None = None,
                  max_consecutive_nonfinite: int | None = DEFAULT_MAX_CONSECUTIVE_NONFINITE,
                  freeze_batchnorm: bool = False, freeze: Sequence[str] | None = None,
-                 activation_checkpointing: str | bool | None = None, compile: str | bool | None = None) -> None:
+                 activation_checkpointing: str | bool | None = None, compile: str | bool | None = None,
+                 lora: Mapping[str, Any] | None = None) -> None:
         if prompts is not None and not isinstance(prompts, PromptConfig):
             raise TypeError(f"model.prompts: expected a PromptConfig (_target_: "
                             f"edgetam_train.distill.prompting.PromptConfig), got {type(prompts).__name__}")
@@ -95,7 +100,7 @@ class DistillationModule(pl.LightningModule):
         optimizer_spec, optimizer = optimizer, describe(optimizer)
         scheduler_spec, scheduler = scheduler, describe(scheduler)
         super().__init__()
-        self.save_hyperparameters(ignore=["student", "teacher", "loss", "prompts"])
+        self.save_hyperparameters(ignore=["student", "teacher", "loss", "prompts", "lora"])
         self.student = student
         # not registered as a submodule: no optimizer, no DDP, no checkpoint; moved to the device in setup()
         object.__setattr__(self, "teacher", teacher)
@@ -114,6 +119,9 @@ class DistillationModule(pl.LightningModule):
                              f"{student.image_size}: both must see the same images (set both model.*.image_size)")
         if init_from and str(init_from).strip().lower() != "none":
             sd = read_state_dict(init_from)
+            other = architecture_difference(student, sd, f"model.init_from={init_from}")
+            if other:  # one line naming both, not hundreds of missing keys
+                raise CheckpointMismatchError(other)
             check_state_dict(student, sd, str(init_from))
             student.load_state_dict(sd)
             log.info("student initialised from %s", init_from)
@@ -121,6 +129,8 @@ class DistillationModule(pl.LightningModule):
         if freeze:
             log.info("frozen (eval mode, not optimised): %s; %d of %d student parameters train",
                      ", ".join(map(str, freeze)), *trainable_summary(student))
+        self.lora_spec = setup_lora(student, lora, freeze)  # after freeze: no adapters in frozen modules
+        self.hparams["lora"] = dataclasses.asdict(self.lora_spec) if self.lora_spec else None
         if teacher is not None:
             teacher.bind_student(student)
         apply_activation_checkpointing(student, loss.task_loss, activation_checkpointing)
@@ -134,6 +144,8 @@ class DistillationModule(pl.LightningModule):
         """Frozen modules (``model.freeze``) and, with ``freeze_batchnorm``, every student BatchNorm stay in eval
         mode."""
         keep_frozen_in_eval(self.student, getattr(self, "frozen_modules", ()))
+        if getattr(self, "lora_spec", None) is not None:
+            keep_batchnorm_eval(self.student)
         if getattr(self, "freeze_batchnorm", False):
             for m in self.student.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -300,9 +312,13 @@ class DistillationModule(pl.LightningModule):
         checkpoint["data_skips"] = dict(self.skip_totals)
         checkpoint["nonfinite_steps"] = self.nonfinite.state_dict()
         add_arch_record(checkpoint, self.student)  # the student's architecture (models/arch_record.py)
+        if self.lora_spec is not None:  # official keys + the adapters apart (distill/lora.py)
+            save_lora(checkpoint, self.lora_spec)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume the skip totals (``data/skipped*`` keep counting from where the run stopped)."""
+        """Resume the skip totals (``data/skipped*`` keep counting from where the run stopped); a LoRA checkpoint's
+        adapters go back under peft's key names before Lightning loads the state_dict."""
+        restore_lora(checkpoint)
         for key, n in checkpoint.get("data_skips", {}).items():
             if key in self.skip_totals:
                 self.skip_totals[key] = int(n)

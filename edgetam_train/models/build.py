@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 
 from edgetam_train.config import CONFIG_DIR
 from edgetam_train.models.arch_record import (
@@ -145,6 +145,16 @@ def guess_model(state_dict: dict[str, Tensor]) -> str | None:
     if width == 96:
         return {12: "sam2.1_hiera_t", 16: "sam2.1_hiera_s"}.get(len(blocks))
     return {112: "sam2.1_hiera_b+", 144: "sam2.1_hiera_l"}.get(width)
+
+
+def architecture_difference(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> str | None:
+    """One line naming both architectures when ``state_dict`` (e.g. ``model.init_from``) looks like another
+    ``configs/arch`` model than ``model`` (:func:`guess_model` of each); None when they agree or either is unknown."""
+    own, theirs = guess_model(model.state_dict()), guess_model(state_dict)
+    if own is None or theirs is None or own == theirs:
+        return None
+    return (f"{source} holds a {theirs} model but the model being trained is {own} (arch@model.student="
+            f"{own}): pass the {own} checkpoint, or arch@model.student={theirs} for this one")
 
 
 def _check_flags(record: dict, source: str, model: str | None, image_size: int | None) -> None:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from edgetam_train.models.arch_record import ARCH_KEY, check_record, describe, tree_differences
+from edgetam_train.models.lora import LORA_KEY, merge_record
 
 MAX_LISTED = 20
 
@@ -73,7 +74,8 @@ def read_state_dict(path: str | Path, prefix: str = "student.") -> dict[str, Ten
 
 def read_checkpoint(path: str | Path, prefix: str = "student.") -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     """``(state_dict, architecture record or None)`` of ``path`` (see :func:`read_state_dict`); the record is
-    checked (:func:`~edgetam_train.models.arch_record.check_record`)."""
+    checked (:func:`~edgetam_train.models.arch_record.check_record`); a LoRA checkpoint's adapters are merged
+    (:func:`~edgetam_train.models.lora.merge_record`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -81,7 +83,10 @@ def read_checkpoint(path: str | Path, prefix: str = "student.") -> tuple[dict[st
     if not isinstance(obj, dict):
         raise CheckpointMismatchError(f"{path}: expected a dict with key 'model' or 'state_dict', got {type(obj)}")
     record = check_record(obj[ARCH_KEY], str(path)) if ARCH_KEY in obj else None
-    return _state_dict_of(obj, path, prefix), record
+    state_dict = _state_dict_of(obj, path, prefix)
+    if isinstance(obj.get(LORA_KEY), dict):  # a LoRA run's checkpoint: its adapters merged, the plain layout
+        state_dict = merge_record(state_dict, obj[LORA_KEY], str(path))
+    return state_dict, record
 
 
 def _state_dict_of(obj: dict[str, Any], path: Path, prefix: str) -> dict[str, Tensor]:
