@@ -29,6 +29,7 @@ from edgetam_train.run.cluster import (
     training_checkpoint_problem,
 )
 from edgetam_train.run.console import tidy_console
+from edgetam_train.run.exits import RefusedRun
 from edgetam_train.run.log_config import assign_wandb_tags, experiment_tags, log_config
 from edgetam_train.run.preflight import (
     FREE_CHECKPOINTS,
@@ -126,18 +127,30 @@ def check_teacher_choice(cfg: DictConfig) -> None:
                          "data.teacher_cache=<dir written by edgetam-cache-teacher>")
 
 
+def preflight(cfg: DictConfig) -> str | None:
+    """Every check that needs no model or data: config values, credentials, the module / data / teacher choices,
+    where the weights start, the checkpoint to resume and its config. Returns the checkpoint to resume from (None: a
+    fresh run); a problem raises :class:`RefusedRun` (a ``ValueError``) naming the key or file, which ``train.py``
+    prints as one line (exit 2)."""
+    try:
+        check_numeric_config(cfg)  # lr=abc, batch_size=-1, ...: named now, not after the models are built
+        check_no_secrets(cfg)  # before anything writes the config (config_resolved.yaml, logger hyper-parameters)
+        check_model_config(cfg.get("model"))
+        check_data_config(cfg.get("data"), experiment_tags())
+        check_teacher_choice(cfg)
+        check_initialisation(cfg)  # no silent random trunk / stage 2 from scratch / missing teacher file
+        ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+        check_resume_config(cfg, cfg.paths.output_dir, ckpt)  # a changed config stops here unless safe or accepted
+    except (ValueError, FileNotFoundError) as e:
+        raise RefusedRun(str(e)) from e
+    return ckpt
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; returns the final logged metrics."""
     tidy_console()  # each Lightning line once, no warnings the user cannot act on
-    check_numeric_config(cfg)  # lr=abc, batch_size=-1, ...: named now, not after the models are built
-    check_no_secrets(cfg)  # before anything writes the config (config_resolved.yaml, logger hyper-parameters)
-    check_model_config(cfg.get("model"))
-    check_data_config(cfg.get("data"), experiment_tags())
-    check_teacher_choice(cfg)
-    check_initialisation(cfg)  # no silent random trunk / stage 2 from scratch / missing teacher file
+    ckpt = preflight(cfg)
     output_dir = cfg.paths.output_dir
-    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    check_resume_config(cfg, output_dir, ckpt)  # a resume with a changed config stops here unless safe or accepted
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
