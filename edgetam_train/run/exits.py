@@ -37,6 +37,8 @@ class RefusedRun(ValueError):
 def one_line_reason(err: BaseException) -> str | None:
     """The message to print for ``err`` when it is bad input or a disk problem (None: a bug, keep the traceback).
     An ``OSError`` is shown without its ``[Errno N]`` prefix when it carries our own message."""
+    if type(err).__name__ == "InstantiationException" and err.__cause__ is not None:  # Hydra's wrapper
+        return one_line_reason(err.__cause__)
     if isinstance(err, RefusedRun):
         return str(err)
     if isinstance(err, FileNotFoundError) and err.errno is None:  # ours: "<file> does not exist (config key ...)"
