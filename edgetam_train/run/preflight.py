@@ -259,7 +259,10 @@ def check_initialisation(cfg: DictConfig) -> None:
     problems = []
     init_from = model.get("init_from")
     if init_from not in (None, "") and not is_choice(init_from, NO_INIT) and not Path(str(init_from)).is_file():
-        problems.append(f"model.init_from={init_from} does not exist (a stage-1 / official checkpoint)")
+        folder = Path(str(init_from)).parent
+        problems.append(f"model.init_from={init_from} does not exist (a stage-1 / official checkpoint). The official "
+                        f"EdgeTAM weights: python scripts/download.py weights edgetam --out {folder} (-> edgetam.pt; "
+                        f"docs/data_and_weights.md); or a run's checkpoints/last.ckpt")
     elif init_from in (None, "") and is_video_stage(cfg.get("data")):
         problems.append("model.init_from is not set, so stage 2 would start the student from scratch (the paper's "
                         "stage 2 starts from the stage-1 student): model.init_from=logs/train/runs/edgetam_distill/"

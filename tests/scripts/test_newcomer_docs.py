@@ -42,3 +42,24 @@ def test_litert_has_its_own_venv_and_the_docs_point_to_it():
     assert "make venv-litert" in tflite and ".venv-litert/bin/edgetam-export" in tflite
     assert "pip install '.[litert]'" not in ondevice
     assert ".venv-litert/" in (REPO / ".gitignore").read_text().split()
+
+
+def test_finetune_doc_says_where_the_weights_come_from_and_shows_todays_console(tmp_path):
+    """docs/finetune.md: the download command for ``weights/edgetam.pt`` and the teacher, no ``--image-size 256``
+    advice (checkpoints record their size), the step progress bar (not Lightning's ``Epoch 4:`` bar), the validation
+    line as printed now; a missing ``model.init_from`` points to the download; ``edgetam-predict video --help`` does
+    not say "one object"."""
+    from omegaconf import OmegaConf
+
+    from edgetam_train.predictor.cli import build_parser
+    from edgetam_train.run.preflight import check_initialisation
+
+    doc = (REPO / "docs" / "finetune.md").read_text()
+    assert "python scripts/download.py weights edgetam sam2.1_hiera_base_plus --out weights" in doc
+    assert "data_and_weights.md" in doc and "(`--image-size 256`" not in doc
+    assert "Epoch 4:" not in doc and "train  50%|" in doc and "(0 objects" not in doc
+    cfg = OmegaConf.create({"model": {"init_from": str(tmp_path / "weights" / "edgetam.pt")}})
+    with pytest.raises(ValueError, match=rf"python scripts/download.py weights edgetam --out {tmp_path}/weights"):
+        check_initialisation(cfg)
+    help_text = build_parser().format_help()
+    assert "one object" not in help_text and "track objects through a video" in help_text
