@@ -34,7 +34,7 @@ train: sample-data
 	$(PY) train.py experiment=edgetam_distill debug=quickstart
 	$(VENV_HINT)
 
-# docs/finetune.md on generated data, CPU, a few minutes: COCO json -> fine-tune (frozen trunk) -> export -> predict.
+# docs/finetune.md on generated data, CPU, 20 steps (about the quick start's s/step): COCO json -> fine-tune (frozen trunk) -> export -> predict.
 # The starting edgetam.pt is randomly initialised (no downloads), so the numbers show the plumbing, not a model.
 FT_RUN := logs/train/runs/finetune_demo
 finetune-demo: $(STAMP)

@@ -63,3 +63,14 @@ def test_finetune_doc_says_where_the_weights_come_from_and_shows_todays_console(
         check_initialisation(cfg)
     help_text = build_parser().format_help()
     assert "one object" not in help_text and "track objects through a video" in help_text
+
+
+def test_times_are_given_per_step_with_what_they_assume():
+    """"a few minutes", "~35 s", "about 3 minutes" were 2-9x off on a busy 2-core machine: seconds per step, the
+    cores and idleness they assume, and where the ETA is shown."""
+    readme = (REPO / "README.md").read_text()
+    finetune = (REPO / "docs" / "finetune.md").read_text()
+    for text in (readme, finetune, (REPO / "Makefile").read_text()):
+        assert "a few minutes" not in text and "about 3 minutes" not in text and "~35 s on" not in text
+    assert "s/step" in readme and "idle" in readme and "[elapsed<remaining]" in readme
+    assert "s/step" in finetune and "time left" in finetune
