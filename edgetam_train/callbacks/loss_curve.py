@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger
 log = logging.getLogger(__name__)
 
 FILE_NAME = "loss_curve.png"
+VAL_STEP = "val_step"  # edgetam_train.distill.module.VAL_STEP (not imported: this callback works with any module)
 # (panel title, columns by name, columns by prefix, log scale when the values span more than a factor 10); a column is
 # drawn in the first panel that takes it, and not at all when it is always 0
 PANELS: tuple[tuple[str, tuple[str, ...], str | None, bool], ...] = (
@@ -33,17 +34,27 @@ PANELS: tuple[tuple[str, tuple[str, ...], str | None, bool], ...] = (
 )
 
 
-def read_metrics(path: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """``metrics.csv`` as column -> [(step, value)] for the rows where the column has a finite value."""
+def read_metrics(path: str | Path, optimiser_steps: bool = False) -> dict[str, list[tuple[int, float]]]:
+    """``metrics.csv`` as column -> [(step, value)] for the rows where the column has a finite value.
+
+    Args:
+        path: the CSV logger's file.
+        optimiser_steps: give each row the optimiser step it belongs to, as the console, ``train.log`` and checkpoint
+            names count (``trainer.global_step``), instead of Lightning's logger step, which is one less: a row
+            logged during step k, or a validation after it, has ``step`` k - 1. A validation row's own ``val_step``
+            column (logged by the distillation module) wins: the validation before training is at 0.
+    """
     series: dict[str, list[tuple[int, float]]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             try:
                 step = int(float(row.get("step") or "nan"))
+                if optimiser_steps:
+                    step = int(float(row[VAL_STEP])) if row.get(VAL_STEP) else step + 1
             except ValueError:
                 continue
             for key, text in row.items():
-                if key in ("step", "epoch") or not text:
+                if key in ("step", "epoch", VAL_STEP) or not text:
                     continue
                 try:
                     value = float(text)
@@ -59,7 +70,7 @@ def plot_metrics_csv(csv_path: str | Path, out_path: str | Path) -> Path | None:
     from matplotlib.figure import Figure  # no pyplot: no global backend or window state
     from matplotlib.ticker import MaxNLocator
 
-    series = read_metrics(csv_path)
+    series = read_metrics(csv_path, optimiser_steps=True)
     panels, taken = [], set()
     for title, names, prefix, log_y in PANELS:
         cols = [n for n in names if n in series and n not in taken]

@@ -50,10 +50,22 @@ from edgetam_train.models.checkpoint import CheckpointMismatchError, add_arch_re
 from edgetam_train.models.sam2_model import SAM2Model
 
 log = logging.getLogger(__name__)
+# the column naming the optimiser step a validation scored (read by callbacks/loss_curve.py)
+VAL_STEP = "val_step"
 
 # skip reasons logged as data/skipped_<reason>; a reason outside data.skips.REASONS is counted as "other"
 SKIP_KEYS: tuple[str, ...] = REASONS + ("other",)
 
+
+
+def validation_summary(logged: dict[str, Any], counts: dict[str, Any]) -> str:
+    """``val/mIoU_1click=0.7124 val/skipped=0.0000 (13 masks)``: the logged scores and the counts of what was scored
+    (videos' objects, images' masks), each only when that kind was validated ("0 objects" on image data read as a
+    bug); skipped items only when there were any."""
+    counted = [(int(counts[what]), what) for what in ("objects", "masks", "skipped")]
+    parts = [f"{n} {what}" for n, what in counted if n > 0]
+    scores = " ".join(f"{k}={float(v):.4f}" for k, v in logged.items() if k != "val/skipped")
+    return f"{scores} ({', '.join(parts) or 'nothing scored'})"
 
 class DistillationModule(pl.LightningModule):
     """Student EdgeTAM trained from ground truth and a frozen SAM 2.1 teacher.
@@ -300,10 +312,10 @@ class DistillationModule(pl.LightningModule):
             logged["val/skipped"] = values["skipped"]
         for name, value in logged.items():
             self.log(name, value.float(), sync_dist=True)
+        if logged:  # the step the weights were validated at: Lightning's logger step is one less (callbacks/loss_curve)
+            self.log(VAL_STEP, float(self.global_step), sync_dist=False)
         if logged and self.global_rank == 0:
-            log.info("validation at step %d: %s (%d objects, %d masks, %d skipped)", self.global_step,
-                     " ".join(f"{k}={float(v):.4f}" for k, v in logged.items()), int(values["objects"]),
-                     int(values["masks"]), int(values["skipped"]))
+            log.info("validation at step %d: %s", self.global_step, validation_summary(logged, values))
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

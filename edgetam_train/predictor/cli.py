@@ -336,8 +336,8 @@ def run_video(args: argparse.Namespace) -> int:
 # name -> (help, add_arguments(parser), run(args) -> exit status)
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "image": ("segment one image from clicks and/or a box", add_image_arguments, run_image),
-    "video": ("track one object through a video from clicks and/or a box on one frame", add_video_arguments,
-              run_video),
+    "video": ("track objects through a video (prompts per --obj-id, --prompts JSON or --init-masks PNG, on any "
+              "frames)", add_video_arguments, run_video),
 }
 
 

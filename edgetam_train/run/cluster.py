@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,13 @@ log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_run_id.txt"
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
-# config keys that name credentials (matched on the last key component, case-insensitive)
-SECRET_KEY = re.compile(r"(^|_)(api_?key|apikey|token|secret|password|passwd)$", re.IGNORECASE)
+# config keys that name credentials (matched on the last key component, case-insensitive); a bare ``key`` is the
+# name ``wandb.login(key=...)`` uses, so ``+logger.wandb.key=...`` is one too (``key_points``, ``sort_key`` are not)
+SECRET_KEY = re.compile(r"^key$|(^|_)(api_?key|apikey|token|secret|password|passwd)$", re.IGNORECASE)
+# values shaped like a credential whatever their key: a W&B API key (40 hex digits, ``local-`` + 40 on W&B Server).
+# Matched against a whole value (or a whole item of an override's value), so that a path holding a commit hash
+# (a Hugging Face cache's snapshots/<sha>/...) is not taken for one
+SECRET_VALUE = re.compile(r"(local-)?[0-9a-f]{40}")
 SECRET_ENV = ("WANDB_API_KEY",)
 
 
@@ -143,13 +149,17 @@ def _where_secret(node: Any, path: str, values: list[str]) -> str | None:
             return f"{path} (reads ${SECRET_ENV[0]} into the config)"
         if "=" in node and SECRET_KEY.search(node.split("=", 1)[0].lstrip("+~").rsplit(".", 1)[-1]):
             return f"{path} (the override {node.split('=', 1)[0]}=...)"
+        items = re.split(r"[\s,\[\]{}'\"=:]+", node.split("=", 1)[-1])
+        if any(SECRET_VALUE.fullmatch(item) for item in items):
+            return f"{path} (a value shaped like a W&B API key: 40 hex digits)"
     return None
 
 
 def check_no_secrets(cfg: DictConfig, resolve: bool = True) -> None:
     """Raise ``ValueError`` when the config would carry a credential into the run directory (``config_resolved.yaml``,
     ``.hydra/``, the loggers' copies of the config): a key named like a credential (``api_key``, ``token``,
-    ``password``, ...), a value equal to ``$WANDB_API_KEY``, or an interpolation reading it.
+    ``password``, ``key``, ...), a value equal to ``$WANDB_API_KEY`` or shaped like a W&B API key (40 hex digits),
+    or an interpolation reading it.
 
     Args:
         cfg: the composed config (with or without its ``hydra`` node).
@@ -168,8 +178,10 @@ class RefuseSecrets(Callback):
     """Hydra callback (``hydra.callbacks`` in ``configs/hydra/default.yaml``): runs ``check_no_secrets`` on the raw
     config and the command-line overrides before Hydra creates the run directory and writes ``.hydra/``.
 
-    Hydra turns exceptions raised in callbacks into warnings and goes on, so a refusal exits the process
-    (``SystemExit``, status 1, the message on stderr)."""
+    ``on_run_start`` runs after composing and before ``run_job`` creates the run directory and saves
+    ``.hydra/{config,hydra,overrides}.yaml``, so a refused value is never written. Hydra turns exceptions raised in
+    callbacks into warnings and goes on, so a refusal prints one line on stderr and exits with status 2 (bad input),
+    without Hydra's "Error executing job with overrides: [...]" line, which would print the secret."""
 
     def _check(self, config: DictConfig) -> None:
         try:
@@ -179,7 +191,8 @@ class RefuseSecrets(Callback):
             if overrides is not None:
                 check_no_secrets(overrides, resolve=False)
         except ValueError as e:
-            raise SystemExit(f"Error: {e}") from None
+            print(f"Error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config)

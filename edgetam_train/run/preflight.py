@@ -13,6 +13,7 @@ save ``every_n_train_steps`` later.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -52,6 +53,8 @@ class Number:
         ok_type = (int,) if self.kind is int else (int, float)
         if isinstance(value, bool) or not isinstance(value, ok_type):
             return f"must be {'an integer' if self.kind is int else 'a number'}"
+        if not math.isfinite(value):  # nan passes every comparison below; an optimizer then trains on nan
+            return "must be a finite number"
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return f"must be {'>' if self.low_open else '>='} {self.low:g}"
         if self.high is not None and value > self.high:
@@ -115,6 +118,8 @@ def check_numeric_config(cfg: DictConfig, rules: dict[str, Number] | None = None
         problem = rule.problem(value)
         if problem:
             problems.append(f"{key}={value!r} ({type(value).__name__}): {problem}; expected {rule.expected()}")
+    if len(problems) == 1:
+        raise ValueError(f"config value out of type or range: {problems[0]}")
     if problems:
         raise ValueError("config values out of type or range:\n  " + "\n  ".join(problems))
 
@@ -131,6 +136,25 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
+def probe_writable(key: str, directory: str | Path) -> str | None:
+    """Create ``directory`` (and its parents), write, fsync and remove a 4 KB file in it; returns why that failed
+    ("<key>=<dir> is not writable (<reason>) ...", naming ``key``) or None."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_test_", dir=path)
+        try:
+            os.write(fd, b"0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        return (f"{key}={path} is not writable ({e.strerror or e}): checkpoints and logs go there; fix its "
+                f"permissions or point {key.split(' ')[0]} elsewhere")
+    return None
+
+
 def check_run_dir(directories: dict[str, str | Path], need_bytes: int = 0) -> None:
     """Create each directory, write and remove a file in it, and check its filesystem has ``need_bytes`` free.
 
@@ -143,18 +167,9 @@ def check_run_dir(directories: dict[str, str | Path], need_bytes: int = 0) -> No
     """
     for key, directory in directories.items():
         path = Path(directory)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".write_test_", dir=path)
-            try:
-                os.write(fd, b"0" * 4096)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-                os.unlink(probe)
-        except OSError as e:
-            raise type(e)(e.errno, f"{key}={path} is not writable ({e.strerror or e}): checkpoints and logs go "
-                                   f"there; fix its permissions or point {key} elsewhere") from None
+        problem = probe_writable(key, path)
+        if problem:
+            raise PermissionError(13, problem)
         free = shutil.disk_usage(path).free
         if free < need_bytes:
             raise OSError(28, f"disk full: {key}={path} has {_gb(free)} free, and {FREE_CHECKPOINTS} checkpoints need "
@@ -244,7 +259,10 @@ def check_initialisation(cfg: DictConfig) -> None:
     problems = []
     init_from = model.get("init_from")
     if init_from not in (None, "") and not is_choice(init_from, NO_INIT) and not Path(str(init_from)).is_file():
-        problems.append(f"model.init_from={init_from} does not exist (a stage-1 / official checkpoint)")
+        folder = Path(str(init_from)).parent
+        problems.append(f"model.init_from={init_from} does not exist (a stage-1 / official checkpoint). The official "
+                        f"EdgeTAM weights: python scripts/download.py weights edgetam --out {folder} (-> edgetam.pt; "
+                        f"docs/data_and_weights.md); or a run's checkpoints/last.ckpt")
     elif init_from in (None, "") and is_video_stage(cfg.get("data")):
         problems.append("model.init_from is not set, so stage 2 would start the student from scratch (the paper's "
                         "stage 2 starts from the stage-1 student): model.init_from=logs/train/runs/edgetam_distill/"

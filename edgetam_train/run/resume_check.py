@@ -110,6 +110,18 @@ def _accepted_keys(cfg: Mapping[str, Any] | DictConfig) -> list[str]:
                             f"{ACCEPT_KEY}=[model.optimizer.lr,data.max_masks]")
 
 
+def check_accepted_keys_exist(accepted: Iterable[str], *configs: Mapping[str, Any]) -> None:
+    """Refuse ``accept_config_changes`` entries that name no key of any of ``configs`` (neither a leaf nor a node
+    above leaves): a typo there would otherwise accept nothing, silently, and the resume stop anyway or, worse,
+    the user believe a change was recorded."""
+    keys = set().union(*(flatten_dict(dict(c)) for c in configs))
+    unknown = [a for a in accepted if not any(_under(k, [a]) for k in keys)]
+    if unknown:
+        raise ResumeConfigError(f"{ACCEPT_KEY}={unknown}: no such config key (expected keys of the config, e.g. "
+                                f"model.optimizer.lr or a group above them such as model.optimizer; see "
+                                f"`python train.py --cfg job` for the keys)")
+
+
 def _show(value: Any) -> str:
     text = repr(value) if isinstance(value, str) and value != ABSENT else str(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -158,17 +170,21 @@ def check_resume_config(cfg: DictConfig | Mapping[str, Any], output_dir: str | P
 
     Returns the changes (empty when not resuming, when identical, or when no stored config exists); safe and accepted
     changes are logged and, on global rank 0 (``rank_zero``, default from the environment), recorded in
-    ``config_changes.yaml``. Raises :class:`ResumeConfigError` when any other key differs.
+    ``config_changes.yaml``. Raises :class:`ResumeConfigError` when any other key differs, or when
+    ``accept_config_changes`` names a key the config does not have (checked on fresh runs too).
     """
+    new = _plain(cfg)
+    stored_path = Path(output_dir) / STORED_CONFIG
+    if not ckpt or not stored_path.is_file():
+        check_accepted_keys_exist(_accepted_keys(new), new)
     if not ckpt:
         return ConfigChanges()
-    stored_path = Path(output_dir) / STORED_CONFIG
     if not stored_path.is_file():
         log.warning("resuming from %s without %s: the config cannot be compared with the one the run was trained "
                     "with", ckpt, stored_path)
         return ConfigChanges()
-    new = _plain(cfg)
     stored = OmegaConf.to_container(OmegaConf.load(stored_path), resolve=False)
+    check_accepted_keys_exist(_accepted_keys(new), new, stored)  # type: ignore[arg-type]
     changes = classify_changes(config_diff(stored, new), _accepted_keys(new))  # type: ignore[arg-type]
     if changes.refused:
         raise ResumeConfigError(refusal_message(changes, stored_path, ckpt, str(new.get("run_name", "?"))))

@@ -29,6 +29,7 @@ from edgetam_train.run.cluster import (
     training_checkpoint_problem,
 )
 from edgetam_train.run.console import tidy_console
+from edgetam_train.run.exits import RefusedRun
 from edgetam_train.run.log_config import assign_wandb_tags, experiment_tags, log_config
 from edgetam_train.run.preflight import (
     FREE_CHECKPOINTS,
@@ -92,6 +93,23 @@ def check_model_config(model_cfg: DictConfig | None) -> None:
                          f"arch@model.teacher.net=sam2.1_hiera_t")
 
 
+def accepted_arguments(cls: type) -> set[str] | None:
+    """The keyword arguments ``cls(...)`` takes; None when it takes any. A ``**kwargs`` that is handed on to the base
+    class (``VOSFinetuneDataModule(train, val, **kwargs)`` -> ``VideoDataModule``) adds the base's arguments, up the
+    MRO to the first ``__init__`` without ``**kwargs``; ``object`` (nothing named takes them) means any."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        if klass is object:
+            return None
+        params = inspect.signature(klass.__init__).parameters
+        names |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return names
+    return None
+
+
 def check_data_config(data_cfg: DictConfig | None, choices: list[str]) -> None:
     """Fail before anything is built when ``data`` holds keys its ``_target_`` does not take: a ``debug`` or
     ``experiment`` choice written for another data module (``debug=quickstart_video`` sets ``data.datasets``, which
@@ -100,16 +118,17 @@ def check_data_config(data_cfg: DictConfig | None, choices: list[str]) -> None:
     target, cls = _target_class(data_cfg, "data")
     if cls is None:
         return
-    params = inspect.signature(cls).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    params = accepted_arguments(cls)
+    if params is None:
         return
     unknown = sorted(k for k in data_cfg if not str(k).startswith("_") and k not in params)
     if unknown:
         chosen = ", ".join(choices) or "none"
         raise ValueError(f"data: {target.rsplit('.', 1)[-1]} (data._target_) takes no {unknown}. The chosen configs "
                          f"({chosen}) do not go together: debug=quickstart_video goes with "
-                         f"experiment=edgetam_distill_video, debug=quickstart with experiment=edgetam_distill; or "
-                         f"remove the keys (~data.{unknown[0]})")
+                         f"experiment=edgetam_distill_video, debug=quickstart with experiment=edgetam_distill (and "
+                         f"their own data); a data=<choice> needs a debug / experiment written for it (fine-tuning: "
+                         f"experiment=edgetam_finetune, docs/finetune.md); or remove the keys (~data.{unknown[0]})")
 
 
 def check_teacher_choice(cfg: DictConfig) -> None:
@@ -126,18 +145,40 @@ def check_teacher_choice(cfg: DictConfig) -> None:
                          "data.teacher_cache=<dir written by edgetam-cache-teacher>")
 
 
+def _data_choice() -> list[str]:
+    """``["data=<choice>"]`` inside a Hydra run (named with the experiment and debug choices when they clash)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    choice = HydraConfig.get().runtime.choices.get("data")
+    return [f"data={choice}"] if choice else []
+
+
+def preflight(cfg: DictConfig) -> str | None:
+    """Every check that needs no model or data: config values, credentials, the module / data / teacher choices,
+    where the weights start, the checkpoint to resume and its config. Returns the checkpoint to resume from (None: a
+    fresh run); a problem raises :class:`RefusedRun` (a ``ValueError``) naming the key or file, which ``train.py``
+    prints as one line (exit 2)."""
+    try:
+        check_numeric_config(cfg)  # lr=abc, batch_size=-1, ...: named now, not after the models are built
+        check_no_secrets(cfg)  # before anything writes the config (config_resolved.yaml, logger hyper-parameters)
+        check_model_config(cfg.get("model"))
+        check_data_config(cfg.get("data"), [*experiment_tags(), *_data_choice()])
+        check_teacher_choice(cfg)
+        check_initialisation(cfg)  # no silent random trunk / stage 2 from scratch / missing teacher file
+        ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+        check_resume_config(cfg, cfg.paths.output_dir, ckpt)  # a changed config stops here unless safe or accepted
+    except (ValueError, FileNotFoundError) as e:
+        raise RefusedRun(str(e)) from e
+    return ckpt
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; returns the final logged metrics."""
     tidy_console()  # each Lightning line once, no warnings the user cannot act on
-    check_numeric_config(cfg)  # lr=abc, batch_size=-1, ...: named now, not after the models are built
-    check_no_secrets(cfg)  # before anything writes the config (config_resolved.yaml, logger hyper-parameters)
-    check_model_config(cfg.get("model"))
-    check_data_config(cfg.get("data"), experiment_tags())
-    check_teacher_choice(cfg)
-    check_initialisation(cfg)  # no silent random trunk / stage 2 from scratch / missing teacher file
+    ckpt = preflight(cfg)
     output_dir = cfg.paths.output_dir
-    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    check_resume_config(cfg, output_dir, ckpt)  # a resume with a changed config stops here unless safe or accepted
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -429,3 +429,29 @@ def test_full_config_reaches_the_loggers_and_wandb_tags(compose_cfg, tmp_path):
     wb = compose_cfg("logger=wandb", "logger.wandb.tags=[mine]").logger
     assert assign_wandb_tags(wb, ["edgetam_distill", "mine"]) == ["mine", "edgetam_distill"]
     assert list(wb.wandb.tags) == ["mine", "edgetam_distill"]
+
+
+def test_loss_curve_draws_each_row_at_the_optimiser_step_the_log_names(tmp_path):
+    """Lightning writes the rows of step k (and a validation after it) at logger step k - 1; the console, train.log
+    and the checkpoints say k. The curve uses k; a validation row's ``val_step`` (0 for the validation before
+    training) wins."""
+    from edgetam_train.callbacks.loss_curve import read_metrics
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss,val/mIoU_1click,val_step\n"
+                    "0,0,,0.1,0\n0,0,10.0,,\n0,1,8.0,,\n0,1,,0.5,2\n")
+    assert read_metrics(path) == {"train/loss": [(0, 10.0), (1, 8.0)], "val/mIoU_1click": [(0, 0.1), (1, 0.5)]}
+    series = read_metrics(path, optimiser_steps=True)
+    assert series == {"train/loss": [(1, 10.0), (2, 8.0)], "val/mIoU_1click": [(0, 0.1), (2, 0.5)]}
+
+
+def test_validation_line_names_only_what_was_scored():
+    """Image validation said "(0 objects, 13 masks, 0 skipped)": "0 objects" read as a bug."""
+    from edgetam_train.distill.module import validation_summary
+
+    counts = {"objects": torch.tensor(0), "masks": torch.tensor(13), "skipped": torch.tensor(0)}
+    logged = {"val/mIoU_1click": torch.tensor(0.71239), "val/skipped": torch.tensor(0)}
+    assert validation_summary(logged, counts) == "val/mIoU_1click=0.7124 (13 masks)"
+    counts = {"objects": torch.tensor(6), "masks": torch.tensor(0), "skipped": torch.tensor(1)}
+    logged = {"val/J&F": torch.tensor(0.5), "val/skipped": torch.tensor(1)}
+    assert validation_summary(logged, counts) == "val/J&F=0.5000 (6 objects, 1 skipped)"

@@ -372,3 +372,25 @@ def test_readme_submitit_sweep_composes():
     cfg = _compose(*args, hydra_cfg=True)
     assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node == 8
     assert cfg.hydra.launcher.nodes == 2 and cfg.trainer.plugins[0]._target_.endswith("SLURMEnvironment")
+
+
+@pytest.mark.parametrize("override,where", [
+    (f"+logger.wandb.key={FAKE_KEY}", "logger.wandb.key (a credential key)"),  # the name wandb.login(key=...) uses
+    (f"+logger.wandb.notes={FAKE_KEY}", "shaped like a W&B API key"),  # any key: the value's shape
+    (f"run_name=local-{FAKE_KEY}", "shaped like a W&B API key"),
+])
+def test_a_wandb_key_by_name_or_shape_is_refused_and_never_written(tmp_path, override, where):
+    """No $WANDB_API_KEY to compare with: the key name ``key`` or a 40-hex value is enough. One line on stderr, exit 2,
+    nothing under logs/ (Hydra's .hydra/overrides.yaml, hydra.yaml, config.yaml are written after on_run_start)."""
+    proc = _train(tmp_path, "experiment=edgetam_distill", "debug=quickstart", "logger=wandb", override, env_extra={})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and where in lines[0] and "comes only from the environment" in lines[0], proc.stderr
+    assert FAKE_KEY not in proc.stdout + proc.stderr  # the refusal does not print the secret either
+    assert not (tmp_path / "logs").exists()
+
+
+def test_secret_shapes_do_not_catch_ordinary_values():
+    cfg = OmegaConf.create({"model": {"init_from": f"/hf/snapshots/{FAKE_KEY}/model.pt"}, "sort_key": 1,
+                            "key_points": 2, "run_name": f"x{FAKE_KEY}"})
+    check_no_secrets(cfg)

@@ -141,3 +141,17 @@ def test_train_py_refuses_a_changed_resume_before_building_anything(tmp_path):
     assert "model.optimizer.lr: 0.0004 -> 0.001" in out and "data.max_masks: 4 -> 2" in out
     assert "paths." not in out.split("refusing to resume", 1)[1].split("Nothing was trained", 1)[0]
     assert "instantiating" not in out  # stopped before data, model, callbacks and loggers were built
+
+
+def test_accepting_an_unknown_key_is_refused_by_name(tmp_path):
+    """``accept_config_changes=[bogus.key]`` accepted nothing, silently; a key only in the stored config (removed
+    since) is known."""
+    with pytest.raises(ResumeConfigError, match=r"accept_config_changes=\['bogus.key'\]: no such config key"):
+        check_resume_config({**BASE, "accept_config_changes": ["bogus.key", "model.optimizer"]}, tmp_path, None)
+    _stored(tmp_path, {**BASE, "old": {"gone": 1}})
+    new = _with(model__optimizer__lr=1e-3)
+    with pytest.raises(ResumeConfigError, match=r"\['model.optimizer.lrr'\]: no such config key"):
+        check_resume_config({**new, "accept_config_changes": ["model.optimizer.lrr"]}, tmp_path, "l", rank_zero=True)
+    changes = check_resume_config({**new, "accept_config_changes": ["model.optimizer.lr", "old.gone"]}, tmp_path,
+                                  "l", rank_zero=False)
+    assert set(changes.accepted) == {"model.optimizer.lr", "old.gone"}

@@ -173,3 +173,18 @@ def test_quickstart_video_without_its_experiment_is_refused_before_building(tmp_
     assert "SA1BDataModule (data._target_) takes no ['clip_len', 'datasets', 'max_objects']" in out, out[-2000:]
     assert "debug=quickstart_video goes with experiment=edgetam_distill_video" in out
     assert "instantiating" not in out  # refused before any callback, logger or model was built
+
+
+def test_data_choice_for_another_experiment_is_named_not_a_type_error():
+    """``debug=quickstart data=vos_finetune``: VOSFinetuneDataModule takes ``**kwargs`` (handed to VideoDataModule),
+    so the keys check follows them up to the base instead of skipping the class."""
+    from edgetam_train.data.finetune import VOSFinetuneDataModule
+    from edgetam_train.run.train import accepted_arguments, check_data_config
+
+    assert {"train", "val", "clip_len", "batch_size"} <= accepted_arguments(VOSFinetuneDataModule)
+    cfg = _compose("experiment=edgetam_distill", "debug=quickstart", "data=vos_finetune")
+    with pytest.raises(ValueError, match=r"VOSFinetuneDataModule \(data._target_\) takes no \['max_masks', 'root'\]"
+                                         r".*data=vos_finetune"):
+        check_data_config(cfg.data, ["edgetam_distill", "debug:quickstart", "data=vos_finetune"])
+    for data in ("coco", "mask_folder", "vos_finetune"):  # the fine-tuning experiment goes with every fine-tune data
+        check_data_config(_compose("experiment=edgetam_finetune", f"data={data}").data, [])
