@@ -143,7 +143,7 @@ def test_identity_check_fails_when_the_teacher_replays_under_the_inference_rules
                                    "model.prompts.num_correction_clicks=2", "model.prompts.video_prob_points=1.0")
     module.train()
     torch.manual_seed(0)
-    losses = module.clip_step(synthetic_clip(4).losses)
+    losses = module.clip_step(synthetic_clip(4)).losses
     assert float(losses["loss_f16"]) <= 1e-6 < float(losses["loss_fm"])
 
 
