@@ -138,6 +138,7 @@ def test_onnx_manifest_readme_and_checks(onnx_dir, checkpoint):
     readme = (_p(onnx_dir) / "README.md").read_text()
     for name in ("pixels", "vision_features", "memory_tpos", "obj_ptr_valid", "single_obj_ptr", "pix_feat"):
         assert f"`{name}`" in readme
+    assert "## App loop (streaming camera frames)" in readme and "One object prompted once: " in readme
 
 
 def _p(d):
