@@ -80,7 +80,7 @@ from edgetam_train.predictor.image_io import image_hw, read_rgb
 from edgetam_train.predictor.overlay import overlay
 from edgetam_train.predictor.prompt_text import parse_box, parse_labels, parse_points
 from edgetam_train.predictor.runtimes import add_runtime_arguments, image_predictor, video_predictor
-from edgetam_train.predictor.stream_cli import add_stream_arguments, run_stream
+from edgetam_train.predictor.stream_cli import add_stream_arguments, label_png, run_stream
 from edgetam_train.predictor.stream_source import open_source
 from edgetam_train.predictor.video import VideoPredictor
 from edgetam_train.predictor.video_prompts import add_video_prompt_arguments, apply_prompts, collect_prompts
@@ -231,16 +231,6 @@ def track(predictor: VideoPredictor, state: VideoState, frame_idx: int) -> Itera
         for t, _, logits in predictor.propagate(state, start_frame_idx=frame_idx, reverse=True):
             if t != frame_idx:  # the prompted frame again (kept, not recomputed)
                 yield t, logits
-
-
-def label_png(masks: np.ndarray, obj_ids: Sequence[int], palette: list[int]) -> Image.Image:
-    """Palette ("P") image of bool ``masks`` (N, H, W): pixel value = object id (later objects on top), 0 elsewhere."""
-    label = np.zeros(masks.shape[1:], dtype=np.uint8)
-    for mask, obj_id in zip(masks, obj_ids):
-        label[mask] = obj_id
-    im = Image.fromarray(label)  # uint8 (H, W): mode L; putpalette makes it P with the same indices
-    im.putpalette(palette)
-    return im
 
 
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,16 @@ class Mp4Writer:
         self.container.close()
 
 
+def label_png(masks: np.ndarray, obj_ids: Sequence[int], palette: list[int]) -> Image.Image:
+    """Palette ("P") image of bool ``masks`` (N, H, W): pixel value = object id (later objects on top), 0 elsewhere."""
+    label = np.zeros(masks.shape[1:], dtype=np.uint8)
+    for mask, obj_id in zip(masks, obj_ids):
+        label[mask] = obj_id
+    im = Image.fromarray(label)  # uint8 (H, W): mode L; putpalette makes it P with the same indices
+    im.putpalette(palette)
+    return im
+
+
 def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``edgetam-predict stream``."""
     add_model_arguments(parser)  # --ckpt, --model, --image-size, --device
@@ -100,7 +111,6 @@ def run_stream(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from edgetam_train.data.formats.vos import voc_palette
-    from edgetam_train.predictor.cli import label_png
 
     if args.video_max_side < 0 or args.fill_hole_area < 0:
         raise ValueError(f"--video-max-side and --fill-hole-area must be >= 0, got {args.video_max_side}, "
