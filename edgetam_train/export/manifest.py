@@ -144,6 +144,34 @@ def readme(manifest: dict) -> str:
               "`prompt_decoder(vision_features, ..., point (0, 0) label -1, mask_input = conv4x4/4(mask) with "
               "`mask_downsample_weight` / `_bias`, has_mask_input 1)` -> `single_obj_ptr`; for an empty mask it "
               "becomes `no_obj_ptr` (times 0 first when `fixed_no_obj_ptr`). Then `memory_encoder(..., binarize 0)`."]
+    lines += app_loop(manifest)
     lines += ["", "Run it on Linux: `edgetam-predict image|video --runtime "
               f"{manifest['format']} --model-dir DIR ...` (same outputs as `--runtime torch`).", ""]
     return "\n".join(lines)
+
+
+def app_loop(manifest: dict) -> list[str]:
+    """README lines: the streaming loop an app runs around the graphs and the state it keeps per object, in bytes
+    (the reference implementation is ``edgetam_train.predictor.streaming.StreamingTracker``)."""
+    t, s = manifest["tracking"], manifest["image_size"]
+    memory = next(x for x in manifest["parts"]["memory_attention"]["inputs"] if x["name"] == "memory")["shape"]
+    mem_bytes = int(memory[-2]) * int(memory[-1]) * 4  # one frame's memory tokens, float32
+    ptr_bytes, logit_bytes = 256 * 4, (s // 4) ** 2 * 4
+    keep_mem, keep_ptr = t["num_maskmem"] - 1, t["max_obj_ptrs_in_encoder"] - 1
+    per_obj = (1 + keep_mem) * mem_bytes + (1 + keep_ptr) * ptr_bytes + logit_bytes
+    return ["", "## App loop (streaming camera frames)", "",
+            "Per camera frame: run `image_encoder` once; for every object, prompted on this frame -> step 2's prompted "
+            "path, else the tracked path with its memory slots filled as above; then `memory_encoder`. Keep per "
+            "object only what a later frame can read, so memory stays flat however long the stream runs:", "",
+            f"* every conditioning (prompted) frame: `memory` ({memory[-2]} x {memory[-1]} float32 = {mem_bytes:,} B) "
+            f"and `obj_ptr` (256 float32 = {ptr_bytes:,} B); these grow with prompts, not frames;",
+            f"* the `memory` of the last {keep_mem} tracked frames ({keep_mem * mem_bytes:,} B) with their distance "
+            "back (`memory_tpos`);",
+            f"* the `obj_ptr` of the last {keep_ptr} tracked frames ({keep_ptr * ptr_bytes:,} B) with their distance "
+            f"(`obj_ptr_tpos` = distance / {keep_ptr} for a stream of 16+ frames);",
+            f"* the current frame's low-res mask logits ({s // 4} x {s // 4} float32 = {logit_bytes:,} B) and, only "
+            "while the frame is processed, the encoder outputs (shared by all objects).", "",
+            f"One object prompted once: {per_obj:,} B at {s} px (memory tokens do not depend on the input size; the "
+            "logits scale with it). Drop the rest after each frame. The reference loop, equal to the offline "
+            "predictor frame by frame: `edgetam_train/predictor/streaming.py` (`StreamingTracker`), run on these "
+            f"graphs by `edgetam-predict stream --runtime {manifest['format']} --model-dir DIR --source camera:0`."]

@@ -28,7 +28,8 @@ single mask otherwise -- what SAM recommends. Coordinates are pixels of the imag
 
 Prompts (grouped by ``--obj-id``, or ``--prompts JSON``, or ``--init-masks PNG``): :mod:`.video_prompts`.
 ``--frames``: a folder of .jpg/.jpeg/.png frames (all-integer names in numeric order, else by name; one size) or a
-video file decoded with PyAV (all frames, held in memory). Tracking runs forward from the earliest prompted frame K
+video file decoded frame by frame with PyAV into a temporary folder of PNGs (never all in memory);
+``--max-frames N``: the first N frames only. Tracking runs forward from the earliest prompted frame K
 to the last frame, then, if K > 0, backward from K to frame 0 (two ``VideoPredictor.propagate`` calls, the second
 ``reverse=True``: the official predictors' usage). Writes into the folder ``OUT``:
 
@@ -56,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +80,8 @@ from edgetam_train.predictor.image_io import image_hw, read_rgb
 from edgetam_train.predictor.overlay import overlay
 from edgetam_train.predictor.prompt_text import parse_box, parse_labels, parse_points
 from edgetam_train.predictor.runtimes import add_runtime_arguments, image_predictor, video_predictor
+from edgetam_train.predictor.stream_cli import add_stream_arguments, label_png, run_stream
+from edgetam_train.predictor.stream_source import open_source
 from edgetam_train.predictor.video import VideoPredictor
 from edgetam_train.predictor.video_prompts import add_video_prompt_arguments, apply_prompts, collect_prompts
 from edgetam_train.predictor.video_state import VideoState, frame_files
@@ -169,15 +173,15 @@ class VideoFrames:
     """The frames given with ``--frames``.
 
     Attributes:
-        source: what :meth:`VideoPredictor.init_state` takes: the frame folder (read lazily), or the decoded
-            (H, W, 3) uint8 RGB frames of a video file.
+        source: what :meth:`VideoPredictor.init_state` takes: the frame folder (read lazily; for a video file the
+            scratch folder of its decoded frames).
         names: output name (no suffix) of each frame, in order: the frame file's stem, or ``00000`` ... (T,).
         hw: (H, W) of the frames.
         fps: the video file's average frame rate; None for a folder.
-        files: the frame files of a folder; None for a video file.
+        files: the frame files.
     """
 
-    source: Path | list[np.ndarray]
+    source: Path
     names: list[str]
     hw: tuple[int, int]
     fps: float | None = None
@@ -185,15 +189,18 @@ class VideoFrames:
 
     def rgb(self, t: int) -> np.ndarray:
         """(H, W, 3) uint8 RGB pixels of frame ``t``."""
-        return read_rgb(self.files[t]) if self.files is not None else self.source[t]
+        return read_rgb(self.files[t])
 
 
-def read_frames(path: Path) -> VideoFrames:
-    """A folder of .jpg/.jpeg/.png frames (listed, read later) or a video file (every frame decoded with PyAV, as
-    the SA-V loader does). Raises FileNotFoundError / ValueError naming ``path`` (no frames, undecodable file, two
-    frames with one stem)."""
+def read_frames(path: Path, max_frames: int | None = None, scratch: Path | None = None) -> VideoFrames:
+    """A folder of .jpg/.jpeg/.png frames (listed, read later) or a video file, decoded one frame at a time with
+    PyAV into lossless PNGs in the folder ``scratch`` (so the whole video is never in memory; the predictor reads
+    them lazily like a frame folder); the first ``max_frames`` frames when given. Raises FileNotFoundError /
+    ValueError naming ``path`` (no frames, undecodable file, two frames with one stem)."""
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"--max-frames must be >= 1, got {max_frames}")
     if path.is_dir():
-        files = frame_files(path)  # ValueError naming the folder when it holds no frames
+        files = frame_files(path)[:max_frames]  # ValueError naming the folder when it holds no frames
         names = [p.stem for p in files]
         if len(set(names)) < len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -202,22 +209,17 @@ def read_frames(path: Path) -> VideoFrames:
         return VideoFrames(path, names, image_hw(files[0]), files=files)
     if not path.exists():
         raise FileNotFoundError(f"--frames {path} does not exist (expected a frame folder or a video file)")
-    import av
-
-    from edgetam_train.data.formats.sav import AV_ERRORS, iter_mp4_frames
-
+    if scratch is None:
+        raise ValueError("read_frames: a video file needs a scratch folder for its decoded frames")
     try:
-        frames = [rgb for _, rgb in iter_mp4_frames(path)]
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate
-    except AV_ERRORS as err:
-        raise ValueError(f"--frames {path}: cannot decode it as a video ({type(err).__name__}: {err}); expected a "
-                         "folder of JPEG/PNG frames or a video file such as .mp4") from None
-    if not frames:
-        raise ValueError(f"--frames {path}: the video has no frames")
-    h, w = frames[0].shape[:2]
-    return VideoFrames(frames, [f"{t:05d}" for t in range(len(frames))], (h, w), float(rate) if rate else None)
+        source = open_source(path, max_frames)
+        files = []
+        for name, rgb in source:
+            files.append(scratch / f"{name}.png")
+            Image.fromarray(rgb).save(files[-1], compress_level=1)  # lossless: the pixels the decoder gave
+    except ValueError as err:
+        raise ValueError(str(err).replace("--source", "--frames", 1)) from None
+    return VideoFrames(scratch, [p.stem for p in files], source.hw, source.fps, files=files)
 
 
 def track(predictor: VideoPredictor, state: VideoState, frame_idx: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -231,23 +233,16 @@ def track(predictor: VideoPredictor, state: VideoState, frame_idx: int) -> Itera
                 yield t, logits
 
 
-def label_png(masks: np.ndarray, obj_ids: Sequence[int], palette: list[int]) -> Image.Image:
-    """Palette ("P") image of bool ``masks`` (N, H, W): pixel value = object id (later objects on top), 0 elsewhere."""
-    label = np.zeros(masks.shape[1:], dtype=np.uint8)
-    for mask, obj_id in zip(masks, obj_ids):
-        label[mask] = obj_id
-    im = Image.fromarray(label)  # uint8 (H, W): mode L; putpalette makes it P with the same indices
-    im.putpalette(palette)
-    return im
-
-
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``edgetam-predict video``."""
     add_model_arguments(parser)  # --ckpt, --model, --image-size, --device
     add_runtime_arguments(parser)  # --runtime, --model-dir (exported graphs, predictor/runtimes.py)
     parser.add_argument("--frames", required=True, type=Path,
                         help="folder of .jpg/.jpeg/.png frames (integer names in numeric order, else sorted by "
-                             "name) or a video file (.mp4 ..., decoded with PyAV and held in memory)")
+                             "name) or a video file (.mp4 ..., decoded frame by frame with PyAV into a temporary "
+                             "folder of PNGs)")
+    parser.add_argument("--max-frames", type=int, default=None,
+                        help="only the first N frames of the folder or video (default: all)")
     # --obj-id, --frame-idx, --points, --labels, --box, --mask, --prompts, --init-masks
     add_video_prompt_arguments(parser)
     parser.add_argument("--out", required=True, type=Path,
@@ -272,17 +267,22 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
 def run_video(args: argparse.Namespace) -> int:
     """``edgetam-predict video``: prompt the objects, track them through the video, write PNGs, masks.npz and
     overlay.gif."""
-    from tqdm import tqdm
-
-    from edgetam_train.data.formats.vos import voc_palette
-
     if args.gif_max_side < 0 or args.fill_hole_area < 0 or (args.fps is not None and args.fps <= 0):
         raise ValueError("--gif-max-side and --fill-hole-area must be >= 0 and --fps > 0, got "
                          f"{args.gif_max_side}, {args.fill_hole_area}, {args.fps}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; expected a folder (created if missing)")
     check_output_folder(args.out)
-    frames = read_frames(args.frames)
+    with tempfile.TemporaryDirectory(prefix="edgetam-frames-") as scratch:
+        return _run_video(args, read_frames(args.frames, args.max_frames, Path(scratch)))
+
+
+def _run_video(args: argparse.Namespace, frames: VideoFrames) -> int:
+    """:func:`run_video` once the frames are listed (a video file's decoded into a scratch folder)."""
+    from tqdm import tqdm
+
+    from edgetam_train.data.formats.vos import voc_palette
+
     num = len(frames.names)
     prompts = collect_prompts(args, frames.names, frames.hw)  # checks them (frames in range, masks' size ...)
     predictor = video_predictor(args, lambda: VideoPredictor(load_model(args), fill_hole_area=args.fill_hole_area,
@@ -338,6 +338,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
     "image": ("segment one image from clicks and/or a box", add_image_arguments, run_image),
     "video": ("track objects through a video (prompts per --obj-id, --prompts JSON or --init-masks PNG, on any "
               "frames)", add_video_arguments, run_video),
+    "stream": ("track objects over a video file, frame folder or camera, one frame at a time in bounded memory",
+               add_stream_arguments, run_stream),
 }
 
 

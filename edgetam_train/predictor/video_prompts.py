@@ -233,9 +233,11 @@ def prompts_from_init_masks(path: Path, frame_names: Sequence[str], hw: tuple[in
     return [ObjectPrompt(i, k, mask=label == i, source=f"--init-masks {path} object {i}") for i in ids]
 
 
-def collect_prompts(args: argparse.Namespace, frame_names: Sequence[str], hw: tuple[int, int]) -> list[ObjectPrompt]:
+def collect_prompts(args: argparse.Namespace, frame_names: Sequence[str] | None, hw: tuple[int, int]
+                    ) -> list[ObjectPrompt]:
     """The prompts of one run from the options, ``--prompts`` or ``--init-masks`` (exactly one of them), checked:
-    frames in range, no object prompted twice on one frame."""
+    frames in range, no object prompted twice on one frame. ``frame_names`` None: a stream of unknown length (frames
+    only checked to be >= 0; ``--init-masks`` needs the names)."""
     items = getattr(args, "video_prompt_options", None) or []
     given = [name for name, on in (("--obj-id/--points/--box/--mask", any(k != "frame_idx" for k, _ in items)),
                                    ("--prompts", args.prompts is not None),
@@ -246,6 +248,8 @@ def collect_prompts(args: argparse.Namespace, frame_names: Sequence[str], hw: tu
     if args.prompts is not None:
         prompts = prompts_from_json(args.prompts, hw)
     elif args.init_masks is not None:
+        if frame_names is None:
+            raise ValueError("--init-masks picks its frame by the PNG's name: it needs a frame folder source")
         if items:
             raise ValueError("--init-masks picks its frame by the PNG's name; --frame-idx does not go with it")
         prompts = prompts_from_init_masks(args.init_masks, frame_names, hw)
@@ -253,7 +257,9 @@ def collect_prompts(args: argparse.Namespace, frame_names: Sequence[str], hw: tu
         prompts = [_parse_group(g, source, hw) for g, source in group_options(items)]
     seen = set()
     for p in prompts:
-        if not 0 <= p.frame_idx < len(frame_names):
+        if p.frame_idx < 0 or (frame_names is not None and p.frame_idx >= len(frame_names)):
+            if frame_names is None:
+                raise ValueError(f"{p.source}: --frame-idx must be >= 0, got {p.frame_idx}")
             raise ValueError(f"{p.source}: --frame-idx {p.frame_idx} is out of range: the video has {len(frame_names)} "
                              f"frames (valid: 0 .. {len(frame_names) - 1})")
         if (p.obj_id, p.frame_idx) in seen:

@@ -138,6 +138,7 @@ def test_onnx_manifest_readme_and_checks(onnx_dir, checkpoint):
     readme = (_p(onnx_dir) / "README.md").read_text()
     for name in ("pixels", "vision_features", "memory_tpos", "obj_ptr_valid", "single_obj_ptr", "pix_feat"):
         assert f"`{name}`" in readme
+    assert "## App loop (streaming camera frames)" in readme and "One object prompted once: " in readme
 
 
 def _p(d):
@@ -480,3 +481,28 @@ def test_exported_image_encoder_holds_no_position_encoding_grids(checkpoint):
     program = torch.export.export(part, (x,))
     consts = {k: tuple(v.shape) for k, v in program.constants.items() if isinstance(v, torch.Tensor)}
     assert not {k: v for k, v in consts.items() if len(v) >= 3 and v[-3] == 256}, consts
+
+
+# ----------------------------------------------------------------------------------------------- streaming
+
+def _check_streaming_matches_propagate(model_dir: str, runtime: str) -> None:
+    """StreamingTracker over the exported graphs equals ExportedVideoPredictor.propagate on the same graphs (two
+    objects, one entering mid-stream; tests/predictor/test_streaming.py's scenario, 24 frames so pruning runs)."""
+    from edgetam_train.predictor.streaming import StreamingTracker
+    from tests.predictor.test_streaming import check_equal, clip, offline, streamed
+
+    frames = clip(24)
+    predictor = ExportedVideoPredictor(ExportedModel(model_dir, runtime), fill_hole_area=8)
+    check_equal(offline(predictor, frames), streamed(StreamingTracker(predictor), frames))
+
+
+def test_onnx_streaming_equals_propagate(onnx_dir):
+    _check_streaming_matches_propagate(onnx_dir, "onnx")
+
+
+def test_executorch_streaming_equals_propagate(executorch_dir):
+    _check_streaming_matches_propagate(executorch_dir, "executorch")
+
+
+def test_tflite_streaming_equals_propagate(tflite_dir):
+    _check_streaming_matches_propagate(tflite_dir, "tflite")

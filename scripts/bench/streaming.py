@@ -1,0 +1,144 @@
+"""Streaming tracking latency and memory: per-frame latency p50 / p90 / p99 and RSS over a long synthetic stream.
+
+A textured S x S frame sliding by 3 px per frame, one object clicked on frame 0, tracked by
+:class:`~edgetam_train.predictor.streaming.StreamingTracker` for ``--frames`` frames with each requested runtime
+(random EdgeTAM weights at ``--size``; the exported runtimes are exported to a temporary folder first, or read from
+``--model-dir RUNTIME=DIR``). Latency is the wall time of ``track(frame)`` (image encoder included), the first 10
+frames skipped; RSS is read from /proc/self/status after frame 500 and at the end (and the peak, VmHWM). With
+``--offline`` the offline :class:`VideoPredictor` runs over the same stream (frames made on demand, so only its
+per-frame outputs and memories grow) and its RSS growth is reported beside.
+
+    python scripts/bench/streaming.py --frames 10000 --size 256 --runtimes torch onnx executorch --offline
+    python scripts/bench/streaming.py --frames 2000 --size 1024 --runtimes torch --doc docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from run_all import update_section
+
+from edgetam_train.models.build import build_model
+from edgetam_train.predictor.runtimes import ExportedModel, ExportedVideoPredictor
+from edgetam_train.predictor.streaming import StreamingTracker
+from edgetam_train.predictor.video import VideoPredictor
+from edgetam_train.predictor.video_state import VideoState
+
+RSS_AT = 500  # the reference point of the growth check
+WARMUP = 10
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """Current (VmRSS) or peak (VmHWM) resident memory of this process in MB."""
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+) kB", text).group(1)) / 1024
+
+
+class Frames:
+    """Frame t of the synthetic stream, (S, S, 3) uint8, made on demand (indexable like the offline source)."""
+
+    def __init__(self, size: int) -> None:
+        self.base = (np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8)
+        self.base[size // 4: size // 2, size // 4: size // 2] = (220, 40, 40)
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return np.roll(self.base, 3 * t, axis=1)
+
+
+def run_stream(predictor, frames: Frames, num: int, size: int) -> dict:
+    """Latencies (ms) and RSS of a StreamingTracker over ``num`` frames."""
+    tracker = StreamingTracker(predictor)
+    tracker.add_object(frames[0], 1, points=[[size * 3 / 8, size * 3 / 8]], labels=[1])
+    ms, rss = [], {}
+    for t in range(num):
+        frame = frames[t]
+        start = time.perf_counter()
+        tracker.track(frame)
+        ms.append((time.perf_counter() - start) * 1e3)
+        if t + 1 in (RSS_AT, num):
+            rss[t + 1] = rss_mb()
+    lat = np.asarray(ms[WARMUP:])
+    tenth = max(len(lat) // 10, 1)
+    return {"p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),
+            "p99": float(np.percentile(lat, 99)), "first10": float(np.median(lat[:tenth])),
+            "last10": float(np.median(lat[-tenth:])), "rss": rss, "bank_kb": tracker.memory_bytes() / 1024}
+
+
+def run_offline(predictor: VideoPredictor, frames: Frames, num: int, size: int) -> dict[int, float]:
+    """RSS of the offline predictor's propagate over the same stream, after RSS_AT frames and at the end."""
+    state = VideoState(num, (size, size), _source=frames)
+    predictor.add_clicks(state, 0, 1, points=[[size * 3 / 8, size * 3 / 8]], labels=[1])
+    rss = {}
+    for t, _, _ in predictor.propagate(state):
+        if t + 1 in (RSS_AT, num):
+            rss[t + 1] = rss_mb()
+    return rss
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, default=10000)
+    p.add_argument("--size", type=int, default=256, help="model input and frame size S (a multiple of 256)")
+    p.add_argument("--runtimes", nargs="+", default=["torch"], help="torch and/or onnx, executorch, tflite")
+    p.add_argument("--model-dir", nargs="*", default=[], help="RUNTIME=DIR: use this export instead of exporting")
+    p.add_argument("--offline", action="store_true", help="also measure the offline VideoPredictor's RSS growth")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--doc", type=Path, default=None, help="write the table into this markdown file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(5)
+    model = build_model("edgetam", image_size=args.size).eval()
+    frames = Frames(args.size)
+    dirs = dict(item.split("=", 1) for item in args.model_dir)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for runtime in args.runtimes:
+            if runtime == "torch":
+                predictor = VideoPredictor(model, fill_hole_area=8, fuse=True)
+            else:
+                if runtime not in dirs:
+                    from edgetam_train.export import cli as export_cli
+
+                    ckpt = Path(tmp) / "edgetam.pt"
+                    torch.save({"model": model.state_dict()}, ckpt)
+                    dirs[runtime] = str(Path(tmp) / runtime)
+                    export_cli.main([str(ckpt), "--format", runtime, "--out", dirs[runtime], "--image-size",
+                                     str(args.size)])
+                predictor = ExportedVideoPredictor(ExportedModel(dirs[runtime], runtime, threads=args.threads),
+                                                   fill_hole_area=8)
+            r = run_stream(predictor, frames, args.frames, args.size)
+            rows.append((runtime, r))
+            print(runtime, r, flush=True)
+        offline = run_offline(VideoPredictor(model, fill_hole_area=8, fuse=True), frames, args.frames, args.size) \
+            if args.offline else None
+    n, s = args.frames, args.size
+    lines = [f"{n} frames at {s}x{s}, one object, {args.threads} CPU thread(s); latency of `track(frame)` "
+             f"(image encoder included), first {WARMUP} frames skipped.", "",
+             f"| runtime | p50 ms | p90 ms | p99 ms | p99/p50 | median ms first / last 10 % | RSS MB at {RSS_AT} / {n} "
+             "frames | growth | peak RSS MB | bank KB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        a, b = r["rss"].get(RSS_AT, float("nan")), r["rss"][n]
+        lines.append(f"| {name} | {r['p50']:.1f} | {r['p90']:.1f} | {r['p99']:.1f} | {r['p99'] / r['p50']:.2f} | "
+                     f"{r['first10']:.1f} / {r['last10']:.1f} | {a:.0f} / {b:.0f} | {b - a:+.0f} MB "
+                     f"({(b - a) / a * 100:+.1f} %) | {rss_mb('VmHWM'):.0f} | {r['bank_kb']:.0f} |")
+    if offline:
+        a, b = offline.get(RSS_AT, float("nan")), offline[n]
+        lines += ["", f"Offline `VideoPredictor.propagate` on the same stream (torch): RSS {a:.0f} MB at {RSS_AT} "
+                  f"frames, {b:.0f} MB at {n} ({b - a:+.0f} MB: it keeps every frame's output and memory)."]
+    table = "\n".join(lines)
+    print(table)
+    if args.doc:
+        update_section(args.doc, "streaming", "## Streaming tracking (`streaming.py`)\n\n"
+                       f"`python scripts/bench/streaming.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
+                       f"{table}\n")
+
+
+if __name__ == "__main__":
+    main()
