@@ -4,7 +4,9 @@ Lightning's ``TQDMProgressBar`` counts the batches of each epoch (``Epoch 3: 2/4
 says nothing in step-based training (``trainer.max_steps``, ``max_epochs: -1``). This bar keeps one count for the
 whole run: ``trainer.global_step`` of ``trainer.max_steps`` (a resumed run starts at the restored step), updated after
 every step (``refresh_rate`` 1), the rate in s/it when steps take longer than a second, the epoch and the
-``prog_bar=True`` metrics as its postfix. Validation keeps Lightning's own bar.
+``prog_bar=True`` metrics as its postfix. Validation draws no bar of its own: a second bar written to the same
+terminal between training steps interleaved with this one, and every validation run ends with its one result line
+("validation at step N: ...", :meth:`DistillationModule.on_validation_epoch_end`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ class StepProgressBar(TQDMProgressBar):
 
     def __init__(self, refresh_rate: int = 1, process_position: int = 0) -> None:
         super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=False)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        """A disabled bar: validation is reported by its result line, not by a second bar (see the module doc)."""
+        return Tqdm(disable=True)
+
+    def init_sanity_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """The ``prog_bar`` metrics with short names (``train/loss`` -> ``loss``) and the epoch; no ``v_num``."""

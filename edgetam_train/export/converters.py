@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from edgetam_train.export.onnx import _export
+from edgetam_train.progress import native_output_to
 from edgetam_train.runtime.backends import MissingToolchainError, tflite_signature
 
 MAX_POINTS = 16
@@ -97,7 +98,9 @@ def write_executorch(module: nn.Module | torch.export.ExportedProgram, inputs: d
     program = module if isinstance(module, torch.export.ExportedProgram) else exported_program(
         module, inputs, dynamic_points=True)
     partitioners = [XnnpackDynamicallyQuantizedPartitioner()] if dynamic_quant else []
-    lowered = to_edge_transform_and_lower(program, partitioner=[*partitioners, XnnpackPartitioner()]).to_executorch()
+    with native_output_to(path.with_name(path.name + ".convert.log")):  # _pytree deprecations, cpuinfo lines
+        lowered = to_edge_transform_and_lower(program, partitioner=[*partitioners, XnnpackPartitioner()]
+                                              ).to_executorch()
     path.write_bytes(lowered.buffer)
     return path
 
@@ -110,8 +113,8 @@ def write_tflite(module: nn.Module, inputs: dict[str, Tensor], outputs: list[str
         import litert_torch
     except ImportError as err:
         raise MissingToolchainError("tflite", err) from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    # the converter prints hundreds of lines of its own (MLIR passes, TF logging): kept in <graph>.convert.log
+    with native_output_to(path.with_name(path.name + ".convert.log")):
         kwargs = {"quant_config": quant_config} if quant_config is not None else {}
         if "point_coords" not in inputs:
             litert_torch.convert(module, tuple(inputs.values()), **kwargs).export(str(path))

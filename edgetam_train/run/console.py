@@ -18,6 +18,9 @@ import warnings
 # (logger or warning, message regex) the user can do nothing about
 NOISE_WARNINGS: tuple[str, ...] = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # lightning/pytorch/utilities/_pytree.py with torch >= 2.10
+    # frozen modules (model.freeze), BatchNorm with freeze_batchnorm and under LoRA are in eval mode on purpose;
+    # DistillationModule says so once in its own words ("frozen (eval mode, not optimised): ...")
+    r"Found \d+ module\(s\) in eval mode at the start of training",
 )
 NOISE_LOG_LINES: tuple[str, ...] = (
     r"^💡 Tip: For seamless cloud logging",  # lightning's LitLogger advertisement, printed by every Trainer

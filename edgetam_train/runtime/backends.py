@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetam_train.progress import native_output_to
+
 SUFFIX = {"onnx": ".onnx", "executorch": ".pte", "tflite": ".tflite", "coreml": ".mlpackage"}
 EXTRA = {"onnx": "export", "executorch": "executorch", "tflite": "litert", "coreml": "coreml"}
 PACKAGES = {"onnx": "onnx, onnxruntime", "executorch": "executorch==1.5.1, torchao==0.18.0",
@@ -111,11 +113,14 @@ class ExecuTorchGraph(Graph):
         super().__init__(path, inputs, outputs)
         try:
             import torch
-            from executorch.runtime import Runtime
+            with native_output_to(None):  # the runtime's cpuinfo probe prints lines the user can do nothing about
+                from executorch.runtime import Runtime
         except ImportError as err:
             raise MissingToolchainError("executorch", err) from None
         self._torch = torch
-        self.method = Runtime.get().load_program(str(self.path)).load_method("forward")
+        with native_output_to(None):
+            runtime = Runtime.get()
+        self.method = runtime.load_program(str(self.path)).load_method("forward")
 
     def _run(self, values):
         outs = self.method.execute([self._torch.from_numpy(v) for v in values])
