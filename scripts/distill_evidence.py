@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
               "verdict": verdict(effect) if effect else None, "line": line}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
-    title = (f"EdgeTAM students from scratch, sample-style data: {args.steps} steps x {len(seeds)} seeds; teacher "
-             f"SAM 2.1-T ({teacher.get('steps', '?')} steps)")
+    title = (f"EdgeTAM students from scratch, sample-style data: {args.steps} steps x {len(seeds)} seed(s)\n"
+             f"teacher SAM 2.1-T from scratch ({teacher.get('steps', '?')} steps), λ_F = {args.lambda_f16:g}")
     plot(arms, teacher, args.png, title)
     print(f"{line}; table: {args.json}; curves: {args.png}", flush=True)
     return 0
