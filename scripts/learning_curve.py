@@ -51,12 +51,20 @@ def make_data(root: Path, train_images: int, val_images: int) -> None:
                         *GENERATOR_FLAGS, "--seed", str(seed), "--num-images", str(count)], check=True)
 
 
-def train(data_dir: Path, log_dir: Path, run_name: str, threads: int, overrides: list[str]) -> float:
-    """Run ``train.py experiment=learning_curve`` on ``threads`` CPU threads; returns its wall time in seconds."""
+def train_command(data_dir: Path, log_dir: Path, run_name: str, threads: int, overrides: list[str],
+                  experiment: str = "learning_curve") -> tuple[list[str], dict[str, str]]:
+    """The ``train.py experiment=<experiment>`` command on this data (``data_dir/{train,val}``) and its environment
+    (``threads`` CPU threads); scripts/distill_evidence.py runs its teacher and students through it too."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, str(REPO / "train.py"), "experiment=learning_curve", f"run_name={run_name}",
+    cmd = [sys.executable, str(REPO / "train.py"), f"experiment={experiment}", f"run_name={run_name}",
            f"paths.root_dir={REPO}", f"paths.log_dir={log_dir}", f"data.root={data_dir}/train/sa1b",
            f"data.val.miou.root={data_dir}/val/sa1b", *overrides]
+    return cmd, env
+
+
+def train(data_dir: Path, log_dir: Path, run_name: str, threads: int, overrides: list[str]) -> float:
+    """Run ``train.py experiment=learning_curve`` on ``threads`` CPU threads; returns its wall time in seconds."""
+    cmd, env = train_command(data_dir, log_dir, run_name, threads, overrides)
     print("learning_curve:", " ".join(cmd[1:]), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=REPO)
