@@ -9,10 +9,13 @@ during the forward pass and runs again in the backward pass, so losses and gradi
 the recomputation) while its intermediate tensors are never stored. Levels:
 
 - ``none``: everything is stored (fastest).
-- ``heads``: every decoder pass (prompt encoder + mask decoder + the upsampling of its masks,
-  :meth:`SAM2Model.decode`) and every pass's task loss (:meth:`TaskLoss.step_losses`, which upsamples the N x 3
-  candidate masks to S x S and evaluates focal / dice / IoU there). With 64 masks x 8 passes at 1024² these are most
-  of a stage-1 step's activations (``scripts/bench/step_memory.py`` shows how much); recomputing them costs about one
+- ``heads``: every decoder pass (prompt encoder + mask decoder + the upsampling of its chosen mask,
+  :meth:`SAM2Model.decode`), checkpointed in chunks of :data:`DECODE_CHUNK` objects (objects are independent in the
+  decoder, so a chunk's recomputation and backward hold only its own activations), and, with the ``direct`` mask
+  loss, every pass's task loss (:meth:`TaskLoss.step_losses`, which then upsamples the N x 3 candidate masks to
+  S x S). The ``lean`` mask loss (the default, :mod:`edgetam_train.distill.mask_loss`) keeps nothing of that size
+  for backward and is not checkpointed again. With 64 masks x 8 passes at 1024² the decoder passes are most of a
+  stage-1 step's activations (``scripts/bench/step_memory.py`` shows how much); recomputing them costs about one
   more forward pass of the heads.
 - ``full``: ``heads`` + the student's trunk stage by stage (timm's own ``set_grad_checkpointing``), memory attention
   (:meth:`SAM2Model.condition`) and the memory encoder (:meth:`SAM2Model.encode_memory`).
@@ -27,6 +30,7 @@ its prompt encoder and mask decoder (``student``; one static graph per number of
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -39,6 +43,9 @@ from torch.utils.checkpoint import checkpoint
 log = logging.getLogger(__name__)
 
 CHECKPOINT_LEVELS = ("none", "heads", "full")
+# objects per checkpointed chunk of a decoder pass (``heads``): 16 of the 64 masks of a 1024² image hold ~1.3 GiB of
+# decoder activations during their recomputation and backward, instead of ~5 GiB for all 64 at once
+DECODE_CHUNK = 16
 COMPILE_CHOICES = ("none", "encoder", "student")
 _MARK = "_edgetam_checkpointed"
 
@@ -94,12 +101,54 @@ def _checkpointed(fn: Callable[..., Any], owner: nn.Module) -> Callable[..., Any
     return wrapper
 
 
-def _wrap_method(obj: nn.Module, name: str) -> None:
+def _split(value: Any, sl: slice, n: int) -> Any:
+    """``value`` restricted to the objects ``sl`` when it is batched over the ``n`` objects (a tensor, or a list of
+    tensors, whose first dimension is ``n``); anything else (flags, None, shared tensors) unchanged."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
+        return value[sl]
+    if isinstance(value, list) and value and all(isinstance(v, torch.Tensor) and v.shape[0] == n for v in value):
+        return [v[sl] for v in value]
+    return value
+
+
+def _join(parts: list[Any]) -> Any:
+    """Concatenate chunk outputs along the object dimension: tensors, or dataclasses of tensors (``SamOutput``)."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if dataclasses.is_dataclass(first):
+        return type(first)(**{f.name: _join([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(first)})
+    raise TypeError(f"cannot join chunked outputs of type {type(first).__name__}")
+
+
+def _chunked(fn: Callable[..., Any], chunk: int) -> Callable[..., Any]:
+    """``fn(*args)`` over objects (the first argument's first dimension) run ``chunk`` objects at a time, outputs
+    concatenated: with ``fn`` checkpointed, each chunk is recomputed and back-propagated on its own."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        n = args[0].shape[0]
+        if not torch.is_grad_enabled() or n <= chunk:
+            return fn(*args, **kwargs)
+        parts = []
+        for i in range(0, n, chunk):
+            sl = slice(i, min(i + chunk, n))
+            parts.append(fn(*(_split(a, sl, n) for a in args), **{k: _split(v, sl, n) for k, v in kwargs.items()}))
+        return _join(parts)
+
+    return wrapper
+
+
+def _wrap_method(obj: nn.Module, name: str, chunk: int | None = None) -> None:
     """Replace the bound method ``obj.name`` by a checkpointed one (an instance attribute: the class is unchanged,
-    nothing enters the state dict); idempotent."""
+    nothing enters the state dict), run ``chunk`` objects at a time when given; idempotent."""
     method = getattr(obj, name)
     if not getattr(method, _MARK, False):
-        object.__setattr__(obj, name, _checkpointed(method, obj))
+        wrapped = _checkpointed(method, obj)
+        if chunk is not None:
+            wrapped = _chunked(wrapped, chunk)
+            setattr(wrapped, _MARK, True)
+        object.__setattr__(obj, name, wrapped)
 
 
 def _unwrap_method(obj: nn.Module, name: str) -> None:
@@ -112,16 +161,17 @@ def apply_activation_checkpointing(student: nn.Module, task_loss: nn.Module | No
     (a ``TaskLoss``, whose per-pass loss is checkpointed with the heads); returns the normalised level.
     Calling it again with another level replaces the previous setting."""
     level = checkpoint_level(level)
-    heads = [(student, "decode")] + ([(task_loss, "step_losses")] if task_loss is not None else [])
-    rest = [(student, "condition"), (student, "encode_memory")]
-    for obj, name in heads + rest:
+    direct_loss = task_loss is not None and getattr(task_loss, "mask_loss", "direct") == "direct"
+    heads = [(student, "decode", DECODE_CHUNK)] + ([(task_loss, "step_losses", None)] if direct_loss else [])
+    rest = [(student, "condition", None), (student, "encode_memory", None)]
+    for obj, name, _ in heads + rest + [(task_loss, "step_losses", None)] * (task_loss is not None):
         _unwrap_method(obj, name)
     if level in ("heads", "full"):
-        for obj, name in heads:
-            _wrap_method(obj, name)
+        for obj, name, chunk in heads:
+            _wrap_method(obj, name, chunk)
     body = getattr(getattr(getattr(student, "image_encoder", None), "trunk", None), "body", None)
     if level == "full":
-        for obj, name in rest:
+        for obj, name, _ in rest:
             _wrap_method(obj, name)
     if body is not None and hasattr(body, "set_grad_checkpointing"):
         body.set_grad_checkpointing(level == "full")

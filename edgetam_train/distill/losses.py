@@ -13,7 +13,9 @@ video only. ``L_task`` follows SAM 2 training (``training/loss_fns.py``, ``Multi
 
 Resolution: SAM 2 computes the loss on the high-res masks, i.e. the decoder's low-res logits upsampled (bilinear,
 ``align_corners=False``) to the image size, against full-resolution targets. :class:`TaskLoss` does the same: when
-the logits' size differs from the targets' it upsamples the logits to the targets' size.
+the logits' size differs from the targets' it upsamples the logits to the targets' size, by default chunk by chunk of
+objects without keeping the upsampled masks for backward (``mask_loss=lean``, :mod:`edgetam_train.distill.mask_loss`;
+``direct`` is the plain path, same numbers).
 
 Reductions are done in float32 whatever the autocast dtype.
 """
@@ -28,9 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
+from edgetam_train.distill.mask_loss import DEFAULT_CHUNK_ELEMENTS, lean_mask_terms
 from edgetam_train.distill.prompting import PromptStep
 
 TASK_KEYS = ("loss_mask", "loss_dice", "loss_iou", "loss_class")
+MASK_LOSSES = ("lean", "direct")
 
 
 # ---------------------------------------------------------------------------------------------- elementwise pieces
@@ -92,13 +96,12 @@ def mask_iou(logits: Tensor, targets: Tensor) -> Tensor:
     return inter / union.clamp(min=1.0)
 
 
-def iou_prediction_loss(pred_iou: Tensor, logits: Tensor, targets: Tensor, use_l1: bool = True,
-                        use_bce: bool = False) -> Tensor:
-    """Error of the IoU head against the actual IoU of each thresholded candidate mask (no gradient into the masks).
+def iou_head_loss(pred_iou: Tensor, actual: Tensor, use_l1: bool = True, use_bce: bool = False) -> Tensor:
+    """Error of the IoU head against the actual IoU of each thresholded candidate mask.
 
     Args:
         pred_iou: (N, M) predicted IoU per candidate.
-        logits: (N, M, H, W) mask logits; targets: (N, 1, H, W).
+        actual: (N, M) actual IoU (no gradient; :func:`mask_iou`).
         use_l1: L1 (SAM 2.1 training) or squared error.
         use_bce: binary cross-entropy against the actual IoU as a soft target instead (overrides ``use_l1``). Needs
             a sigmoid IoU head (``iou_prediction_use_sigmoid``): the head's logit is recovered as
@@ -109,7 +112,6 @@ def iou_prediction_loss(pred_iou: Tensor, logits: Tensor, targets: Tensor, use_l
     Returns:
         (N, M) float32 per-candidate error.
     """
-    actual = mask_iou(logits.detach(), targets)
     pred = pred_iou.to(torch.float32)
     if use_bce:
         if torch.any((pred < 0) | (pred > 1)):
@@ -119,6 +121,13 @@ def iou_prediction_loss(pred_iou: Tensor, logits: Tensor, targets: Tensor, use_l
         head_logit = torch.logit(pred.clamp(torch.finfo(torch.float32).tiny, 1.0 - torch.finfo(torch.float32).eps / 2))
         return F.binary_cross_entropy_with_logits(head_logit, actual, reduction="none")
     return (pred - actual).abs() if use_l1 else (pred - actual).square()
+
+
+def iou_prediction_loss(pred_iou: Tensor, logits: Tensor, targets: Tensor, use_l1: bool = True,
+                        use_bce: bool = False) -> Tensor:
+    """:func:`iou_head_loss` against the actual IoU of the thresholded ``logits`` (N, M, H, W) with ``targets``
+    (N, 1, H, W) (no gradient into the masks); (N, M) float32."""
+    return iou_head_loss(pred_iou, mask_iou(logits.detach(), targets), use_l1=use_l1, use_bce=use_bce)
 
 
 def object_score_loss(obj_logits: Tensor, targets_present: Tensor) -> Tensor:
@@ -163,13 +172,25 @@ class TaskLoss(nn.Module):
             2's; for training the IoU head from random init, see :func:`iou_prediction_loss`). Excludes
             ``iou_use_l1_loss``.
         pred_obj_scores: train the object-score head; when false ``loss_class`` is 0 and all objects count as present.
+        mask_loss: how the full-resolution focal / dice / IoU are evaluated: ``lean`` (chunked over objects, nothing
+            of size N × M × S² kept for backward: :mod:`edgetam_train.distill.mask_loss`) or ``direct`` (upsample
+            all candidates, then the elementwise terms; what SAM 2 writes). Same values and gradients (to float32
+            rounding); ``lean`` needs binary targets.
+        chunk_elements: ``lean`` only: elements of one chunk's (n, M, S, S) temporaries.
     """
 
     def __init__(self, weight_focal: float = 20.0, weight_dice: float = 1.0, weight_iou: float = 1.0,
                  weight_class: float = 1.0, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
                  supervise_all_iou: bool = False, iou_use_l1_loss: bool = True, iou_use_bce_loss: bool = False,
-                 pred_obj_scores: bool = True) -> None:
+                 pred_obj_scores: bool = True, mask_loss: str = "lean",
+                 chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> None:
         super().__init__()
+        if mask_loss not in MASK_LOSSES:
+            raise ValueError(f"model.loss.task_loss.mask_loss={mask_loss!r}: expected one of {', '.join(MASK_LOSSES)}")
+        if int(chunk_elements) < 1:
+            raise ValueError(f"model.loss.task_loss.chunk_elements={chunk_elements}: expected an integer >= 1")
+        self.mask_loss = mask_loss
+        self.chunk_elements = int(chunk_elements)
         if iou_use_l1_loss and iou_use_bce_loss:
             raise ValueError("TaskLoss: iou_use_l1_loss and iou_use_bce_loss are both true; the IoU term is either "
                              "L1 or binary cross-entropy (set model.loss.task_loss.iou_use_l1_loss=false)")
@@ -187,7 +208,8 @@ class TaskLoss(nn.Module):
         """Loss terms of one prompting step.
 
         Args:
-            multimasks: (N, M, h, w) logits; upsampled (bilinear) to the targets' size when it differs.
+            multimasks: (N, M, h, w) logits; upsampled (bilinear) to the targets' size when it differs (``lean``:
+                chunk by chunk, never all at once).
             ious: (N, M) predicted IoUs.
             object_score_logits: (N, 1) (ignored when ``pred_obj_scores`` is false).
             targets: (N, 1, H, W) bool/float.
@@ -195,14 +217,18 @@ class TaskLoss(nn.Module):
         Returns:
             {"loss_mask", "loss_dice", "loss_iou", "loss_class"}: float32 scalars, already divided by num_objects.
         """
-        if multimasks.shape[-2:] != targets.shape[-2:]:
-            multimasks = F.interpolate(multimasks.to(torch.float32), size=targets.shape[-2:], mode="bilinear",
-                                       align_corners=False)
-        focal = sigmoid_focal_loss(multimasks, targets, self.focal_alpha, self.focal_gamma)  # (N, M)
-        dice = dice_loss(multimasks, targets)
-        iou = iou_prediction_loss(ious, multimasks, targets, use_l1=self.iou_use_l1_loss,
-                                   use_bce=self.iou_use_bce_loss)
-        if multimasks.shape[1] > 1:
+        if self.mask_loss == "lean":
+            focal, dice, actual = lean_mask_terms(multimasks, targets, self.focal_alpha, self.focal_gamma,
+                                                  chunk_elements=self.chunk_elements)  # (N, M) each
+        else:
+            if multimasks.shape[-2:] != targets.shape[-2:]:
+                multimasks = F.interpolate(multimasks.to(torch.float32), size=targets.shape[-2:], mode="bilinear",
+                                           align_corners=False)
+            focal = sigmoid_focal_loss(multimasks, targets, self.focal_alpha, self.focal_gamma)  # (N, M)
+            dice = dice_loss(multimasks, targets)
+            actual = mask_iou(multimasks.detach(), targets)
+        iou = iou_head_loss(ious, actual, use_l1=self.iou_use_l1_loss, use_bce=self.iou_use_bce_loss)
+        if focal.shape[1] > 1:
             combo = focal * self.weights["loss_mask"] + dice * self.weights["loss_dice"]
             best = combo.argmin(dim=1, keepdim=True)  # (N, 1): the candidate closest to the target
             focal, dice = focal.gather(1, best), dice.gather(1, best)

@@ -281,16 +281,19 @@ class SAM2Model(nn.Module):
         present = obj_logits > 0
         # a frame where the object is predicted absent gets a hard "no object" mask (used for memory too)
         masks = torch.where(present[:, :, None, None], masks, NO_OBJ_SCORE).float()
-        high = F.interpolate(masks, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         token = tokens[:, 0]
         if multimask_output:
             best = torch.argmax(ious, dim=-1)
             rows = torch.arange(b, device=masks.device)
-            low_best, high_best = masks[rows, best].unsqueeze(1), high[rows, best].unsqueeze(1)
+            low_best = masks[rows, best].unsqueeze(1)
             if tokens.shape[1] > 1:
                 token = tokens[rows, best]
         else:
-            low_best, high_best = masks, high
+            low_best = masks
+        # only the chosen mask at S×S (the same numbers as upsampling all candidates and picking: the upsample is
+        # per channel); all candidates at S×S would be the step's largest tensor (N×3×S² float32)
+        high_best = F.interpolate(low_best, size=(self.image_size, self.image_size), mode="bilinear",
+                                  align_corners=False)
         obj_ptr = self._gate_pointer(self.obj_ptr_proj(token), obj_logits)
         return SamOutput(masks, ious, low_best, high_best, obj_ptr, obj_logits)
 

@@ -198,8 +198,31 @@ def stage_one(args: argparse.Namespace, device: torch.device, peak: float | None
     optimizer = build_optimizer(module.student, lr=4e-4, weight_decay=0.1)
     if device.type == "cuda":
         compile_student(module, args.compile)
-    return [profile_row(runs[m][0], job, module, optimizer, runs[m][1], runs[m][2], plan, args, device, peak,
+    rows = [profile_row(runs[m][0], job, module, optimizer, runs[m][1], runs[m][2], plan, args, device, peak,
                         flops[m]) for m in args.modes]
+    if args.direct_loss_row and "live" in args.modes:
+        rows.append(direct_loss_row(job, module, optimizer, batch, teacher, args, device, peak))
+    return rows
+
+
+def direct_loss_row(job: Job, module, optimizer, batch: dict, teacher, args: argparse.Namespace, device: torch.device,
+                    peak: float | None) -> dict[str, Any]:
+    """The live stage-1 row again with the direct mask loss (``mask_loss=direct``: every candidate upsampled to S×S
+    and kept for backward), against its own memory plan: the lean loss's gain measured on the GPU."""
+    from edgetam_train.distill.efficiency import apply_activation_checkpointing
+
+    direct = Job(**{**job.__dict__, "loss": "direct"})
+    plan = estimate(direct)
+    task_loss = module.loss.task_loss
+    lean = task_loss.mask_loss
+    task_loss.mask_loss = "direct"
+    apply_activation_checkpointing(module.student, task_loss, job.level)  # direct: the loss is checkpointed too
+    try:
+        return profile_row("stage 1, live teacher, direct mask loss", direct, module, optimizer, batch, teacher, plan,
+                           args, device, peak, count_flops(module, batch, teacher, device))
+    finally:
+        task_loss.mask_loss = lean
+        apply_activation_checkpointing(module.student, task_loss, job.level)
 
 
 def stage_two(args: argparse.Namespace, device: torch.device, peak: float | None) -> list[dict[str, Any]]:
@@ -266,6 +289,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--objects", type=int, default=None, help="stage 2: objects per clip (default: data.max_objects)")
     p.add_argument("--video-checkpointing", default=None,
                    help="stage 2: none | heads | full (default: the video experiment's model.activation_checkpointing)")
+    p.add_argument("--no-direct-loss-row", dest="direct_loss_row", action="store_false",
+                   help="skip the stage-1 row with the direct mask loss (the lean loss's comparison)")
     p.add_argument("--teacher", default="sam2.1_hiera_b+", help="teacher model (configs/arch/<name>.yaml)")
     p.add_argument("--compile", choices=["none", "encoder", "student"], default="student",
                    help="what of the student torch.compile builds (default: encoder, prompt encoder, mask decoder)")

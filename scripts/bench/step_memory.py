@@ -75,6 +75,7 @@ class Job:
     frames: int | None = None      # stage 2: frames per clip (data.clip_len)
     teacher: str | None = None     # teacher architecture (configs/arch/<name>.yaml; default: the experiment's)
     clicks: int | None = None      # correction clicks (model.prompts.num_correction_clicks; default: the experiment's)
+    loss: str | None = None        # model.loss.task_loss.mask_loss: lean / direct (default: the experiment's)
 
 
 def compose(stage: str, overrides: list[str] | None = None) -> Any:
@@ -95,10 +96,12 @@ def build(job: Job) -> tuple[Any, dict, int, int]:
 
     cfg = compose(job.stage, [f"model.student.image_size={job.size}", f"model.teacher.net.image_size={job.size}",
                               "model.teacher.checkpoint=null", "model.teacher.allow_random_init=true",
-                              "model.init_from=null", f"model.activation_checkpointing={job.level}",
+                              "model.init_from=null", "model.student.image_encoder.trunk.weights=random",
+                              f"model.activation_checkpointing={job.level}",
                               "model.compile=false"]
                   + ([f"arch@model.teacher.net={job.teacher}"] if job.teacher else [])
-                  + ([f"model.prompts.num_correction_clicks={job.clicks}"] if job.clicks is not None else []))
+                  + ([f"model.prompts.num_correction_clicks={job.clicks}"] if job.clicks is not None else [])
+                  + ([f"model.loss.task_loss.mask_loss={job.loss}"] if job.loss else []))
     torch.manual_seed(0)
     module = instantiate(cfg.model, _convert_="partial")
     s, b = job.size, job.batch

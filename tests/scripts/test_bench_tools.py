@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import gpu_profile  # noqa: E402
+import gpu_profile
 import pytest
 import run_all  # noqa: E402
 import torch
@@ -66,18 +66,19 @@ def test_gpu_profile_cpu_run_profiles_both_stages_and_writes_its_section(tmp_pat
             "--warmup", "0", "--peak-tflops", "1", "--doc", str(doc), "--json", str(out)]
     assert gpu_profile.main(args) == 0
     printed = capsys.readouterr().out
-    names = ["stage 1, live teacher", "stage 1, cached F16", "stage 2, clip step"]
+    names = ["stage 1, live teacher", "stage 1, cached F16", "stage 1, live teacher, direct mask loss",
+             "stage 2, clip step"]
     for name in names:  # a throughput line and a memory line with its verdict per row
         assert f"gpu_profile {name}: " in printed and f"gpu_profile {name}: peak " in printed, name
         verdict = printed.split(f"gpu_profile {name}: peak ")[1].splitlines()[0]
         assert verdict.endswith(": PASS") and " vs plan <= " in verdict, verdict
-    assert "clips/s (" in printed and "frames/s)" in printed and "gpu_profile: 3/3 rows PASS" in printed
+    assert "clips/s (" in printed and "frames/s)" in printed and "gpu_profile: 4/4 rows PASS" in printed
     assert doc.read_text().count("<!-- gpu_profile:begin -->") == 1
     section = run_all.read_section(doc, "gpu_profile")
-    assert all(f"| {name} |" in section for name in names) and section.count("| PASS |") == 3
+    assert all(f"| {name} |" in section for name in names) and section.count("| PASS |") == 4
     assert run_all.previous_rows(doc) == rows  # the run_all section is untouched
     written = json.loads(out.read_text())
-    assert [r["unit"] for r in written] == ["img/s", "img/s", "clips/s"] and all(r["passed"] for r in written)
+    assert [r["unit"] for r in written] == ["img/s", "img/s", "img/s", "clips/s"] and all(r["passed"] for r in written)
     assert gpu_profile.main(args + ["--stages", "video"]) == 0  # one stage alone; its section is replaced
     assert doc.read_text().count("<!-- gpu_profile:begin -->") == 1 and "| stage 1" not in doc.read_text()
 
