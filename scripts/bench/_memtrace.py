@@ -62,12 +62,20 @@ class LiveBytes(TorchDispatchMode):
             weakref.finalize(st, self._free, n, op)
             self.live += n
             self.by_op[op] += n
+            self.created(st, n)
             grew = True
         if grew and self.live > self.peak:
             if self.live > self.peak * 1.01 or not self.at_peak:  # snapshot the split on 1 % growth
                 self.at_peak = {k: v for k, v in self.by_op.items() if v > 0}
             self.peak = self.live
+            self.new_peak()
         return out
+
+    def created(self, storage, n: int) -> None:  # noqa: ANN001
+        """Called for every storage an op creates (``n`` bytes, rounded); subclasses attribute it."""
+
+    def new_peak(self) -> None:
+        """Called when the live bytes reach a new peak."""
 
 
 class RealWhenNoFake(TorchDispatchMode):

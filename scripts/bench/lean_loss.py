@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from _timing import interleaved
 from run_all import update_section
 from step_memory import GPU_BYTES, MARGIN, RUNTIME_BYTES, Job, build, estimate, gib, worst_case_plans
-from torch.utils._pytree import tree_flatten
 
 from edgetam_train.distill.losses import TaskLoss, dice_loss, mask_iou, sigmoid_focal_loss
 from edgetam_train.distill.mask_loss import lean_mask_terms
@@ -118,35 +117,13 @@ class LossShare(_memtrace.LiveBytes):
         self.loss_live = 0
         self.loss_at_peak = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        out = func(*args, **(kwargs or {}))
-        in_loss = None
-        grew = False
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor):
-                continue
-            st = t.untyped_storage()
-            if st in self._seen:
-                continue
-            n = (st.nbytes() + _memtrace.BLOCK - 1) // _memtrace.BLOCK * _memtrace.BLOCK
-            op = func.overloadpacket.__name__
-            self._seen[st] = n
-            weakref.finalize(st, self._free, n, op)
-            self.live += n
-            self.by_op[op] += n
-            grew = True
-            if in_loss is None:
-                in_loss = any(f.filename.replace("\\", "/").endswith(LOSS_FILES)
-                              for f in traceback.extract_stack(limit=16))
-            if in_loss:
-                self.loss_live += n
-                weakref.finalize(st, self._loss_free, n)
-        if grew and self.live > self.peak:
-            if self.live > self.peak * 1.01 or not self.at_peak:
-                self.at_peak = {k: v for k, v in self.by_op.items() if v > 0}
-            self.peak = self.live
-            self.loss_at_peak = self.loss_live
-        return out
+    def created(self, storage, n: int) -> None:  # noqa: ANN001
+        if any(f.filename.replace("\\", "/").endswith(LOSS_FILES) for f in traceback.extract_stack(limit=16)):
+            self.loss_live += n
+            weakref.finalize(storage, self._loss_free, n)
+
+    def new_peak(self) -> None:
+        self.loss_at_peak = self.loss_live
 
     def _loss_free(self, n: int) -> None:
         self.loss_live -= n
