@@ -109,7 +109,11 @@ def test_activation_checkpointing_keeps_losses_and_gradients_and_saves_memory(st
     # the config switch reaches the module
     cfg_module = build(stage, "model.activation_checkpointing=heads")
     assert getattr(cfg_module.student.decode, "_edgetam_checkpointed", False)
-    assert getattr(cfg_module.loss.task_loss.step_losses, "_edgetam_checkpointed", False)
+    # the lean mask loss (default) keeps nothing of size N x 3 x S² for backward: it is not recomputed again;
+    # the direct loss is checkpointed with the decoder passes
+    assert not getattr(cfg_module.loss.task_loss.step_losses, "_edgetam_checkpointed", False)
+    direct = build(stage, "model.activation_checkpointing=heads", "model.loss.task_loss.mask_loss=direct")
+    assert getattr(direct.loss.task_loss.step_losses, "_edgetam_checkpointed", False)
 
 
 # ---------------------------------------------------------------------------------------------- bf16 / compile
