@@ -20,17 +20,16 @@ forward + backward; ``full`` checkpointing re-runs the trunk forward, counted as
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _memtrace import fake_module, traced_peak  # noqa: E402
-from step_memory import MARGIN, REPO, RUNTIME_BYTES, Job, estimate, worst_case_plans  # noqa: E402
-from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
+from _memtrace import fake_module, traced_peak
+from step_memory import MARGIN, REPO, RUNTIME_BYTES, Job, estimate, worst_case_plans
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 MODELS = {"sam2.1_hiera_t": "sam2.1_hiera_tiny", "sam2.1_hiera_s": "sam2.1_hiera_small",
           "sam2.1_hiera_b+": "sam2.1_hiera_base_plus", "sam2.1_hiera_l": "sam2.1_hiera_large", "edgetam": "edgetam"}
@@ -130,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", nargs="+", default=["heads", "full"], choices=["none", "heads", "full"])
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--masks", type=int, default=64)
+    parser.add_argument("--json", type=Path, default=None, help="rows for run_all.py (largest batch on 80 GB)")
     args = parser.parse_args(argv)
     rows = []
     for model in args.models:
@@ -138,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(plan_row(model, mode, level, args.size, args.masks))
                 print(f"{render_row(rows[-1])} ({rows[-1]['seconds']:.0f} s)", file=sys.stderr, flush=True)
     print(render(rows, args.size, args.masks))
+    if args.json is not None:  # one row per plan for docs/benchmarks.md's run_all table
+        args.json.write_text(json.dumps([
+            {"name": f"finetune_memory: {r['model']} {r['mode']} {r['level']}, largest batch on 80 GB "
+                     f"({args.size}², bf16, {args.masks} masks; fake-tensor trace)",
+             "value": r["fits"][80], "unit": "images", "goal": ">= 1", "passed": r["fits"][80] >= 1,
+             "detail": f"24 / 48 / 80 GB: {' / '.join(str(r['fits'][gb]) for gb in CARDS_GB)}"}
+            for r in rows], indent=1))
     return 0
 
 

@@ -50,7 +50,11 @@ ARGS: dict[str, tuple[list[str], list[str] | None]] = {
     "gpu_profile": ([], ["--steps", "5"]),
     "trunks": ([], ["--quick"]),
     "step_memory": (["--check"], ["--check"]),  # the full table (~30 min): python scripts/bench/step_memory.py
-    "export_runtimes": ([], ["--image-size", "256", "--images", "2", "--reps", "3", "--formats", "onnx", "executorch"]),
+    # one model, LoRA vs full, heads (~2.5 min per row); the whole table: python scripts/bench/finetune_memory.py
+    "finetune_memory": (["--models", "sam2.1_hiera_t", "edgetam", "--levels", "heads"], None),
+    "streaming": (["--frames", "10000", "--size", "256", "--offline"], ["--frames", "300", "--size", "256"]),
+    "export_runtimes": ([], ["--image-size", "256", "--images", "2", "--reps", "3", "--formats", "onnx",
+                             "executorch"]),
 }
 OWN_SECTION = {"gpu_profile", "trunks"}  # benches that also write their own section of the doc (--doc)
 NOT_BENCHES = {"run_all"}

@@ -15,6 +15,7 @@ per-frame outputs and memories grow) and its RSS growth is reported beside.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import tempfile
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--offline", action="store_true", help="also measure the offline VideoPredictor's RSS growth")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--doc", type=Path, default=None, help="write the table into this markdown file")
+    p.add_argument("--json", type=Path, default=None, help="rows for run_all.py (p99/p50 and RSS growth per runtime)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(5)
@@ -134,6 +136,17 @@ def main(argv: list[str] | None = None) -> None:
                   f"frames, {b:.0f} MB at {n} ({b - a:+.0f} MB: it keeps every frame's output and memory)."]
     table = "\n".join(lines)
     print(table)
+    if args.json is not None:  # the two goals per runtime: p99/p50 <= 1.3, RSS growth <= 5 % or 50 MB
+        out = []
+        for name, r in rows:
+            a, b = r["rss"].get(RSS_AT, float("nan")), r["rss"][n]
+            out.append({"name": f"streaming {name}: p99/p50 per-frame latency, {n} frames at {s}²",
+                        "value": round(r["p99"] / r["p50"], 2), "unit": "x", "goal": "<= 1.3",
+                        "passed": r["p99"] / r["p50"] <= 1.3, "detail": f"p50 {r['p50']:.1f} ms"})
+            out.append({"name": f"streaming {name}: RSS growth from frame {RSS_AT} to {n}", "value": round(b - a, 1),
+                        "unit": "MB", "goal": "<= max(5 %, 50 MB)", "passed": b - a <= max(0.05 * a, 50.0),
+                        "detail": f"{a:.0f} -> {b:.0f} MB"})
+        args.json.write_text(json.dumps(out, indent=1))
     if args.doc:
         update_section(args.doc, "streaming", "## Streaming tracking (`streaming.py`)\n\n"
                        f"`python scripts/bench/streaming.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
