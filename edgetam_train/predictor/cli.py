@@ -84,7 +84,7 @@ from edgetam_train.predictor.stream_cli import add_stream_arguments, label_png, 
 from edgetam_train.predictor.stream_source import open_source
 from edgetam_train.predictor.video import VideoPredictor
 from edgetam_train.predictor.video_prompts import add_video_prompt_arguments, apply_prompts, collect_prompts
-from edgetam_train.predictor.video_state import VideoState, frame_files
+from edgetam_train.predictor.video_state import VideoState, named_frame_files
 
 # ----------------------------------------------------------------------------------------------- parsing
 
@@ -200,13 +200,8 @@ def read_frames(path: Path, max_frames: int | None = None, scratch: Path | None 
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1, got {max_frames}")
     if path.is_dir():
-        files = frame_files(path)[:max_frames]  # ValueError naming the folder when it holds no frames
-        names = [p.stem for p in files]
-        if len(set(names)) < len(names):
-            dup = sorted({n for n in names if names.count(n) > 1})
-            raise ValueError(f"--frames {path}: several frames share the name(s) {dup[:5]} (e.g. .jpg and .png); "
-                             "one file per frame name is needed to name the mask PNGs")
-        return VideoFrames(path, names, image_hw(files[0]), files=files)
+        files = named_frame_files(path, max_frames, "--frames")
+        return VideoFrames(path, [p.stem for p in files], image_hw(files[0]), files=files)
     if not path.exists():
         raise FileNotFoundError(f"--frames {path} does not exist (expected a frame folder or a video file)")
     if scratch is None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgetam_train.predictor.image_io import read_rgb
 from edgetam_train.predictor.preprocess import check_image
-from edgetam_train.predictor.video_state import frame_files
+from edgetam_train.predictor.video_state import named_frame_files
 
 CAMERA_PREFIX = "camera:"
 
@@ -131,12 +131,7 @@ def open_source(spec: str | Path, max_frames: int | None = None) -> FrameSource:
     else:
         path = Path(spec)
         if path.is_dir():
-            files = frame_files(path)[:max_frames]  # ValueError naming the folder when it holds no frames
-            names = [p.stem for p in files]
-            if len(set(names)) < len(names):
-                dup = sorted({n for n in names if names.count(n) > 1})
-                raise ValueError(f"--source {path}: several frames share the name(s) {dup[:5]} (e.g. .jpg and "
-                                 ".png); one file per frame name is needed to name the mask PNGs")
+            files = named_frame_files(path, max_frames, "--source")
             kind, fps = "folder", None
             named = ((p.stem, check_image(read_rgb(p), name=str(p))) for p in files)
         elif not path.exists():

@@ -75,3 +75,15 @@ def frame_files(folder: Path) -> list[Path]:
     if all(p.stem.isdigit() for p in files):
         return sorted(files, key=lambda p: (int(p.stem), p.name))
     return sorted(files, key=lambda p: p.name)
+
+
+def named_frame_files(folder: Path, max_frames: int | None, option: str) -> list[Path]:
+    """:func:`frame_files` of ``folder`` (the first ``max_frames``), refusing two frames with one stem (e.g. ``.jpg``
+    and ``.png``): the stem names each frame's mask PNG. ``option`` (``--frames``, ``--source``) starts the error."""
+    files = frame_files(folder)[:max_frames]  # ValueError naming the folder when it holds no frames
+    names = [p.stem for p in files]
+    if len(set(names)) < len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"{option} {folder}: several frames share the name(s) {dup[:5]} (e.g. .jpg and .png); "
+                         "one file per frame name is needed to name the mask PNGs")
+    return files
