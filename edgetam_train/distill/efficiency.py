@@ -164,7 +164,8 @@ def apply_activation_checkpointing(student: nn.Module, task_loss: nn.Module | No
     direct_loss = task_loss is not None and getattr(task_loss, "mask_loss", "direct") == "direct"
     heads = [(student, "decode", DECODE_CHUNK)] + ([(task_loss, "step_losses", None)] if direct_loss else [])
     rest = [(student, "condition", None), (student, "encode_memory", None)]
-    for obj, name, _ in heads + rest + [(task_loss, "step_losses", None)] * (task_loss is not None):
+    for obj, name in [(student, "decode"), (student, "condition"), (student, "encode_memory")] + (
+            [(task_loss, "step_losses")] if task_loss is not None else []):
         _unwrap_method(obj, name)
     if level in ("heads", "full"):
         for obj, name, chunk in heads:

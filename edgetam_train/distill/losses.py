@@ -130,6 +130,16 @@ def iou_prediction_loss(pred_iou: Tensor, logits: Tensor, targets: Tensor, use_l
     return iou_head_loss(pred_iou, mask_iou(logits.detach(), targets), use_l1=use_l1, use_bce=use_bce)
 
 
+def direct_mask_terms(low: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+    """(focal, dice, IoU), each (N, M) float32, as SAM 2 writes them: the logits (N, M, h, w) upsampled (bilinear,
+    float32) to the targets' (N, 1, H, W) size when it differs, then the elementwise terms on all candidates at once
+    (``mask_loss=direct``; :func:`edgetam_train.distill.mask_loss.lean_mask_terms` gives the same numbers chunked)."""
+    if low.shape[-2:] != targets.shape[-2:]:
+        low = F.interpolate(low.to(torch.float32), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    return sigmoid_focal_loss(low, targets, alpha, gamma), dice_loss(low, targets), mask_iou(low.detach(), targets)
+
+
 def object_score_loss(obj_logits: Tensor, targets_present: Tensor) -> Tensor:
     """BCE of the object-score head against "the object is present".
 
@@ -221,12 +231,7 @@ class TaskLoss(nn.Module):
             focal, dice, actual = lean_mask_terms(multimasks, targets, self.focal_alpha, self.focal_gamma,
                                                   chunk_elements=self.chunk_elements)  # (N, M) each
         else:
-            if multimasks.shape[-2:] != targets.shape[-2:]:
-                multimasks = F.interpolate(multimasks.to(torch.float32), size=targets.shape[-2:], mode="bilinear",
-                                           align_corners=False)
-            focal = sigmoid_focal_loss(multimasks, targets, self.focal_alpha, self.focal_gamma)  # (N, M)
-            dice = dice_loss(multimasks, targets)
-            actual = mask_iou(multimasks.detach(), targets)
+            focal, dice, actual = direct_mask_terms(multimasks, targets, self.focal_alpha, self.focal_gamma)
         iou = iou_head_loss(ious, actual, use_l1=self.iou_use_l1_loss, use_bce=self.iou_use_bce_loss)
         if focal.shape[1] > 1:
             combo = focal * self.weights["loss_mask"] + dice * self.weights["loss_dice"]

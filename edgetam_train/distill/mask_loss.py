@@ -37,9 +37,9 @@ def _upsample(low: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def _focal_elementwise(x: Tensor, t: Tensor, alpha: float, gamma: float) -> Tensor:
-    """Per-pixel RetinaNet focal loss of logits ``x`` against bool ``t`` (torchvision's ``sigmoid_focal_loss``)."""
-    p = torch.sigmoid(x)
+def _focal_elementwise(x: Tensor, p: Tensor, t: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Per-pixel RetinaNet focal loss of logits ``x`` (``p = sigmoid(x)``) against bool ``t`` (torchvision's
+    ``sigmoid_focal_loss``)."""
     pos = F.softplus(-x) * (1.0 - p).pow(gamma)  # -log p · (1-p)^γ
     neg = F.softplus(x) * p.pow(gamma)  # -log(1-p) · p^γ
     if alpha >= 0:
@@ -84,8 +84,8 @@ class LeanMaskTerms(torch.autograd.Function):
         for sl in _chunks(n, m * pixels, chunk_elements):
             x = _upsample(low[sl], size)
             t = targets[sl].expand_as(x)
-            focal[sl] = _focal_elementwise(x, t, alpha, gamma).flatten(2).mean(-1)
-            p = torch.sigmoid(x)
+            p = torch.sigmoid(x)  # once per chunk: focal and dice both read it
+            focal[sl] = _focal_elementwise(x, p, t, alpha, gamma).flatten(2).mean(-1)
             sum_p[sl] = p.flatten(2).sum(-1)
             sum_pt[sl] = (p * t).flatten(2).sum(-1)
             pred = x > 0

@@ -30,14 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import _memtrace
-import step_memory
 import torch
-import torch.nn.functional as F
 from _timing import interleaved
 from run_all import update_section
 from step_memory import GPU_BYTES, MARGIN, RUNTIME_BYTES, Job, build, estimate, gib, worst_case_plans
 
-from edgetam_train.distill.losses import TaskLoss, dice_loss, mask_iou, sigmoid_focal_loss
+from edgetam_train.distill.losses import TaskLoss, direct_mask_terms
 from edgetam_train.distill.mask_loss import lean_mask_terms
 from edgetam_train.distill.prompting import PromptStep
 
@@ -53,11 +51,6 @@ SHARE_GOAL = 0.10     # the loss's share of that peak
 # ------------------------------------------------------------------------------------------------------ 1. equality
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-12))
-
-
-def _direct_terms(low: torch.Tensor, targets: torch.Tensor):
-    x = F.interpolate(low.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
-    return sigmoid_focal_loss(x, targets), dice_loss(x, targets), mask_iou(x.detach(), targets)
 
 
 def equality() -> list[dict[str, Any]]:
@@ -77,7 +70,7 @@ def equality() -> list[dict[str, Any]]:
                 t[:] = False
                 t[:, :, 100, 50] = True
             w_f, w_d = torch.randn(n, m, generator=g), torch.randn(n, m, generator=g)
-            f, d, i = _direct_terms(low, t)
+            f, d, i = direct_mask_terms(low, t)
             (f * w_f + d * w_d).sum().backward()
             g_direct, low.grad = low.grad.clone(), None
             lf, ld, li = lean_mask_terms(low, t, chunk_elements=3 * m * s * s)
@@ -112,10 +105,13 @@ class LossShare(_memtrace.LiveBytes):
     """:class:`LiveBytes` that also counts, at the peak, the bytes of storages created by an op called from the
     loss's Python code (``LOSS_FILES``: the forward of both paths and the lean path's backward)."""
 
+    last: LossShare | None = None  # the tracker of the latest trace (estimate() builds it inside traced_peak)
+
     def __init__(self) -> None:
         super().__init__()
         self.loss_live = 0
         self.loss_at_peak = 0
+        LossShare.last = self
 
     def created(self, storage, n: int) -> None:  # noqa: ANN001
         if any(f.filename.replace("\\", "/").endswith(LOSS_FILES) for f in traceback.extract_stack(limit=16)):
@@ -139,8 +135,9 @@ def memory(batches: bool) -> list[dict[str, Any]]:
                 r = estimate(Job("image", 1, level=level, loss=loss))
             finally:
                 _memtrace.LiveBytes = original
+            share = LossShare.last.loss_at_peak / max(LossShare.last.peak, 1)
             rows.append({"level": level, "loss": loss, "peak": r["peak"], "device": r["device"],
-                         "top": r["top"][:3], "loss_share": LAST_SHARE.get("share")})
+                         "top": r["top"][:3], "loss_share": share})
             print(f"memory {level:5s} {loss:6s}: step peak {gib(r['peak'])}, device {gib(r['device'])}, "
                   f"loss share {rows[-1]['loss_share']:.1%}", flush=True)
     if batches:
@@ -148,16 +145,6 @@ def memory(batches: bool) -> list[dict[str, Any]]:
             r["max_batch"] = max_batch(r["level"], r["loss"], r)
             print(f"  largest batch on 80 GB with 15 % free ({r['level']}, {r['loss']}): {r['max_batch']}", flush=True)
     return rows
-
-
-LAST_SHARE: dict[str, float] = {}
-
-
-def _traced_peak_with_share(step: Callable[[], Any], fake) -> _memtrace.LiveBytes:  # noqa: ANN001
-    tracker = _ORIGINAL_TRACED_PEAK(step, fake)
-    if isinstance(tracker, LossShare):
-        LAST_SHARE["share"] = tracker.loss_at_peak / max(tracker.peak, 1)
-    return tracker
 
 
 def max_batch(level: str, loss: str, one: dict[str, Any]) -> int:
@@ -285,9 +272,6 @@ def doc_section(eq, mem, image, video, args, elapsed) -> str:  # noqa: ANN001
         lines.append(f"| {name} | {image[name]:.2f} | {image[name] / base_i:.2f}x | {stage2} |")
     return "\n".join(lines) + "\n"
 
-
-_ORIGINAL_TRACED_PEAK = step_memory.traced_peak
-step_memory.traced_peak = _traced_peak_with_share  # estimate() calls it through step_memory's namespace
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from edgetam_train.distill.losses import dice_loss, mask_iou, sigmoid_focal_loss
+from edgetam_train.distill.losses import direct_mask_terms
 from edgetam_train.distill.mask_loss import lean_mask_terms
-
-
-def _direct(low: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float):
-    x = F.interpolate(low.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
-    return sigmoid_focal_loss(x, targets, alpha, gamma), dice_loss(x, targets), mask_iou(x.detach(), targets)
 
 
 def _targets(kind: str, n: int, s: int, gen: torch.Generator) -> torch.Tensor:
@@ -36,7 +30,7 @@ def test_values_and_gradients_equal_the_direct_path(kind, alpha, gamma):
     targets = _targets(kind, n, s, gen)
     w_f, w_d = torch.randn(n, m, generator=gen), torch.randn(n, m, generator=gen)
 
-    focal, dice, iou = _direct(low, targets, alpha, gamma)
+    focal, dice, iou = direct_mask_terms(low, targets, alpha, gamma)
     (focal * w_f + dice * w_d).sum().backward()
     grad_direct, low.grad = low.grad.clone(), None
     # chunks of 2 objects: the chunk loop and its edges are exercised
@@ -59,7 +53,7 @@ def test_same_resolution_and_bf16_logits():
     focal, dice, _ = lean_mask_terms(low, targets)
     (focal.sum() + dice.sum()).backward()
     grad_lean, low.grad = low.grad.clone(), None
-    ref_f, ref_d, _ = _direct(low, targets, 0.25, 2.0)
+    ref_f, ref_d, _ = direct_mask_terms(low, targets, 0.25, 2.0)
     (ref_f.sum() + ref_d.sum()).backward()
     assert grad_lean.dtype == torch.bfloat16
     torch.testing.assert_close(focal, ref_f, rtol=1e-5, atol=1e-7)
