@@ -3,6 +3,7 @@ venv, times that say what they assume, fine-tuning's weights and their source.""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 def make_n(target: str, *args: str) -> str:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    out = subprocess.run(["make", "-n", target, *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    # Under ``make test`` this runs inside another make: MAKELEVEL > 0 makes make print "Leaving directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    cmd = ["make", "--no-print-directory", "-n", target, *args]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
