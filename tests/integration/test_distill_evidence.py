@@ -61,6 +61,7 @@ def test_every_arm_runs_and_is_paired_with_the_same_init_and_data(tmp_path, caps
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(16 * 3600)  # the full run: ~8 h with --jobs 2 on this machine
 def test_a_trained_teacher_helps_the_student(tmp_path):
     json_path = tmp_path / "e.json"
     rc = distill_evidence.main(["--log-dir", str(tmp_path / "logs"), "--json", str(json_path),

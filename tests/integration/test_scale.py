@@ -166,6 +166,7 @@ def test_trainer_runs_both_stages_in_bf16_mixed(stage, tmp_path):
 
 
 @pytest.mark.slow  # inductor builds the encoder's C++ kernels: 2-12 minutes on 2 busy cores
+@pytest.mark.timeout(3600)
 def test_compiled_student_image_step_matches_eager():
     """``model.compile=true`` (the image encoder through torch.compile / inductor on the CPU): the image step runs,
     forward and backward, and matches the eager step."""
