@@ -4,6 +4,7 @@ Usage::
 
     edgetam-eval jf --gt DAVIS/Annotations/480p --pred results/ --protocol davis     # palette PNGs per frame
     edgetam-eval jf --gt sav_val/Annotations_6fps --pred results/ --protocol sav     # <video>/<obj>/<frame>.png
+    edgetam-eval jf --gt DAVIS/Annotations/480p --pred results/ --videos DAVIS/ImageSets/2017/val.txt  # a subset
     edgetam-eval miou --ckpt last.ckpt --data sa23/ --clicks 5                       # SA-1B-format images
     edgetam-eval miou --ckpt best.ckpt --data coco:val.json:val_images/ --max-masks 16 --csv miou.csv
     edgetam-eval miou --ckpt best.ckpt --data masks:my_val/      # or sa1b:DIR (the fine-tuning formats)
@@ -12,7 +13,8 @@ Usage::
 ``jf`` writes one CSV row per video and object (``video,object,frames,J&F,J,F``; ``--csv``, default
 ``<pred>/jf_<protocol>.csv``) and prints ``J&F=... J=... F=...`` (fractions) as its last line; a GT video without a
 prediction folder is an error unless ``--allow-missing``, which scores the predicted videos and prints how many (and
-which) were left out; layouts, protocols
+which) were left out; ``--videos FILE`` scores only the listed GT videos (DAVIS 2017 val: ``ImageSets/2017/val.txt``
+of the trainval download, whose ``Annotations/480p`` also holds the train videos); layouts, protocols
 and the empty-mask conventions are in :mod:`edgetam_train.eval.jf`. ``miou`` prints ``clicks=k mIoU=...`` for k =
 1..N (the click simulation is in :mod:`edgetam_train.eval.miou`). ``--data coco:...|masks:...|sa1b:...`` (and
 ``jf --ckpt --data vos:DIR``) read the fine-tuning formats with validation's datasets and predictor, so their numbers
@@ -66,6 +68,9 @@ def add_jf_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-first-last", action="store_true",
                         help="also score the first and last annotated frames (not the official protocols)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    parser.add_argument("--videos", type=Path, default=None,
+                        help="text file of the video names to score, one per line (e.g. DAVIS' "
+                             "ImageSets/2017/val.txt; default: every GT video folder)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="score only the GT videos that have a prediction folder and say how many were left out "
                              "(default: a missing video is an error)")
@@ -79,6 +84,7 @@ def run_jf(args: argparse.Namespace) -> int:
         raise ValueError("jf: pass --gt and --pred (predicted masks), or --ckpt and --data vos:DIR (track and score)")
     result = evaluate(args.gt, args.pred, args.protocol, bound_th=args.bound_th,
                       skip_first_last=not args.keep_first_last, workers=args.workers,
+                      videos=None if args.videos is None else read_video_list(args.videos),
                       allow_missing=args.allow_missing)
     csv_path = write_csv(result, args.csv or args.pred / f"jf_{args.protocol}.csv")
     videos = len({o.video for o in result.objects})
@@ -88,6 +94,17 @@ def run_jf(args: argparse.Namespace) -> int:
     print(f"{len(result.objects)} objects in {videos} videos; per-object scores: {csv_path}")
     print(result.summary())
     return 0
+
+
+def read_video_list(path: Path) -> list[str]:
+    """The video names of a ``--videos`` file (one per line; blank lines and ``#`` comments skipped); raises
+    FileNotFoundError / ValueError naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--videos {path} does not exist (expected a text file, one video name per line)")
+    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not names:
+        raise ValueError(f"--videos {path} lists no video (expected one video name per line)")
+    return names
 
 
 def run_jf_checkpoint(args: argparse.Namespace) -> int:

@@ -301,15 +301,6 @@ def split_videos(gt_dir: str | Path, pred_dir: str | Path) -> tuple[list[str], l
     return [v for v in videos if v not in set(missing)], missing
 
 
-def list_videos(gt_dir: str | Path, pred_dir: str | Path) -> list[str]:
-    """GT video folders (sorted); raises :class:`EvalError` naming the videos without a prediction folder."""
-    videos, missing = split_videos(gt_dir, pred_dir)
-    if missing:
-        raise EvalError(f"{len(missing)} GT video(s) have no prediction folder in {pred_dir}: {missing[:20]} "
-                        "(--allow-missing scores only the predicted videos)")
-    return videos
-
-
 def _evaluate_one(job: tuple) -> list[ObjectScore]:
     return evaluate_video(*job)
 
@@ -326,21 +317,26 @@ def evaluate(gt_dir: str | Path, pred_dir: str | Path, protocol: str = "davis", 
         skip_first_last: drop the first and the last annotated frame (both official protocols do).
         workers: processes (1 = in this process).
         progress: show a tqdm bar over videos.
-        videos: evaluate only these (default: every GT video folder).
+        videos: evaluate only these GT video folders (default: every GT video folder; a name the GT lacks is an
+            error); without ``allow_missing`` each needs a prediction folder.
         allow_missing: score only the GT videos that have a prediction folder (the others are listed in
             ``JFResult.left_out``) instead of raising :class:`EvalError`; at least one must have one.
     """
     from tqdm import tqdm
 
-    left_out: list[str] = []
+    names, missing = split_videos(gt_dir, pred_dir)
     if videos is not None:
-        names = list(videos)
-    elif allow_missing:
-        names, left_out = split_videos(gt_dir, pred_dir)
-        if not names:
-            raise EvalError(f"none of the {len(left_out)} GT videos of {gt_dir} has a prediction folder in {pred_dir}")
-    else:
-        names = list_videos(gt_dir, pred_dir)
+        chosen = list(dict.fromkeys(videos))
+        unknown = [v for v in chosen if v not in set(names) | set(missing)]
+        if unknown:
+            raise EvalError(f"{len(unknown)} listed video(s) have no GT folder in {gt_dir}: {unknown[:20]}")
+        names, missing = [v for v in chosen if v in set(names)], [v for v in chosen if v in set(missing)]
+    if missing and not allow_missing:
+        raise EvalError(f"{len(missing)} GT video(s) have no prediction folder in {pred_dir}: {missing[:20]} "
+                        "(--allow-missing scores only the predicted videos)")
+    left_out = missing
+    if not names:
+        raise EvalError(f"none of the {len(left_out)} GT videos of {gt_dir} has a prediction folder in {pred_dir}")
     jobs = [(str(gt_dir), str(pred_dir), v, protocol, bound_th, skip_first_last) for v in names]
     bar = dict(total=len(jobs), desc=f"J&F ({protocol})", unit="video", disable=not progress)
     if workers > 1:

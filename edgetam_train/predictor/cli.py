@@ -25,8 +25,13 @@ single mask otherwise -- what SAM recommends. Coordinates are pixels of the imag
         --obj-id 2 --box 300,0,500,400 --obj-id 3 --mask m3.png --out res      # three objects
     edgetam-predict video --ckpt edgetam.pt --frames DAVIS/JPEGImages/480p/bike-packing \
         --init-masks DAVIS/Annotations/480p/bike-packing/00000.png --out res/bike-packing   # DAVIS semi-supervised
+    edgetam-predict video --ckpt edgetam.pt --frames sav_val/JPEGImages_24fps/sav_000001 \
+        --init-masks sav_val/Annotations_6fps/sav_000001 --out res/sav_000001             # SA-V semi-supervised
 
-Prompts (grouped by ``--obj-id``, or ``--prompts JSON``, or ``--init-masks PNG``): :mod:`.video_prompts`.
+Prompts (grouped by ``--obj-id``, or ``--prompts JSON``, or ``--init-masks PNG|FOLDER``): :mod:`.video_prompts`.
+``--init-masks`` an SA-V annotation folder (``<object>/<frame>.png``) changes the tracking and the PNGs written:
+each object forward from its first non-empty mask, ``OUT/<object>/<frame>.png`` per object
+(:mod:`.object_folders`); everything below is for the other prompts.
 ``--frames``: a folder of .jpg/.jpeg/.png frames (all-integer names in numeric order, else by name; one size) or a
 video file decoded frame by frame with PyAV into a temporary folder of PNGs (never all in memory);
 ``--max-frames N``: the first N frames only. Tracking runs forward from the earliest prompted frame K
@@ -77,6 +82,12 @@ from edgetam_train.drawing import DrawnPrompt, draw_overlay, object_colours
 from edgetam_train.models.checkpoint import CheckpointMismatchError
 from edgetam_train.predictor.image import ImagePrediction, ImagePredictor
 from edgetam_train.predictor.image_io import image_hw, read_rgb
+from edgetam_train.predictor.object_folders import (
+    object_names,
+    object_score,
+    track_from_first_masks,
+    write_object_pngs,
+)
 from edgetam_train.predictor.overlay import overlay
 from edgetam_train.predictor.prompt_text import parse_box, parse_labels, parse_points
 from edgetam_train.predictor.runtimes import add_runtime_arguments, image_predictor, video_predictor
@@ -256,7 +267,8 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("Each --obj-id starts an object; the prompt options after it are its prompts. Tracks forward from "
                      "the earliest prompted frame K to the last frame, then, if K > 0, backward from K to frame 0 (the "
                      "official predictor's propagate, then propagate with reverse=True). PNGs: palette, pixel value = "
-                     "object id on its mask, 0 elsewhere (DAVIS layout, for edgetam-eval jf).")
+                     "object id on its mask, 0 elsewhere (DAVIS layout, for edgetam-eval jf). --init-masks FOLDER "
+                     "(SA-V): each object forward from its first mask, OUT/<object>/<frame>.png (SA-V layout).")
 
 
 def run_video(args: argparse.Namespace) -> int:
@@ -280,11 +292,15 @@ def _run_video(args: argparse.Namespace, frames: VideoFrames) -> int:
 
     num = len(frames.names)
     prompts = collect_prompts(args, frames.names, frames.hw)  # checks them (frames in range, masks' size ...)
+    # SA-V: one PNG per object folder of --init-masks, each object tracked forward from its first mask
+    per_object = object_names(args.init_masks) if args.init_masks is not None and args.init_masks.is_dir() else None
     predictor = video_predictor(args, lambda: VideoPredictor(load_model(args), fill_hole_area=args.fill_hole_area,
                                                              fuse=args.fuse))
     state = predictor.init_state(frames.source)
     apply_prompts(predictor, state, prompts)  # checks the clicks / boxes (inside the frame ...)
     obj_ids, k = state.obj_ids, min(p.frame_idx for p in prompts)
+    tracked = (track(predictor, state, k) if per_object is None else
+               track_from_first_masks(predictor, state, {p.obj_id: p.frame_idx for p in prompts}))
     colours = dict(zip(obj_ids, object_colours(len(obj_ids))))  # the same colour for an object's mask and clicks
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -294,12 +310,15 @@ def _run_video(args: argparse.Namespace, frames: VideoFrames) -> int:
     gif: dict[int, Image.Image] = {}
     palette = voc_palette()
     with tqdm(total=num, desc=f"tracking {len(obj_ids)} object(s)", unit="frame", disable=None) as bar:
-        for t, logits in track(predictor, state, k):
+        for t, logits in tracked:
             masks = predictor.masks_from_logits(logits).cpu().numpy()  # (N, H, W) bool, from the float32 logits
-            label_png(masks, obj_ids, palette).save(args.out / f"{frames.names[t]}.png")
+            if per_object is None:
+                label_png(masks, obj_ids, palette).save(args.out / f"{frames.names[t]}.png")
+            else:
+                write_object_pngs(args.out, per_object, frames.names[t], masks, obj_ids, palette)
             if logits_all is not None:
                 logits_all[t] = logits.cpu().numpy()
-            scores[t] = [float(predictor.get_output(state, t, i).object_score_logit) for i in obj_ids]
+            scores[t] = [object_score(predictor, state, t, i) for i in obj_ids]
             drawn = [DrawnPrompt(p.points, p.labels, p.box, colours[p.obj_id]) for p in prompts if p.frame_idx == t]
             im = Image.fromarray(draw_overlay(frames.rgb(t), masks, [colours[i] for i in obj_ids], drawn))
             if args.gif_max_side:
@@ -307,7 +326,7 @@ def _run_video(args: argparse.Namespace, frames: VideoFrames) -> int:
             gif[t] = im
             bar.update()
 
-    written = [f"{num} mask PNGs"]
+    written = [f"{num} mask PNGs" if per_object is None else f"{num} x {len(per_object)} per-object mask PNGs"]
     if logits_all is not None:
         np.savez_compressed(args.out / "masks.npz", logits=logits_all, object_score=scores,
                             obj_ids=np.asarray(obj_ids, dtype=np.int64), frames=np.asarray(frames.names))
@@ -319,10 +338,15 @@ def _run_video(args: argparse.Namespace, frames: VideoFrames) -> int:
     written.append("overlay.gif")
     present = int((scores > 0).any(1).sum())
     prompted = sorted({p.frame_idx for p in prompts})
+    how = "forward and backward" if k > 0 else "forward"
+    if per_object is not None:
+        how = "forward from each object's first mask"
+        empty = [name for i, name in per_object.items() if i not in obj_ids]
+        if empty:
+            print(f"object folder(s) {', '.join(empty)} of {args.init_masks}: every PNG empty, written empty")
     print(f"wrote {', '.join(written)} to {args.out}: object(s) {', '.join(map(str, obj_ids))} prompted on frame(s) "
-          f"{', '.join(f'{t} ({frames.names[t]})' for t in prompted)}, tracked "
-          f"{'forward and backward' if k > 0 else 'forward'} over {num} frames, present (object score > 0) on "
-          f"{present}")
+          f"{', '.join(f'{t} ({frames.names[t]})' for t in prompted)}, tracked {how} over {num} frames, present "
+          f"(object score > 0) on {present}")
     return 0
 
 

@@ -15,6 +15,9 @@ Three ways to give them (one per run):
   a relative mask path is relative to the json file).
 * ``--init-masks DIR/00000.png``: the DAVIS semi-supervised protocol. Every object of the palette PNG (pixel value =
   object id; 0 background, 255 void) is prompted by its mask on the frame whose name is the PNG's stem.
+* ``--init-masks Annotations_6fps/<video>``: the SA-V semi-supervised protocol. A folder of ``<object>/<frame>.png``
+  binary PNGs: every object is prompted by its mask on its first non-empty annotated frame
+  (:mod:`edgetam_train.predictor.object_folders`, which also says how such objects are tracked and written).
 
 A ``--mask`` PNG has the video's size; with one non-zero value its non-zero pixels are the mask (a binary 0/255 or
 0/1 PNG), with several (a palette PNG of object ids) the pixels equal to the object id. A mask replaces clicks and box
@@ -34,6 +37,7 @@ from PIL import Image
 
 from edgetam_train.data.formats.vos import VOID_ID, object_ids, read_label
 from edgetam_train.data.skips import BadSample
+from edgetam_train.predictor.object_folders import read_object_folders
 from edgetam_train.predictor.prompt_text import parse_box, parse_labels, parse_points
 from edgetam_train.predictor.video import VideoPredictor
 from edgetam_train.predictor.video_state import VideoState
@@ -47,7 +51,8 @@ class ObjectPrompt:
     """Prompts of one object on one frame (video pixels).
 
     Attributes:
-        obj_id: object id, 1 .. 254 (the pixel value of its mask in the output PNGs).
+        obj_id: object id, 1 .. 254 (the pixel value of its mask in the output PNGs); from an SA-V annotation folder
+            the object folder's integer name (0 allowed: the output is one PNG per object).
         frame_idx: the frame the prompts are on.
         points: (N, 2) float32 xy clicks (with ``labels``), or None.
         labels: (N,) int32, 1 foreground / 0 background.
@@ -97,7 +102,10 @@ def add_video_prompt_arguments(parser: argparse.ArgumentParser) -> None:
                              "and frame")
     parser.add_argument("--init-masks", type=Path, default=None,
                         help="palette PNG of object ids named like a frame (DIR/00000.png): every object prompted "
-                             "by its mask on that frame (DAVIS semi-supervised protocol)")
+                             "by its mask on that frame (DAVIS semi-supervised protocol); or an SA-V annotation "
+                             "folder (Annotations_6fps/<video>, holding <object>/<frame>.png): every object prompted "
+                             "by its first non-empty mask, tracked forward from it, written as "
+                             "OUT/<object>/<frame>.png (SA-V semi-supervised protocol)")
 
 
 # ----------------------------------------------------------------------------------------------- reading masks
@@ -213,9 +221,15 @@ def prompts_from_json(path: Path, hw: tuple[int, int]) -> list[ObjectPrompt]:
 
 
 def prompts_from_init_masks(path: Path, frame_names: Sequence[str], hw: tuple[int, int]) -> list[ObjectPrompt]:
-    """Every object of the palette PNG ``path`` prompted by its mask on the frame named like the PNG's stem."""
+    """Every object of the palette PNG ``path`` prompted by its mask on the frame named like the PNG's stem; for a
+    folder (SA-V layout), every object prompted by its first non-empty mask."""
+    if path.is_dir():
+        objects = read_object_folders(path, frame_names, hw)
+        return [ObjectPrompt(i, m.frame_idx, mask=m.mask, source=f"--init-masks {m.path} (object {objects.names[i]})")
+                for i, m in objects.first.items()]
     if not path.is_file():
-        raise FileNotFoundError(f"--init-masks {path} does not exist")
+        raise FileNotFoundError(f"--init-masks {path} does not exist (expected a palette PNG named like a frame, or an "
+                                "SA-V annotation folder <video>/<object>/<frame>.png)")
     if path.stem not in frame_names:
         raise ValueError(f"--init-masks {path}: no frame is named {path.stem!r} (frames: {frame_names[0]!r} .. "
                          f"{frame_names[-1]!r}); the PNG's name picks its frame")
@@ -249,9 +263,9 @@ def collect_prompts(args: argparse.Namespace, frame_names: Sequence[str] | None,
         prompts = prompts_from_json(args.prompts, hw)
     elif args.init_masks is not None:
         if frame_names is None:
-            raise ValueError("--init-masks picks its frame by the PNG's name: it needs a frame folder source")
+            raise ValueError("--init-masks picks its frames by the PNGs' names: it needs a frame folder source")
         if items:
-            raise ValueError("--init-masks picks its frame by the PNG's name; --frame-idx does not go with it")
+            raise ValueError("--init-masks picks its frames by the PNGs' names; --frame-idx does not go with it")
         prompts = prompts_from_init_masks(args.init_masks, frame_names, hw)
     else:
         prompts = [_parse_group(g, source, hw) for g, source in group_options(items)]

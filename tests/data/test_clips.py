@@ -112,6 +112,32 @@ def test_sample_davis_roundtrip(sample):
         assert present[0] and len(gone) and present[gone[-1] + 1 :].any()
 
 
+def test_sample_sav_val_layout(tmp_path):
+    """``--formats sav_val``: SA-V val / test layout, every 24 fps frame as jpg, one binary PNG per object on every
+    4th frame (empty where absent: object 003 enters late) and sav_val.txt; the jpgs are the rendered frames."""
+    written = make_sample_data(["--out", str(tmp_path), "--formats", "sav_val", "--num-videos", "2",
+                                "--video-frames", "3", "--video-size", "64x48", "--seed", str(SEED)])
+    root = tmp_path / "sav_val"
+    assert written["sav_val"] == [root / "JPEGImages_24fps" / f"sav_00000{i}" for i in (1, 2)]
+    assert (root / "sav_val.txt").read_text().split() == ["sav_000001", "sav_000002"]
+    for i, video in enumerate(["sav_000001", "sav_000002"]):
+        jpgs = sorted(p.name for p in (root / "JPEGImages_24fps" / video).iterdir())
+        assert jpgs == [f"{t:05d}.jpg" for t in range(9 + i)]  # 3 annotated frames (0, 4, 8) + i unannotated
+        objects = sorted(p.name for p in (root / "Annotations_6fps" / video).iterdir())
+        assert objects == ["000", "001", "002", "003"]
+        firsts = []
+        for obj in objects:
+            pngs = sorted((root / "Annotations_6fps" / video / obj).iterdir())
+            assert [p.name for p in pngs] == ["00000.png", "00004.png", "00008.png"]
+            masks = [np.asarray(Image.open(p)) for p in pngs]
+            assert all(m.shape == (48, 64) and set(np.unique(m).tolist()) <= {0, 255} for m in masks)
+            firsts.append(next((4 * k for k, m in enumerate(masks) if m.any()), None))
+        assert firsts[:3] == [0, 0, 0] and firsts[3] in (4, 8)  # object 003 first appears on a later annotated frame
+        frame = np.asarray(Image.open(root / "JPEGImages_24fps" / video / "00004.jpg"))
+        obj = np.asarray(Image.open(root / "Annotations_6fps" / video / "001" / "00004.png")) > 0
+        assert frame.shape == (48, 64, 3) and obj.any()
+
+
 # ------------------------------------------------------------------------------------------------ clip sampling
 
 

@@ -198,6 +198,40 @@ def test_allow_missing_scores_predicted_videos_and_says_how_many_left_out(tmp_pa
         evaluate(gt, empty, "davis", progress=False, allow_missing=True)
 
 
+def test_videos_list_scores_only_the_listed_videos(tmp_path, capsys):
+    """``--videos val.txt`` (DAVIS' ImageSets/2017/val.txt): the GT folder also holds unlisted videos without
+    predictions; only the listed ones are scored (no error for the others), a listed video without a prediction is
+    an error unless --allow-missing, and a name the GT lacks or an empty list is an error naming it."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for video in ("train_a", "val_b", "val_c"):
+        davis_video(gt, video, [two_objects()] * 4)
+    davis_video(pred, "val_b", [two_objects(shift=10)] * 4)
+    davis_video(pred, "val_c", [two_objects()] * 4)
+    listed = tmp_path / "val.txt"
+    listed.write_text("val_b\n\nval_c\n")
+    rc = cli.main(["jf", "--gt", str(gt), "--pred", str(pred), "--videos", str(listed)])
+    out = capsys.readouterr().out.strip().splitlines()
+    both = evaluate(gt, pred, "davis", progress=False, videos=["val_b", "val_c"])
+    assert rc == 0 and out[-1] == both.summary() and "4 objects in 2 videos" in out[-2]
+    assert {o.video for o in both.objects} == {"val_b", "val_c"} and both.left_out == []
+
+    listed.write_text("val_b\ntrain_a\n")  # train_a has no prediction
+    with pytest.raises(EvalError, match=r"1 GT video\(s\) have no prediction folder.*\['train_a'\]"):
+        evaluate(gt, pred, "davis", progress=False, videos=["val_b", "train_a"])
+    assert cli.main(["jf", "--gt", str(gt), "--pred", str(pred), "--videos", str(listed)]) == 2
+    rc = cli.main(["jf", "--gt", str(gt), "--pred", str(pred), "--videos", str(listed), "--allow-missing"])
+    assert rc == 0 and "left out 1 GT video(s) without a prediction folder (--allow-missing): train_a" in \
+        capsys.readouterr().out
+    with pytest.raises(EvalError, match=r"1 listed video\(s\) have no GT folder in .*gt: \['val_x'\]"):
+        evaluate(gt, pred, "davis", progress=False, videos=["val_b", "val_x"])
+    listed.write_text("\n# nothing\n")
+    assert cli.main(["jf", "--gt", str(gt), "--pred", str(pred), "--videos", str(listed)]) == 2
+    assert "lists no video" in capsys.readouterr().err
+    assert cli.main(["jf", "--gt", str(gt), "--pred", str(pred), "--videos", str(tmp_path / "none.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "--videos" in err and "none.txt does not exist" in err
+
+
 # ----------------------------------------------------------------------------------------------- mIoU
 
 def test_click_simulation_points():

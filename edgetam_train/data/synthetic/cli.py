@@ -8,6 +8,9 @@ Every format has one writer function ``write_<format>(out_root, args) -> list[Pa
 - ``sav``: SA-V videos ``sav_000/sav_XXXXXX.mp4`` (H.264, 24 fps) + ``sav_XXXXXX_manual.json`` / ``_auto.json``
   (official SA-V schema: ``masklet`` = per annotated frame, every 4th, the per-object RLEs) and the annotated frames
   extracted to ``JPEGImages_24fps/<video>/<frame:05d>.jpg``.
+- ``sav_val``: the SA-V val / test layout, ``sav_val/JPEGImages_24fps/<video>/<frame:05d>.jpg`` (every frame) +
+  ``Annotations_6fps/<video>/<object:03d>/<frame:05d>.png`` (binary PNG per object, every 4th frame) + ``sav_val.txt``;
+  what ``edgetam-predict video --init-masks`` and ``edgetam-eval jf --protocol sav`` read (not written by default).
 - ``davis``: ``JPEGImages/<video>/<frame:05d>.jpg`` + ``Annotations/<video>/<frame:05d>.png`` (palette PNG, index =
   object id, 255 = a void band around object 1).
 
@@ -28,6 +31,7 @@ Usage::
     python scripts/make_sample_data.py --out data/sample            # 8 SA-1B images, 3 SA-V videos, 2 DAVIS videos
     python scripts/make_sample_data.py --out data/sample --formats sa1b,sav
     python scripts/make_sample_data.py --out data/sample --formats coco,mask_folder   # fine-tuning inputs
+    python scripts/make_sample_data.py --out data/sample --formats sav_val            # SA-V val-format videos
     python scripts/make_sample_data.py --out /tmp/big --formats sa1b --size 2250x1500 --num-images 16 \\
         --min-masks 90 --max-masks 110
 """
@@ -45,7 +49,7 @@ from edgetam_train.data.synthetic.finetune import (
     write_mask_folder,
 )
 from edgetam_train.data.synthetic.sa1b import write_sa1b
-from edgetam_train.data.synthetic.sav import write_sav
+from edgetam_train.data.synthetic.sav import write_sav, write_sav_val
 from edgetam_train.data.synthetic.scenes import (
     parse_size,
 )
@@ -54,6 +58,7 @@ from edgetam_train.data.synthetic.scenes import (
 WRITERS: dict[str, Callable[[Path, argparse.Namespace], list[Path]]] = {
     "sa1b": write_sa1b,
     "sav": write_sav,
+    "sav_val": write_sav_val,
     "davis": write_davis,
     "coco": write_coco,
     "mask_folder": write_mask_folder,
@@ -91,12 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area-frac", type=float, default=1e-4, help="SA-1B: shapes whose visible part covers less "
                    "of the image are drawn but not annotated (default 1e-4; at least 16 px)")
     p.add_argument("--jpeg-quality", type=int, default=90)
-    p.add_argument("--num-videos", type=int, default=3, help="SA-V videos (default 3)")
+    p.add_argument("--num-videos", type=int, default=3, help="SA-V (and sav_val) videos (default 3)")
     p.add_argument("--num-davis-videos", type=int, default=2, help="DAVIS-format videos (default 2)")
     p.add_argument("--video-size", type=parse_size, default=(320, 240), help="WIDTHxHEIGHT of the videos "
                    "(default 320x240)")
     p.add_argument("--video-frames", type=int, default=16, help="annotated frames of SA-V video 0 (default 16; "
-                   "videos cycle through +0, +4, +8); DAVIS videos get 4-8 more (all annotated)")
+                   "videos cycle through +0, +4, +8; sav_val: every video); DAVIS videos get 4-8 more (all annotated)")
     return p
 
 

@@ -1,4 +1,5 @@
-"""SA-V layout: ``sav_000/sav_XXXXXX.mp4`` + ``_manual.json`` / ``_auto.json`` masklets + extracted frames."""
+"""SA-V layouts: training (``sav_000/sav_XXXXXX.mp4`` + ``_manual.json`` / ``_auto.json`` masklets + extracted frames)
+and val / test (``JPEGImages_24fps/`` + ``Annotations_6fps/<video>/<object>/<frame>.png``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from edgetam_train.data.synthetic.scenes import (
     item_rng,
@@ -100,4 +102,33 @@ def write_sav(out_root: Path, args: argparse.Namespace) -> list[Path]:
         mp4.with_name(f"{manual['video_id']}_auto.json").write_text(json.dumps(auto))
         extract_frames(mp4, out / FRAMES_DIRNAME / manual["video_id"], every=SAV_ANN_EVERY, resume=False)
         paths.append(mp4)
+    return paths
+
+
+def write_sav_val(out_root: Path, args: argparse.Namespace) -> list[Path]:
+    """Write ``args.num_videos`` videos in the SA-V val / test layout into ``<out_root>/sav_val/``:
+    ``JPEGImages_24fps/<video>/<frame:05d>.jpg`` (every frame),
+    ``Annotations_6fps/<video>/<object:03d>/<frame:05d>.png`` (one binary 0/255 PNG per object on every 4th frame,
+    empty where the object is absent; object 003 appears late, object 000 leaves and re-enters) and ``sav_val.txt``
+    (the video names). ``args.video_frames`` annotated frames per video, 0-3 unannotated frames after the last.
+    Returns the frame folders."""
+    out = out_root / "sav_val"
+    paths, names = [], []
+    w, h = args.video_size
+    for i in range(args.num_videos):
+        name = f"sav_{i + 1:06d}"
+        scene = render_video(item_rng(args.seed, "sav_val", i), h, w, sav_num_frames(i, args.video_frames),
+                             num_objects=4, late_object=True)
+        jpg_dir = out / "JPEGImages_24fps" / name
+        jpg_dir.mkdir(parents=True, exist_ok=True)
+        for t, frame in enumerate(scene.frames):
+            Image.fromarray(frame).save(jpg_dir / f"{t:05d}.jpg", quality=args.jpeg_quality)
+        for k in range(scene.visible.shape[1]):
+            obj_dir = out / "Annotations_6fps" / name / f"{k:03d}"
+            obj_dir.mkdir(parents=True, exist_ok=True)
+            for t in range(0, len(scene.frames), SAV_ANN_EVERY):
+                Image.fromarray(scene.visible[t, k].astype(np.uint8) * 255).save(obj_dir / f"{t:05d}.png")
+        paths.append(jpg_dir)
+        names.append(name)
+    (out / "sav_val.txt").write_text("".join(f"{n}\n" for n in names))
     return paths
