@@ -80,11 +80,12 @@ from edgetam_train.predictor.image_io import image_hw, read_rgb
 from edgetam_train.predictor.overlay import overlay
 from edgetam_train.predictor.prompt_text import parse_box, parse_labels, parse_points
 from edgetam_train.predictor.runtimes import add_runtime_arguments, image_predictor, video_predictor
-from edgetam_train.predictor.stream_cli import add_stream_arguments, label_png, run_stream
+from edgetam_train.predictor.stream_cli import add_stream_arguments, label_png, run_stream, save_png
 from edgetam_train.predictor.stream_source import open_source
 from edgetam_train.predictor.video import VideoPredictor
 from edgetam_train.predictor.video_prompts import add_video_prompt_arguments, apply_prompts, collect_prompts
 from edgetam_train.predictor.video_state import VideoState, named_frame_files
+from edgetam_train.progress import INTERRUPTED, StopOnCtrlC
 
 # ----------------------------------------------------------------------------------------------- parsing
 
@@ -291,12 +292,14 @@ def _run_video(args: argparse.Namespace, frames: VideoFrames) -> int:
     h, w = frames.hw
     logits_all = None if args.no_logits else np.zeros((num, len(obj_ids), h, w), dtype=np.float16)
     scores = np.zeros((num, len(obj_ids)), dtype=np.float32)
-    gif: dict[int, Image.Image] = {}
+    gif: dict[int, Image.Image] = {}  # frame -> overlay picture, for every frame tracked
     palette = voc_palette()
-    with tqdm(total=num, desc=f"tracking {len(obj_ids)} object(s)", unit="frame", disable=None) as bar:
+    # Ctrl-C: stop after the frame and write masks.npz and overlay.gif of the frames tracked (a second one: at once)
+    with StopOnCtrlC() as ctrl_c, tqdm(total=num, desc=f"tracking {len(obj_ids)} object(s)", unit="frame",
+                                       disable=None) as bar:
         for t, logits in track(predictor, state, k):
             masks = predictor.masks_from_logits(logits).cpu().numpy()  # (N, H, W) bool, from the float32 logits
-            label_png(masks, obj_ids, palette).save(args.out / f"{frames.names[t]}.png")
+            save_png(label_png(masks, obj_ids, palette), args.out / f"{frames.names[t]}.png")
             if logits_all is not None:
                 logits_all[t] = logits.cpu().numpy()
             scores[t] = [float(predictor.get_output(state, t, i).object_score_logit) for i in obj_ids]
@@ -306,24 +309,33 @@ def _run_video(args: argparse.Namespace, frames: VideoFrames) -> int:
                 im.thumbnail((args.gif_max_side, args.gif_max_side), Image.Resampling.BILINEAR)
             gif[t] = im
             bar.update()
+            if ctrl_c.requested:
+                break
 
-    written = [f"{num} mask PNGs"]
-    if logits_all is not None:
-        np.savez_compressed(args.out / "masks.npz", logits=logits_all, object_score=scores,
-                            obj_ids=np.asarray(obj_ids, dtype=np.int64), frames=np.asarray(frames.names))
-        written.append("masks.npz")
-    fps = args.fps or frames.fps or GIF_FPS
-    ordered = [gif[t] for t in range(num)]
-    ordered[0].save(args.out / "overlay.gif", save_all=True, append_images=ordered[1:], loop=0,
-                    duration=round(1000 / fps))
-    written.append("overlay.gif")
+    with StopOnCtrlC():  # a Ctrl-C now does not cut these files short (a second one does)
+        done = sorted(gif)  # every frame unless interrupted
+        if len(done) < num:  # keep the frames tracked, in frame order
+            logits_all = None if logits_all is None else logits_all[done]
+            scores = scores[done]
+        written = [f"{len(done)} mask PNGs"]
+        if logits_all is not None:
+            np.savez_compressed(args.out / "masks.npz", logits=logits_all, object_score=scores,
+                                obj_ids=np.asarray(obj_ids, dtype=np.int64), frames=np.asarray(frames.names)[done])
+            written.append("masks.npz")
+        fps = args.fps or frames.fps or GIF_FPS
+        ordered = [gif[t] for t in done]
+        ordered[0].save(args.out / "overlay.gif", save_all=True, append_images=ordered[1:], loop=0,
+                        duration=round(1000 / fps))
+        written.append("overlay.gif")
     present = int((scores > 0).any(1).sum())
     prompted = sorted({p.frame_idx for p in prompts})
-    print(f"wrote {', '.join(written)} to {args.out}: object(s) {', '.join(map(str, obj_ids))} prompted on frame(s) "
+    over = f"{len(done)} of {num}" if ctrl_c.requested else f"{num}"
+    print(f"{'interrupted: ' if ctrl_c.requested else ''}wrote {', '.join(written)} to {args.out}: object(s) "
+          f"{', '.join(map(str, obj_ids))} prompted on frame(s) "
           f"{', '.join(f'{t} ({frames.names[t]})' for t in prompted)}, tracked "
-          f"{'forward and backward' if k > 0 else 'forward'} over {num} frames, present (object score > 0) on "
+          f"{'forward and backward' if k > 0 else 'forward'} over {over} frames, present (object score > 0) on "
           f"{present}")
-    return 0
+    return INTERRUPTED if ctrl_c.requested else 0
 
 
 # ----------------------------------------------------------------------------------------------- entry point
@@ -364,9 +376,14 @@ def attach_negative_values(argv: Sequence[str], options: Sequence[str] = COORDIN
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 OK, 2 bad input: the message says what)."""
+    """Entry point; returns the exit status (0 OK, 2 bad input: the message says what, 130 Ctrl-C: video and
+    stream finish the files of the frames done)."""
     argv = attach_negative_values(sys.argv[1:] if argv is None else argv)
-    return run_subcommand(build_parser(), argv, (CheckpointMismatchError, FileNotFoundError, ValueError))
+    try:
+        return run_subcommand(build_parser(), argv, (CheckpointMismatchError, FileNotFoundError, ValueError))
+    except KeyboardInterrupt:  # before the frame loop (loading, decoding) or a second Ctrl-C: one line, no traceback
+        print("edgetam-predict: interrupted (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -14,12 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from edgetam_train.export import cli as export_cli
-from edgetam_train.models.build import build_model
-
-S = 256
 ENTER, NUM = 7, 18
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,14 +54,8 @@ def entry_mask() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(tmp_path_factory) -> str:
-    pytest.importorskip("onnxruntime")
-    torch.manual_seed(5)
-    root = tmp_path_factory.mktemp("app_loop")
-    torch.save({"model": build_model("edgetam", image_size=S).state_dict()}, root / "edgetam.pt")
-    assert export_cli.main([str(root / "edgetam.pt"), "--format", "onnx", "--out", str(root / "onnx"),
-                            "--image-size", str(S)]) == 0
-    return str(root / "onnx")
+def onnx_dir(edgetam_256_onnx) -> str:
+    return edgetam_256_onnx  # tests/conftest.py: made once per session, shared with tests/export/test_ondevice.py
 
 
 def streaming_tracker_logits(onnx_dir: str, frames: np.ndarray) -> dict[str, np.ndarray]:
