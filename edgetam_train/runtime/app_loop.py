@@ -232,8 +232,9 @@ class AppTracker:
         r, t = self.rules, self.t
         num_maskmem, stride = int(r["num_maskmem"]), max(int(r["memory_temporal_stride_for_eval"]), 1)
         limit = int(r["max_cond_frames_in_attn"])  # -1: every prompted frame, else the closest ones
-        chosen = list(obj.cond) if limit == -1 or len(obj.cond) <= limit else sorted(obj.cond, key=lambda f: t - f)[
-            :limit]
+        chosen = list(obj.cond)  # in the order they were prompted, as the predictors (slot order changes only rounding)
+        if limit != -1 and len(chosen) > limit:
+            chosen = sorted(chosen, key=lambda f: t - f)[:limit]
         older = {f: obj.cond[f] for f in obj.cond if f not in chosen}  # prompted frames past the limit: as tracked
         read = {**older, **obj.recent}
         # memory slots: prompted frames at temporal position 0, then the frame k back at position num_maskmem - k
@@ -255,13 +256,14 @@ class AppTracker:
         if len(memories) > f or len(pointers) > p:
             raise ValueError(f"frame {t} reads {len(memories)} memories and {len(pointers)} pointers but the export "
                              f"has {f} and {p} slots (too many prompted frames for this object)")
-        n_tokens = memories[0][1].shape[1]
-        memory, tpos, valid = np.zeros((1, f, n_tokens, 64), np.float32), np.zeros((1, f), np.int32), np.zeros(
-            (1, f), np.float32)
+        memory = np.zeros((1, f, *memories[0][1].shape[1:]), np.float32)  # empty slots: zeros, valid 0
+        tpos = np.zeros((1, f), np.int32)
+        valid = np.zeros((1, f), np.float32)
         for i, (pos, mem) in enumerate(memories):
             memory[0, i], tpos[0, i], valid[0, i] = mem[0], pos, 1
-        ptrs, ptr_tpos, ptr_valid = np.zeros((1, p, 256), np.float32), np.zeros((1, p), np.float32), np.zeros(
-            (1, p), np.float32)
+        ptrs = np.zeros((1, p, 256), np.float32)
+        ptr_tpos = np.zeros((1, p), np.float32)  # read only by models with pointer temporal encodings (not EdgeTAM)
+        ptr_valid = np.zeros((1, p), np.float32)
         for i, (back, ptr) in enumerate(pointers):
             ptrs[0, i], ptr_tpos[0, i], ptr_valid[0, i] = ptr[0], back / self.pointer_scale, 1
         return self.graphs["memory_attention"](
