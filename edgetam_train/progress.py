@@ -8,13 +8,16 @@ results, for scripts that parse it)::
     edgetam-export: loading last.ckpt as edgetam: done in 3.1 s
 
 Loops over many items (videos, images) use tqdm bars (:func:`edgetam_train.eval.jf.evaluate`,
-:func:`edgetam_train.eval.miou.evaluate_miou`).
+:func:`edgetam_train.eval.miou.evaluate_miou`); loops that write a file per item stop cleanly on Ctrl-C
+(:class:`StopOnCtrlC`) and exit with :data:`INTERRUPTED`.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -57,3 +60,33 @@ def native_output_to(log: str | Path | None) -> Iterator[None]:
         os.dup2(saved[1], 2)
         for fd in (*saved, target):
             os.close(fd)
+
+
+INTERRUPTED = 130  # exit status after Ctrl-C: 128 + SIGINT, what a shell reports for a process killed by it
+
+
+class StopOnCtrlC:
+    """Inside the block the first Ctrl-C (SIGINT) only sets :attr:`requested`: a loop checks it after each item and
+    stops with every file it wrote complete. A second Ctrl-C raises KeyboardInterrupt as usual (stop now). The
+    previous handler is restored on exit; outside the main thread (no signal handlers there) nothing changes."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        self._installed = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopOnCtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+            self._installed = False

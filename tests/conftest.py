@@ -3,6 +3,8 @@
 - ``tests`` is a package mirroring ``edgetam_train`` (``tests/<package>/test_<module>.py``); shared helpers are
   ``tests.helpers.*``, cross-cutting suites ``tests/integration/``; ``scripts/`` and ``scripts/bench/`` are on the
   import path through pytest's ``pythonpath`` setting (pyproject.toml), so ``import download`` / ``import step_memory``;
+- session fixtures ``edgetam_256`` / ``edgetam_256_onnx``: random EdgeTAM weights at 256 px and their ONNX export,
+  made once for every test module that needs them;
 - every test runs with one intra-op torch thread: on 2 shared, busy cores two threads oversubscribe and the small
   models here ran ~7x slower (314 s vs 42 s measured for the model-stack files); on a quiet machine one thread costs
   little because the tensors are small.
@@ -19,3 +21,27 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def edgetam_256(tmp_path_factory):
+    """Random EdgeTAM weights (seed 5) at 256 px as an official ``{"model": sd}`` file -> (path, model); made once per
+    session (the on-device export tests and the app-loop tests share it)."""
+    from edgetam_train.models.build import build_model
+
+    torch.manual_seed(5)
+    model = build_model("edgetam", image_size=256).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "edgetam.pt"
+    torch.save({"model": model.state_dict()}, path)
+    return path, model
+
+
+@pytest.fixture(scope="session")
+def edgetam_256_onnx(edgetam_256, tmp_path_factory) -> str:
+    """:func:`edgetam_256` exported by ``edgetam-export --format onnx`` (about 10 s, so once per session)."""
+    pytest.importorskip("onnxruntime")
+    from edgetam_train.export import cli
+
+    out = tmp_path_factory.mktemp("onnx") / "out"
+    assert cli.main([str(edgetam_256[0]), "--format", "onnx", "--out", str(out), "--image-size", "256"]) == 0
+    return str(out)

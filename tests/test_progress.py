@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 
-from edgetam_train.progress import native_output_to
+import pytest
+
+from edgetam_train.progress import INTERRUPTED, StopOnCtrlC, native_output_to
 
 
 def test_native_output_goes_to_the_log_and_the_console_comes_back(tmp_path, capfd):
@@ -27,3 +31,17 @@ def test_native_output_goes_to_the_log_and_the_console_comes_back(tmp_path, capf
     with native_output_to(None):  # discarded
         os.write(1, b"dropped\n")
     assert "dropped" not in capfd.readouterr().out
+
+
+def test_stop_on_ctrl_c_flags_the_first_sigint_and_raises_on_the_second():
+    before = signal.getsignal(signal.SIGINT)
+    with StopOnCtrlC() as ctrl_c:
+        assert not ctrl_c.requested
+        os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode: no KeyboardInterrupt, only the flag
+        time.sleep(0.01)
+        assert ctrl_c.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert INTERRUPTED == 130

@@ -68,7 +68,7 @@ def write_manifest(out_dir: Path, fmt: str, model: SAM2Model, model_name: str, c
                                                              "sha256": sha256(checkpoint)},
         "preprocessing": {
             "image": "RGB uint8 -> float /255 -> bilinear antialiased resize to SxS -> (x - mean) / std",
-            "video": "RGB uint8 resized to SxS with PIL (bilinear) -> /255 -> (x - mean) / std",
+            "video": "RGB uint8 resized to SxS with PIL (bicubic, PIL's default filter) -> /255 -> (x - mean) / std",
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "layout": "NCHW float32",
             "points": "pixel x, y of the original image scaled by S / W, S / H; a box is two points (labels 2, 3) "
                       "before the clicks",
@@ -118,8 +118,9 @@ def readme(manifest: dict) -> str:
              "", "## Memory bank", "",
              f"`memory_attention` holds {mem['max_memory_frames']} memory slots of {mem['memory_tokens']} tokens and "
              f"{mem['max_object_pointers']} pointer slots; set `*_valid` to 0 for empty slots. Slot contents follow "
-             "SAM 2: the conditioning (prompted) frames with `memory_tpos` 0, then the frames 1 .. "
-             f"{manifest['tracking']['num_maskmem'] - 1} back with `memory_tpos` = that distance; pointers of the "
+             "SAM 2: the conditioning (prompted) frames with `memory_tpos` 0, then the frame k = 1 .. "
+             f"{manifest['tracking']['num_maskmem'] - 1} back with `memory_tpos` = "
+             f"{manifest['tracking']['num_maskmem']} - k (the previous frame has the largest); pointers of the "
              "conditioning frames, then of up to "
              f"{manifest['tracking']['max_obj_ptrs_in_encoder'] - 1} previous frames. Slot order does not matter.",
              "", "## Preprocessing", ""]
@@ -143,7 +144,8 @@ def readme(manifest: dict) -> str:
               "IoU 1, object score = scale + bias if any pixel is set, else bias. The pointer comes from "
               "`prompt_decoder(vision_features, ..., point (0, 0) label -1, mask_input = conv4x4/4(mask) with "
               "`mask_downsample_weight` / `_bias`, has_mask_input 1)` -> `single_obj_ptr`; for an empty mask it "
-              "becomes `no_obj_ptr` (times 0 first when `fixed_no_obj_ptr`). Then `memory_encoder(..., binarize 0)`."]
+              "becomes `no_obj_ptr` (times 0 first when `fixed_no_obj_ptr`). Then `memory_encoder` as on any prompted "
+              "frame (step 4, `binarize` 1)."]
     lines += app_loop(manifest)
     lines += ["", "Run it on Linux: `edgetam-predict image|video --runtime "
               f"{manifest['format']} --model-dir DIR ...` (same outputs as `--runtime torch`).", ""]
@@ -152,7 +154,7 @@ def readme(manifest: dict) -> str:
 
 def app_loop(manifest: dict) -> list[str]:
     """README lines: the streaming loop an app runs around the graphs and the state it keeps per object, in bytes
-    (the reference implementation is ``edgetam_train.predictor.streaming.StreamingTracker``)."""
+    (the reference implementation to port is :mod:`edgetam_train.runtime.app_loop`, numpy only)."""
     t, s = manifest["tracking"], manifest["image_size"]
     memory = next(x for x in manifest["parts"]["memory_attention"]["inputs"] if x["name"] == "memory")["shape"]
     mem_bytes = int(memory[-2]) * int(memory[-1]) * 4  # one frame's memory tokens, float32
@@ -172,6 +174,9 @@ def app_loop(manifest: dict) -> list[str]:
             f"* the current frame's low-res mask logits ({s // 4} x {s // 4} float32 = {logit_bytes:,} B) and, only "
             "while the frame is processed, the encoder outputs (shared by all objects).", "",
             f"One object prompted once: {per_obj:,} B at {s} px (memory tokens do not depend on the input size; the "
-            "logits scale with it). Drop the rest after each frame. The reference loop, equal to the offline "
-            "predictor frame by frame: `edgetam_train/predictor/streaming.py` (`StreamingTracker`), run on these "
-            f"graphs by `edgetam-predict stream --runtime {manifest['format']} --model-dir DIR --source camera:0`."]
+            "logits scale with it). Drop the rest after each frame.", "",
+            "The reference loop to port: `edgetam_train/runtime/app_loop.py` (`AppTracker`): numpy, PIL and the "
+            "graph runtime, no PyTorch; the same masks as the PyTorch predictors' streaming loop on these graphs "
+            "(`tests/runtime/test_app_loop.py`). Run it: `tracker = AppTracker(DIR)`; on a tap `tracker.add_object("
+            "frame, 1, points=[[x, y]], labels=[1])`; on every frame `tracker.track(frame)`. Or from the command "
+            f"line: `edgetam-predict stream --runtime {manifest['format']} --model-dir DIR --source camera:0`."]

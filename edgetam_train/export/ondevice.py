@@ -105,9 +105,10 @@ class MemoryAttentionPart(nn.Module):
     """Memory attention over a fixed-size memory bank; see the module docstring and :func:`part_specs`.
 
     Inputs: ``vision_features`` (1,256,h,w); ``memory`` (1,F,N_mem,64) the stored memories; ``memory_tpos`` (1,F)
-    int32 each slot's temporal position (0: conditioning frame, k: k frames back); ``memory_valid`` (1,F) 1/0;
-    ``obj_ptrs`` (1,P,256); ``obj_ptr_tpos`` (1,P) the pointer's frame distance / (min(T, max_obj_ptrs) - 1) (read
-    only when the model encodes pointer positions; EdgeTAM does not); ``obj_ptr_valid`` (1,P). Output ``pix_feat``.
+    int32 each slot's temporal position (0: conditioning frame, num_maskmem - k: k frames back, SAM 2's order);
+    ``memory_valid`` (1,F) 1/0; ``obj_ptrs`` (1,P,256); ``obj_ptr_tpos`` (1,P) the pointer's frame distance /
+    (min(T, max_obj_ptrs) - 1) (read only when the model encodes pointer positions; EdgeTAM does not);
+    ``obj_ptr_valid`` (1,P). Output ``pix_feat``.
     """
 
     def __init__(self, model: SAM2Model, memory_pos: Tensor) -> None:
@@ -242,7 +243,7 @@ def part_specs(model: SAM2Model, num_points: int, max_memory_frames: int, max_ob
         "memory_attention": PartSpec("memory_attention", (
             vf, T("memory", (1, max_memory_frames, memory_tokens, 64), f32, "memory tokens of the bank's slots"),
             T("memory_tpos", (1, max_memory_frames), "int32", "slot's temporal position: 0 = conditioning frame, "
-              f"k = k frames back (1..{model.num_maskmem - 1})"),
+              f"{model.num_maskmem} - k = k frames back (k = 1..{model.num_maskmem - 1})"),
             T("memory_valid", (1, max_memory_frames), f32, "1 = slot used, 0 = empty"),
             T("obj_ptrs", (1, max_object_pointers, 256), f32, "object pointers (conditioning frames, then recent)"),
             T("obj_ptr_tpos", (1, max_object_pointers), f32, "frame distance / (min(T, max_obj_ptrs) - 1); unused "

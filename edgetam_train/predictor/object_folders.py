@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from edgetam_train.models.sam2_model import NO_OBJ_SCORE
+from edgetam_train.predictor.mask_pngs import save_png
 from edgetam_train.predictor.video import VideoPredictor
 from edgetam_train.predictor.video_state import VideoState
 
@@ -158,4 +159,4 @@ def write_object_pngs(out: Path, names: dict[int, str], frame_name: str, masks: 
         im = Image.fromarray(rows.get(obj_id, blank).astype(np.uint8))  # mode L; putpalette makes it P
         im.putpalette(palette)
         (out / name).mkdir(parents=True, exist_ok=True)
-        im.save(out / name / f"{frame_name}.png")
+        save_png(im, out / name / f"{frame_name}.png")  # whole files only, even after Ctrl-C

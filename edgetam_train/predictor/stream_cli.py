@@ -14,14 +14,15 @@ from its entry frame on the two commands write the same PNGs). Writes into ``OUT
 * ``overlay.mp4``: the frames with each object's mask in its colour and its prompts drawn on their frame, longer
   side at most ``--video-max-side``.
 
-Ctrl-C stops after the current frame and closes the files written so far.
+Ctrl-C stops after the current frame, closes ``overlay.mp4`` and prints one line (exit status 130); a second Ctrl-C
+stops at once, still closing ``overlay.mp4``. PNGs are written under a temporary name and renamed, so none is ever
+left half-written.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,13 @@ from PIL import Image
 
 from edgetam_train.cli_common import add_model_arguments, check_output_folder, load_model
 from edgetam_train.drawing import DrawnPrompt, draw_overlay, object_colours
+from edgetam_train.predictor.mask_pngs import label_png, save_png
 from edgetam_train.predictor.runtimes import add_runtime_arguments, video_predictor
 from edgetam_train.predictor.stream_source import open_source
 from edgetam_train.predictor.streaming import StreamingTracker
 from edgetam_train.predictor.video import VideoPredictor
 from edgetam_train.predictor.video_prompts import ObjectPrompt, add_video_prompt_arguments, collect_prompts
+from edgetam_train.progress import INTERRUPTED, StopOnCtrlC
 
 DEFAULT_FPS = 10.0  # overlay.mp4 frame rate for a frame folder
 
@@ -66,16 +69,6 @@ class Mp4Writer:
         self.container.close()
 
 
-def label_png(masks: np.ndarray, obj_ids: Sequence[int], palette: list[int]) -> Image.Image:
-    """Palette ("P") image of bool ``masks`` (N, H, W): pixel value = object id (later objects on top), 0 elsewhere."""
-    label = np.zeros(masks.shape[1:], dtype=np.uint8)
-    for mask, obj_id in zip(masks, obj_ids):
-        label[mask] = obj_id
-    im = Image.fromarray(label)  # uint8 (H, W): mode L; putpalette makes it P with the same indices
-    im.putpalette(palette)
-    return im
-
-
 def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``edgetam-predict stream``."""
     add_model_arguments(parser)  # --ckpt, --model, --image-size, --device
@@ -92,7 +85,8 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
                         help="shrink overlay.mp4 so its longer side is at most this (default 480; 0: frame size)")
     parser.add_argument("--fuse", action="store_true", help="fuse RepViT / high-res projections for speed")
     parser.epilog = ("Each --obj-id starts an object, its --frame-idx is the frame it enters on (default 0). Frames "
-                     "are processed one by one, forward only; Ctrl-C keeps the files written so far.")
+                     "are processed one by one, forward only; Ctrl-C stops after the current frame with the files "
+                     "written so far complete (exit status 130).")
 
 
 def _prompt(tracker: StreamingTracker, rgb: np.ndarray, p: ObjectPrompt) -> None:
@@ -132,32 +126,36 @@ def run_stream(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     writer = Mp4Writer(args.out / "overlay.mp4", source.fps or DEFAULT_FPS)
     palette, h, w = voc_palette(), *source.hw
-    count, interrupted, start = 0, False, time.perf_counter()
-    try:
-        with tqdm(desc=f"streaming {source.kind}", unit="frame", total=args.max_frames, disable=None) as bar:
-            for t, (name, rgb) in enumerate(source):
-                for p in by_frame.get(t, []):
-                    _prompt(tracker, rgb, p)
-                logits = tracker.track(rgb)
-                masks = np.zeros((len(obj_ids), h, w), dtype=bool)
-                for k, i in enumerate(obj_ids):
-                    if i in logits:
-                        masks[k] = predictor.masks_from_logits(logits[i]).cpu().numpy()
-                label_png(masks, obj_ids, palette).save(args.out / f"{name}.png")
-                drawn = [DrawnPrompt(p.points, p.labels, p.box, colours[p.obj_id]) for p in by_frame.get(t, [])]
-                im = Image.fromarray(draw_overlay(rgb, masks, [colours[i] for i in obj_ids], drawn))
-                if args.video_max_side:
-                    im.thumbnail((args.video_max_side, args.video_max_side), Image.Resampling.BILINEAR)
-                writer.write(np.asarray(im))
-                count += 1
-                bar.update()
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        writer.close()
+    count, start = 0, time.perf_counter()
+    with StopOnCtrlC() as ctrl_c:  # the first Ctrl-C ends the loop after the frame; a second one stops it at once
+        try:
+            with tqdm(desc=f"streaming {source.kind}", unit="frame", total=args.max_frames, disable=None) as bar:
+                for t, (name, rgb) in enumerate(source):
+                    for p in by_frame.get(t, []):
+                        _prompt(tracker, rgb, p)
+                    logits = tracker.track(rgb)
+                    masks = np.zeros((len(obj_ids), h, w), dtype=bool)
+                    for k, i in enumerate(obj_ids):
+                        if i in logits:
+                            masks[k] = predictor.masks_from_logits(logits[i]).cpu().numpy()
+                    save_png(label_png(masks, obj_ids, palette), args.out / f"{name}.png")
+                    drawn = [DrawnPrompt(p.points, p.labels, p.box, colours[p.obj_id]) for p in by_frame.get(t, [])]
+                    im = Image.fromarray(draw_overlay(rgb, masks, [colours[i] for i in obj_ids], drawn))
+                    if args.video_max_side:
+                        im.thumbnail((args.video_max_side, args.video_max_side), Image.Resampling.BILINEAR)
+                    writer.write(np.asarray(im))
+                    count += 1
+                    bar.update()
+                    if ctrl_c.requested:
+                        break
+        except KeyboardInterrupt:
+            ctrl_c.requested = True
+        finally:
+            writer.close()
+    interrupted = ctrl_c.requested
     fps = count / max(time.perf_counter() - start, 1e-9)
     missed = sorted({p.frame_idx for p in prompts if p.frame_idx >= count})
     print(f"{'interrupted: ' if interrupted else ''}wrote {count} mask PNGs and overlay.mp4 to {args.out}: "
           f"object(s) {', '.join(map(str, obj_ids))} over {count} frames of {source.spec} at {fps:.1f} frames/s"
           + (f"; prompt frame(s) {missed} never reached" if missed else ""))
-    return 0
+    return INTERRUPTED if interrupted else 0

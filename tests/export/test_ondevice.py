@@ -32,13 +32,9 @@ PARTS = ("image_encoder", "prompt_decoder", "memory_encoder", "memory_attention"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """Random EdgeTAM weights as an official ``{"model": sd}`` file -> (path, model at 256 px)."""
-    torch.manual_seed(5)
-    model = build_model("edgetam", image_size=S).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "edgetam.pt"
-    torch.save({"model": model.state_dict()}, path)
-    return path, model
+def checkpoint(edgetam_256):
+    """Random EdgeTAM weights as an official ``{"model": sd}`` file -> (path, model at 256 px) (tests/conftest.py)."""
+    return edgetam_256
 
 
 def _export(checkpoint, fmt, out) -> str:
@@ -48,9 +44,8 @@ def _export(checkpoint, fmt, out) -> str:
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(checkpoint, tmp_path_factory):
-    pytest.importorskip("onnxruntime")
-    return _export(checkpoint[0], "onnx", tmp_path_factory.mktemp("onnx") / "out")
+def onnx_dir(edgetam_256_onnx):
+    return edgetam_256_onnx  # the session's export of `checkpoint` (tests/conftest.py), shared with the app-loop tests
 
 
 @pytest.fixture(scope="module")
@@ -491,8 +486,8 @@ def _check_streaming_matches_propagate(model_dir: str, runtime: str) -> None:
     from edgetam_train.predictor.streaming import StreamingTracker
     from tests.predictor.test_streaming import check_equal, clip, offline, streamed
 
-    frames = clip(24)
-    predictor = ExportedVideoPredictor(ExportedModel(model_dir, runtime), fill_hole_area=8)
+    frames = clip(24)  # one runtime thread: 2-3x faster than the default on 2 busy cores
+    predictor = ExportedVideoPredictor(ExportedModel(model_dir, runtime, threads=1), fill_hole_area=8)
     check_equal(offline(predictor, frames), streamed(StreamingTracker(predictor), frames))
 
 

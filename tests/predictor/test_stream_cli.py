@@ -1,10 +1,19 @@
 """``edgetam-predict stream``: on an mp4 from the sample-data generator and on a frame folder it writes the same
 per-frame PNGs as ``edgetam-predict video`` (an object entering on a later frame: from that frame on), an
-overlay.mp4, and a bad source (missing, not a video, absent camera) exits 2 with one line naming it. Also
-``edgetam-predict video --max-frames``. Random EdgeTAM weights at 256 px."""
+overlay.mp4, and a bad source (missing, not a video, absent camera) exits 2 with one line naming it; Ctrl-C
+(SIGINT to a subprocess) leaves whole files and exits 130. Also ``edgetam-predict video --max-frames``. Random
+EdgeTAM weights at 256 px."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
 import numpy as np
 import pytest
 import torch
@@ -16,6 +25,7 @@ from edgetam_train.predictor.stream_source import open_source
 from tests.helpers.hf_reference import random_official_state_dict
 
 S = 256
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +110,56 @@ def test_bad_sources_exit_2_with_one_line(setup, capsys, tmp_path):
         assert rc == 2 and words in err and str(source) in err, err
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_finishes_the_files_written_so_far(setup, tmp_path):
+    """``stream`` and ``video`` side by side on a 300-frame folder, each sent SIGINT once its first 3 PNGs exist:
+    exit status 130, one line saying so, every PNG whole, overlay.mp4 (stream) or overlay.gif + masks.npz (video)
+    finished and holding the frames done."""
+    _, ckpt, _, _ = setup
+    frames = tmp_path / "long"
+    frames.mkdir()
+    base = (np.random.default_rng(1).random((48, 64, 3)) * 255).astype(np.uint8)
+    for t in range(300):
+        Image.fromarray(np.roll(base, 2 * t, axis=1)).save(frames / f"{t:05d}.png", compress_level=1)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
+    procs = {command: subprocess.Popen(
+        [sys.executable, "-m", "edgetam_train.predictor.cli", command, "--ckpt", str(ckpt), "--image-size", str(S),
+         "--device", "cpu", "--source" if command == "stream" else "--frames", str(frames),
+         "--out", str(tmp_path / command), "--points", "30,20", "--labels", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for command in ("stream", "video")}
+    printed = {}
+    try:
+        deadline = time.monotonic() + 300
+        while len(printed) < len(procs):
+            for command, proc in procs.items():
+                if command not in printed and len(list((tmp_path / command).glob("*.png"))) >= 3:
+                    proc.send_signal(signal.SIGINT)
+                    printed[command] = proc.communicate(timeout=300)
+                else:
+                    assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=60)
+            time.sleep(0.05)
+    finally:
+        for proc in procs.values():
+            proc.kill()
+    for command, (stdout, stderr) in printed.items():
+        out = tmp_path / command
+        assert procs[command].returncode == 130, stdout + stderr
+        assert "Traceback" not in stderr and len(stdout.strip().splitlines()) == 1, stdout + stderr
+        written = int(stdout.split("interrupted: wrote ")[1].split(" mask PNGs")[0])
+        pngs = sorted(out.glob("*.png"))
+        assert 3 <= written == len(pngs) < 300 and not list(out.glob("*.part"))
+        assert [p.stem for p in pngs] == [f"{t:05d}" for t in range(written)]  # tracked forward from frame 0
+        for p in pngs:
+            with Image.open(p) as im:
+                im.load()  # a truncated file raises here
+                assert im.mode == "P" and im.size == (64, 48)
+        if command == "stream":
+            with av.open(str(out / "overlay.mp4")) as container:
+                assert sum(1 for _ in container.decode(video=0)) == written
+        else:
+            with Image.open(out / "overlay.gif") as gif:
+                assert gif.n_frames == written
+            saved = np.load(out / "masks.npz")
+            assert saved["logits"].shape[0] == written and list(saved["frames"]) == [p.stem for p in pngs]
