@@ -285,6 +285,7 @@ def test_memory_attention_graph_keeps_every_tensor_at_rank_5_or_less(checkpoint)
 
 # ----------------------------------------------------------------------------------------------- ExecuTorch
 
+@pytest.mark.slow  # the ExecuTorch export fixture takes 2-5 min on 2 cores; ONNX covers the same loop by default
 def test_executorch_export_checked_and_tracks_like_torch(executorch_dir, checkpoint):
     manifest = json.loads((_p(executorch_dir) / "manifest.json").read_text())
     assert manifest["format"] == "executorch" and manifest["prompt_points"] == {"min": 1, "max": 16}
@@ -439,6 +440,7 @@ def test_onnx_export_at_1024_tracks_like_torch(tmp_path):
     _check_tracking_matches(model, str(tmp_path / "onnx"), "onnx")
 
 
+@pytest.mark.slow  # the bench itself (float + int8 exports, latency, IoU): ~2-4 min; make test-all / make bench
 def test_export_runtimes_bench_writes_its_table(tmp_path):
     """scripts/bench/export_runtimes.py: float and int8 rows with size, latency, Δ logits and held-out mask IoU,
     written into the doc's export_runtimes section (float ONNX IoU >= 0.99)."""
@@ -495,6 +497,7 @@ def test_onnx_streaming_equals_propagate(onnx_dir):
     _check_streaming_matches_propagate(onnx_dir, "onnx")
 
 
+@pytest.mark.slow  # shares the ExecuTorch export fixture (2-5 min)
 def test_executorch_streaming_equals_propagate(executorch_dir):
     _check_streaming_matches_propagate(executorch_dir, "executorch")
 

@@ -55,6 +55,7 @@ def test_gpu_profile_without_cuda_exits_with_a_message(capsys, tmp_path):
     assert not (tmp_path / "b.md").exists()
 
 
+@pytest.mark.slow  # ~2-5 min on 2 cores (four rows, each checked against a memory-plan trace): make test-all
 def test_gpu_profile_cpu_run_profiles_both_stages_and_writes_its_section(tmp_path, capsys):
     doc = tmp_path / "benchmarks.md"
     rows = [{"name": "x: a/b", "value": 0.5, "unit": "x", "goal": "<= 1", "passed": True, "detail": "",
