@@ -44,6 +44,7 @@ import torch
 from edgetam_train.config import flatten_dict
 from edgetam_train.data.skips import BadSample
 from edgetam_train.data.transforms import transform_spec
+from edgetam_train.models.checkpoint import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +72,6 @@ def image_set_fingerprint(files: Sequence[str]) -> str:
     h = hashlib.sha256()
     for start in range(0, len(files), 100_000):
         h.update("".join(f"{f}\n" for f in files[start:start + 100_000]).encode())
-    return h.hexdigest()
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """sha256 hex of a file's bytes (a 320 MB SAM 2.1-B+ checkpoint: about a second)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
     return h.hexdigest()
 
 

@@ -18,7 +18,8 @@ Validation (``data.val``, every ``trainer.val_check_interval`` batches) logs ``v
 
 The teacher is kept outside the registered module tree (see :meth:`DistillationModule.__init__`), so it is never in
 the optimizer, never wrapped by DDP and never in a saved checkpoint: a checkpoint holds ``student.<official key>``
-tensors only and :func:`edgetam_train.models.checkpoint.read_state_dict` reads it back for resume and export.
+tensors only (a LoRA run's: the trained ones and a reference to ``model.init_from``, :mod:`edgetam_train.distill.lora`)
+and :func:`edgetam_train.models.checkpoint.read_state_dict` reads it back for resume and export.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from edgetam_train.data.skips import REASONS
 from edgetam_train.distill.efficiency import apply_activation_checkpointing, compile_student
 from edgetam_train.distill.freeze import freeze as freeze_modules
 from edgetam_train.distill.freeze import keep_frozen_in_eval, trainable_summary
-from edgetam_train.distill.lora import keep_batchnorm_eval, restore_lora, save_lora, setup_lora
+from edgetam_train.distill.lora import keep_batchnorm_eval, lora_base, restore_lora, save_lora, setup_lora
 from edgetam_train.distill.losses import DistillationLoss, sum_loss_dicts
 from edgetam_train.distill.nonfinite import DEFAULT_MAX_CONSECUTIVE_NONFINITE, NonFiniteGuard, zero_loss
 from edgetam_train.distill.optim_select import describe, make_optimizer, make_scheduler
@@ -143,6 +144,7 @@ class DistillationModule(pl.LightningModule):
                      ", ".join(map(str, freeze)), *trainable_summary(student))
         self.lora_spec = setup_lora(student, lora, freeze)  # after freeze: no adapters in frozen modules
         self.hparams["lora"] = dataclasses.asdict(self.lora_spec) if self.lora_spec else None
+        self.lora_base = lora_base(self.lora_spec, init_from)  # checkpoints refer to it instead of holding it
         if teacher is not None:
             teacher.bind_student(student)
         apply_activation_checkpointing(student, loss.task_loss, activation_checkpointing)
@@ -324,13 +326,15 @@ class DistillationModule(pl.LightningModule):
         checkpoint["data_skips"] = dict(self.skip_totals)
         checkpoint["nonfinite_steps"] = self.nonfinite.state_dict()
         add_arch_record(checkpoint, self.student)  # the student's architecture (models/arch_record.py)
-        if self.lora_spec is not None:  # official keys + the adapters apart (distill/lora.py)
-            save_lora(checkpoint, self.lora_spec)
+        if self.lora_spec is not None:  # the adapters apart; with init_from only what trains (distill/lora.py)
+            trainable = {n for n, p in self.named_parameters(remove_duplicate=False) if p.requires_grad}
+            save_lora(checkpoint, self.lora_spec, trainable, self.lora_base)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resume the skip totals (``data/skipped*`` keep counting from where the run stopped); a LoRA checkpoint's
-        adapters go back under peft's key names before Lightning loads the state_dict."""
-        restore_lora(checkpoint)
+        adapters go back under peft's key names and its frozen tensors come from ``model.init_from`` (checked to be
+        the file it was trained over) before Lightning loads the state_dict."""
+        restore_lora(checkpoint, self.state_dict(), getattr(self, "lora_base", None))
         for key, n in checkpoint.get("data_skips", {}).items():
             if key in self.skip_totals:
                 self.skip_totals[key] = int(n)

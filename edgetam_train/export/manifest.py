@@ -9,13 +9,13 @@ differences. ``edgetam-predict --runtime ... --model-dir DIR`` reads it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
 
 from edgetam_train.export.official import ExportReport
 from edgetam_train.imaging import IMAGENET_MEAN, IMAGENET_STD
+from edgetam_train.models.checkpoint import file_sha256
 from edgetam_train.models.sam2_model import NO_OBJ_SCORE, SAM2Model
 from edgetam_train.runtime.backends import MANIFEST, TFLITE_SIGNATURE
 
@@ -26,15 +26,6 @@ TRACKING_KEYS = ("num_maskmem", "max_obj_ptrs_in_encoder", "max_cond_frames_in_a
                  "directly_add_no_mem_embed")
 RUNTIMES = {"onnx": "onnxruntime (CPUExecutionProvider)", "executorch": "ExecuTorch runtime, XNNPACK delegate",
             "tflite": "LiteRT interpreter (ai_edge_litert)", "coreml": "Core ML (macOS / iOS only)"}
-
-
-def sha256(path: str | Path) -> str:
-    """Hex sha256 of a file (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def mask_prompt_constants(model: SAM2Model) -> dict:
@@ -65,7 +56,7 @@ def write_manifest(out_dir: Path, fmt: str, model: SAM2Model, model_name: str, c
         "format": fmt, "runtime": RUNTIMES[fmt], "model": model_name, "image_size": model.image_size,
         "quantize": quantize, "quantized": quantized,
         "source_checkpoint": None if checkpoint is None else {"file": Path(checkpoint).name,
-                                                             "sha256": sha256(checkpoint)},
+                                                             "sha256": file_sha256(checkpoint)},
         "preprocessing": {
             "image": "RGB uint8 -> float /255 -> bilinear antialiased resize to SxS -> (x - mean) / std",
             "video": "RGB uint8 resized to SxS with PIL (bicubic, PIL's default filter) -> /255 -> (x - mean) / std",

@@ -61,8 +61,13 @@ DECODER_OUTPUTS = ("masks", "iou_predictions", "single_mask", "single_iou", "obj
 def fuse_for_export(model: SAM2Model) -> SAM2Model:
     """A fused copy of ``model`` for inference export (the source model is left untouched): RepViT fused by the
     trunk's ``reparameterize()`` (Hiera has nothing to fuse), ``conv_s0`` / ``conv_s1`` folded into the neck
-    (:func:`~edgetam_train.predictor.image.fuse_for_inference`)."""
-    return fuse_for_inference(copy.deepcopy(model).eval())
+    (:func:`~edgetam_train.predictor.image.fuse_for_inference`); a Hiera trunk's position embedding becomes a
+    constant of the export size (``HieraTrunk.fix_pos_embed``: no bicubic resize in the graphs)."""
+    fused = fuse_for_inference(copy.deepcopy(model).eval())
+    trunk = fused.image_encoder.trunk
+    if hasattr(trunk, "fix_pos_embed"):
+        trunk.fix_pos_embed(fused.image_size)
+    return fused
 
 
 class OnnxImageEncoder(nn.Module):

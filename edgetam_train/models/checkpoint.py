@@ -5,11 +5,17 @@ a bare state_dict, so every tool takes "a training checkpoint or an official .pt
 architecture record (``"edgetam_arch"``, :mod:`edgetam_train.models.arch_record`) beside the weights:
 :func:`read_checkpoint` returns it, :func:`save_checkpoint` and :func:`add_arch_record` write the one a model carries
 (``model.arch_record``, set by ``build_model`` and by ``train.py`` for the student).
+
+A LoRA run's training checkpoint holds only what trained (adapters, ``model.lora.heads``) and a reference to the
+file its frozen weights come from (``"lora_base"``: ``model.init_from``'s path, size and sha256;
+:func:`base_reference`): :func:`read_checkpoint` loads that base (checked by sha256, :func:`read_base`), puts the
+trained tensors over it and merges the adapters.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -19,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from edgetam_train.models.arch_record import ARCH_KEY, check_record, describe, tree_differences
-from edgetam_train.models.lora import LORA_KEY, merge_record
+from edgetam_train.models.lora import BASE_KEY, LORA_KEY, merge_record
 
 MAX_LISTED = 20
 
@@ -83,10 +89,55 @@ def read_checkpoint(path: str | Path, prefix: str = "student.") -> tuple[dict[st
     if not isinstance(obj, dict):
         raise CheckpointMismatchError(f"{path}: expected a dict with key 'model' or 'state_dict', got {type(obj)}")
     record = check_record(obj[ARCH_KEY], str(path)) if ARCH_KEY in obj else None
-    state_dict = _state_dict_of(obj, path, prefix)
+    if BASE_KEY in obj:  # a LoRA run's checkpoint: the trained tensors over its (sha256-checked) base weights
+        own = {k[len(prefix):]: v for k, v in obj.get("state_dict", {}).items() if k.startswith(prefix)}
+        state_dict = {**read_base(obj[BASE_KEY], path), **own}
+    else:
+        state_dict = _state_dict_of(obj, path, prefix)
     if isinstance(obj.get(LORA_KEY), dict):  # a LoRA run's checkpoint: its adapters merged, the plain layout
         state_dict = merge_record(state_dict, obj[LORA_KEY], str(path))
     return state_dict, record
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """sha256 hex of a file's bytes (a 320 MB SAM 2.1-B+ checkpoint: about a second)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def base_reference(path: str | Path) -> dict[str, Any]:
+    """What a LoRA checkpoint records of its base weights file (``model.init_from``): the absolute path, the size
+    in bytes and the sha256."""
+    path = Path(path).resolve()
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def base_problem(reference: Any, path: str | Path) -> str | None:
+    """Why the base file that ``reference`` (:func:`base_reference`) names is not the one it was, or None."""
+    if not isinstance(reference, dict) or not {"path", "sha256"} <= set(reference):
+        return f"its {BASE_KEY!r} entry is {reference!r}, expected a dict with 'path' and 'sha256'"
+    base, sha = Path(reference["path"]), str(reference["sha256"])
+    if not base.is_file():
+        return (f"its base weights (model.init_from) {base} are missing: put that file (sha256 {sha}) back at "
+                f"that path")
+    actual = file_sha256(base)
+    if actual != sha:
+        return (f"its base weights (model.init_from) {base} changed since training (sha256 {actual}, expected "
+                f"{sha}): the adapters fit the original weights only; put the original file back")
+    return None
+
+
+def read_base(reference: Any, path: str | Path) -> dict[str, Tensor]:
+    """The base state_dict of the LoRA checkpoint ``path`` from its ``lora_base`` entry ``reference``; raises
+    :class:`CheckpointMismatchError` naming ``path`` and the base when the base is missing or changed
+    (:func:`base_problem`)."""
+    problem = base_problem(reference, path)
+    if problem:
+        raise CheckpointMismatchError(f"{path}: a LoRA checkpoint (adapters and trained heads only), but {problem}")
+    return read_checkpoint(reference["path"])[0]
 
 
 def _state_dict_of(obj: dict[str, Any], path: Path, prefix: str) -> dict[str, Tensor]:

@@ -18,6 +18,8 @@ Checkpoints keep the official key tree: :func:`split_state_dict` turns a LoRA-wr
 checkpoint's ``lora`` entry (:func:`lora_record`); :func:`join_state_dict` is its inverse (resume). Everything that
 reads a checkpoint as a plain model (export, eval, predict, ``init_from``) gets :func:`merge_record`'s merged weights
 W + (alpha / r) B A, computed by peft's own LoRA layer (``merge``), so the exported files have the plain layout.
+A run with a ``model.init_from`` keeps only the trained official tensors and refers to the rest (``BASE_KEY``,
+:func:`edgetam_train.models.checkpoint.read_base`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 LORA_KEY = "lora"  # the checkpoint entry holding the adapters
+BASE_KEY = "lora_base"  # a training checkpoint's reference to its frozen weights (models/checkpoint.py base_reference)
 ADAPTER = "default"  # peft's adapter name
 
 # module-name regexes (full match) of the attention and MLP linears of each part

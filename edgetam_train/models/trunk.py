@@ -275,8 +275,20 @@ class HieraTrunk(nn.Module):
             renamed[key.replace(".mlp.fc1.", ".mlp.layers.0.").replace(".mlp.fc2.", ".mlp.layers.1.")] = value
         _load_strict(self, renamed, path)
 
+    def fix_pos_embed(self, image_size: int) -> None:
+        """Compute the position embedding of ``image_size`` inputs once and use that constant from now on (a
+        non-persistent buffer), for graphs exported at one size: they then hold no bicubic resize, which Core ML's
+        converter has no op for. The model must not be trained afterwards (``pos_embed`` would no longer count)."""
+        hw = (image_size // self.strides[0], image_size // self.strides[0])
+        with torch.no_grad():
+            self.register_buffer("fixed_pos_embed", self._pos_embed(hw).detach().clone(), persistent=False)
+
     def _pos_embed(self, hw: tuple[int, int]) -> Tensor:
-        """Position embedding of an (h, w) patch grid: (1, h, w, C) = bicubic(pos_embed) + tiled window embedding."""
+        """Position embedding of an (h, w) patch grid: (1, h, w, C) = bicubic(pos_embed) + tiled window embedding
+        (the constant of :meth:`fix_pos_embed` when one was made for this grid)."""
+        fixed = getattr(self, "fixed_pos_embed", None)
+        if fixed is not None and tuple(fixed.shape[1:3]) == tuple(hw):
+            return fixed
         pos = F.interpolate(self.pos_embed, size=hw, mode="bicubic")
         window = self.pos_embed_window
         pos = pos + window.tile((pos.shape[-2] // window.shape[-2], pos.shape[-1] // window.shape[-1]))

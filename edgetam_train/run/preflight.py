@@ -126,8 +126,12 @@ def check_numeric_config(cfg: DictConfig, rules: dict[str, Number] | None = None
 
 def checkpoint_bytes(model: nn.Module) -> int:
     """Rough size of one training checkpoint of ``model``: its state_dict plus AdamW's two moments per trainable
-    parameter (Lightning saves both)."""
-    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    parameter (Lightning saves both). A LoRA run with a ``model.init_from`` (``model.lora_base``) saves only its
+    trainable tensors (:mod:`edgetam_train.distill.lora`)."""
+    if getattr(model, "lora_base", None) is not None:
+        state = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    else:
+        state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     moments = sum(2 * p.numel() * 4 for p in model.parameters() if p.requires_grad)
     return state + moments
 

@@ -11,7 +11,6 @@ not assumed) and compares it with :data:`REFERENCES`; :func:`report_recipe` prin
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from edgetam_train.models.checkpoint import file_sha256 as checkpoint_sha256
 from edgetam_train.run.preflight import NO_INIT, RANDOM_TRUNK, is_choice, is_video_stage
 
 log = logging.getLogger(__name__)
@@ -185,11 +185,7 @@ def file_sha256(path: str | Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = checkpoint_sha256(path)
     return _SHA_CACHE[key]
 
 

@@ -175,3 +175,26 @@ def test_hf_and_onnx_exports_of_another_trunk_check_out(tmp_path):
 
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["vision_config"]["backbone_config"]["architecture"] == "efficientvit_b0"
+
+
+def test_hiera_position_embedding_fixed_for_export_is_the_same_constant():
+    """``HieraTrunk.fix_pos_embed`` (what ``fuse_for_export`` does): the same trunk outputs with no bicubic resize
+    left in the forward pass (coremltools converts none: ``Unsupported fx node upsample_bicubic2d``); another input
+    size still resizes."""
+    from unittest import mock
+
+    from edgetam_train.models.trunk import HieraTrunk
+
+    torch.manual_seed(0)
+    trunk = HieraTrunk("sam2_hiera_tiny").eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        before = trunk(x)
+        trunk.fix_pos_embed(128)
+        assert "fixed_pos_embed" not in trunk.state_dict()  # not part of the checkpoint layout
+        with mock.patch("torch.nn.functional.interpolate", side_effect=AssertionError("resized")):
+            after = trunk(x)
+        assert all(torch.equal(a, b) for a, b in zip(before, after))
+        with pytest.raises(AssertionError, match="resized"), \
+                mock.patch("torch.nn.functional.interpolate", side_effect=AssertionError("resized")):
+            trunk(torch.randn(1, 3, 64, 64))
