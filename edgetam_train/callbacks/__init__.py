@@ -12,10 +12,11 @@ from edgetam_train.callbacks.identity_check import IdentityCheck
 from edgetam_train.callbacks.initial_validation import InitialValidation
 from edgetam_train.callbacks.loss_curve import LossCurve
 from edgetam_train.callbacks.mask_pictures import MaskPictures
+from edgetam_train.callbacks.model_checkpoint import ModelCheckpoint
 from edgetam_train.callbacks.sigterm_checkpoint import SigtermCheckpoint
 from edgetam_train.callbacks.step_progress_bar import StepProgressBar
 from edgetam_train.callbacks.throughput import Throughput
 from edgetam_train.callbacks.train_log import TrainLog
 
 __all__ = ["EMA", "BatchSeed", "BestCheckpoint", "FinalValidation", "IdentityCheck", "InitialValidation", "LossCurve",
-           "MaskPictures", "SigtermCheckpoint", "StepProgressBar", "Throughput", "TrainLog"]
+           "MaskPictures", "ModelCheckpoint", "SigtermCheckpoint", "StepProgressBar", "Throughput", "TrainLog"]
