@@ -226,10 +226,37 @@ def rss_child(job: Job) -> None:
     """In a fresh process: real step, tracked peak and RSS growth (bytes), printed as JSON."""
     torch.set_num_threads(1)
     built = build(job)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = reset_peak_rss()
     real = estimate(job, fake=False, built=built)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    rss = peak_rss() - base
     print(json.dumps({"real": real["peak"], "rss": rss}))
+
+
+def _proc_status_bytes(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of /proc/self/status in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> int:
+    """Reset the process's peak RSS to its current RSS (Linux: ``5`` to /proc/self/clear_refs) and return it, so the
+    step's peak is measured from here and not hidden by a higher peak while building the models; elsewhere the peak
+    so far (``ru_maxrss``), which can only under-report the growth."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _proc_status_bytes("VmRSS")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rss() -> int:
+    """Peak RSS in bytes since :func:`reset_peak_rss` (``VmHWM``; ``ru_maxrss`` where /proc is missing)."""
+    try:
+        return _proc_status_bytes("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def cross_check(size: int, masks: int) -> list[str]:

@@ -194,6 +194,20 @@ def test_fake_trace_equals_real_peak():
     assert abs(fake["peak"] - real["peak"]) <= 0.02 * real["peak"], (fake["peak"], real["peak"])
 
 
+def test_cross_check_rss_growth_is_measured_from_after_the_build():
+    """The cross-check's RSS growth starts at the step, not at the process's earlier peak: with ``ru_maxrss`` alone a
+    model build that peaked higher than the step hid the step (the table printed "peak RSS growth 0.0 GiB")."""
+    import numpy as np
+
+    earlier = np.ones(400 * 2**20, dtype=np.uint8)  # a higher peak before the step (the models' build)
+    del earlier
+    base = step_memory.reset_peak_rss()
+    step = np.ones(100 * 2**20, dtype=np.uint8)  # the step
+    grown = step_memory.peak_rss() - base
+    del step
+    assert 90 * 2**20 <= grown < 300 * 2**20, grown
+
+
 def test_memory_check_reads_experiment_defaults_and_global_batch(monkeypatch, capsys, tmp_path):
     """--check: the experiments give the paper's global batch on 8 devices; a row that does not fit fails."""
     for stage, total in (("image", 128), ("video", 256)):
