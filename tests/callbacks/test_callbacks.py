@@ -13,7 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig
@@ -23,6 +23,7 @@ from edgetam_train.callbacks.batch_seed import BatchSeed
 from edgetam_train.callbacks.best_checkpoint import BestCheckpoint
 from edgetam_train.callbacks.loss_curve import LossCurve
 from edgetam_train.callbacks.mask_pictures import MaskPictures, StepPictures, sample_picture, title_height
+from edgetam_train.callbacks.model_checkpoint import ModelCheckpoint
 from edgetam_train.callbacks.sigterm_checkpoint import SigtermCheckpoint
 from edgetam_train.callbacks.step_progress_bar import StepProgressBar
 from edgetam_train.callbacks.throughput import Throughput, batch_sizes

@@ -17,7 +17,7 @@ def _fit(tmp_path, cls, max_steps: int) -> dict:
     trainer = pl.Trainer(max_steps=max_steps, callbacks=[ckpt], logger=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, accelerator="cpu", devices=1)
     trainer.fit(BoringModel())
-    return torch.load(tmp_path / "last.ckpt", weights_only=False)
+    return torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
 
 
 @pytest.mark.parametrize("max_steps", [3, 4])
