@@ -1,4 +1,5 @@
-"""A synthetic 3-frame clip and the stage-2 quick-start module, shared by the clip-step and prompting tests.
+"""A synthetic 3-frame clip and the stage-2 quick-start module, shared by the clip-step and prompting tests, and the
+smooth random frames of the predictor CLI tests.
 
 The module is composed as ``python train.py experiment=edgetam_distill_video debug=quickstart_video`` (256² student,
 randomly initialised SAM 2.1-T teacher).
@@ -6,7 +7,9 @@ randomly initialised SAM 2.1-T teacher).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -37,3 +40,12 @@ def make_clip() -> dict:
         background = 0.3 * torch.sin(xs / 9.0) * torch.cos(ys / 13.0)
         images[0, t] = background + torch.stack([square * 1.5, masks[t, 1] * 1.5, square * -1.0]).float()
     return {"images": images, "masks": masks, "obj_to_img": torch.zeros(2, dtype=torch.long)}
+
+
+def smooth_frames(num: int, height: int, width: int, seed: int) -> np.ndarray:
+    """(num, height, width, 3) uint8 frames: uniform noise on a 1/16 grid upsampled bilinearly (values 0..60), smooth
+    enough that H.264 keeps them closely and textured enough for the image encoder."""
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(rng.random((num, 3, height // 16, width // 16), dtype=np.float32) * 60)
+    smooth = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    return smooth.permute(0, 2, 3, 1).round().numpy().astype(np.uint8)

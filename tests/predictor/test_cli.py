@@ -20,6 +20,7 @@ from edgetam_train.predictor.image import ImagePredictor
 from edgetam_train.predictor.preprocess import image_to_input
 from edgetam_train.predictor.video import VideoPredictor
 from tests.helpers.hf_reference import random_official_state_dict
+from tests.helpers.video_clip import smooth_frames
 
 S = 256
 H, W = 150, 200
@@ -135,10 +136,7 @@ VIDEO_POINTS = "120,60;30,120"
 def video(setup):
     """(frame folder, mp4, (T, H, W, 3) uint8 frames, reference VideoPredictor with the checkpoint's weights)."""
     root, _, sd, _, _ = setup
-    rng = np.random.default_rng(1)
-    coarse = torch.from_numpy(rng.random((T, 3, VH // 16, VW // 16), dtype=np.float32) * 60)
-    smooth = F.interpolate(coarse, size=(VH, VW), mode="bilinear", align_corners=False)  # H.264 keeps it closely
-    frames = smooth.permute(0, 2, 3, 1).round().numpy().astype(np.uint8)
+    frames = smooth_frames(T, VH, VW, seed=1)
     for t in range(T):  # a red rectangle moving right
         frames[t, 40:100, 70 + 8 * t:150 + 8 * t] = (210, 50, 40)
     folder = root / "frames"

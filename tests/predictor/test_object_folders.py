@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from edgetam_train.eval.jf import evaluate
@@ -17,6 +16,7 @@ from edgetam_train.models.sam2_model import NO_OBJ_SCORE
 from edgetam_train.predictor import cli
 from edgetam_train.predictor.video import VideoPredictor
 from tests.helpers.hf_reference import random_official_state_dict
+from tests.helpers.video_clip import smooth_frames
 
 S = 256
 T, VH, VW = 9, 96, 128  # annotated frames 0, 4, 8 (every 4th, as SA-V): frame 4 is scored
@@ -36,10 +36,7 @@ def sav(tmp_path_factory):
     sd = random_official_state_dict("edgetam", seed=4)
     ckpt = root / "edgetam.pt"
     torch.save({"model": sd}, ckpt)
-    rng = np.random.default_rng(2)
-    coarse = torch.from_numpy(rng.random((T, 3, VH // 16, VW // 16), dtype=np.float32) * 60)
-    frames = F.interpolate(coarse, size=(VH, VW), mode="bilinear").permute(0, 2, 3, 1).round().numpy()
-    frames = frames.astype(np.uint8)
+    frames = smooth_frames(T, VH, VW, seed=2)
     masks = {1: np.stack([_rect(t, 10, 5) for t in range(T)]),
              4: np.stack([_rect(t, 55, 60) if t >= LATE else np.zeros((VH, VW), bool) for t in range(T)])}
     folder = root / "JPEGImages_24fps" / "sav_000001"

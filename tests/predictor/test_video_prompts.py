@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from edgetam_train.data.formats.vos import voc_palette
@@ -20,6 +19,7 @@ from edgetam_train.predictor import cli
 from edgetam_train.predictor.video import VideoPredictor
 from edgetam_train.predictor.video_prompts import group_options, read_mask_png
 from tests.helpers.hf_reference import random_official_state_dict
+from tests.helpers.video_clip import smooth_frames
 
 S, T, H, W = 256, 4, 144, 192
 
@@ -77,10 +77,7 @@ def video(tmp_path_factory):
     sd = random_official_state_dict("edgetam", seed=4)
     ckpt = root / "edgetam.pt"
     torch.save({"model": sd}, ckpt)
-    rng = np.random.default_rng(1)
-    coarse = torch.from_numpy(rng.random((T, 3, H // 16, W // 16), dtype=np.float32) * 60)
-    frames = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)
-    frames = frames.permute(0, 2, 3, 1).round().numpy().astype(np.uint8)
+    frames = smooth_frames(T, H, W, seed=1)
     labels = np.zeros((T, H, W), np.uint8)
     for t in range(T):  # a red rectangle moving right (object 1), a blue square moving down (object 2)
         frames[t, 20:70, 30 + 8 * t:90 + 8 * t] = (210, 50, 40)
