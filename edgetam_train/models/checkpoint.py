@@ -18,6 +18,7 @@ import errno
 import hashlib
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,17 +116,28 @@ def base_reference(path: str | Path) -> dict[str, Any]:
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
+BASE_ENV = "EDGETAM_LORA_BASE"  # the base weights of a LoRA checkpoint at another path (another machine)
+
+
+def base_path(reference: Mapping[str, Any]) -> Path:
+    """Where a LoRA checkpoint's base weights are read from: ``$EDGETAM_LORA_BASE`` when set (the same file copied
+    elsewhere, e.g. to another machine; its sha256 is still checked), else the recorded absolute path."""
+    override = os.environ.get(BASE_ENV, "").strip()
+    return Path(override) if override else Path(reference["path"])
+
+
 def base_problem(reference: Any, path: str | Path) -> str | None:
     """Why the base file that ``reference`` (:func:`base_reference`) names is not the one it was, or None."""
     if not isinstance(reference, dict) or not {"path", "sha256"} <= set(reference):
         return f"its {BASE_KEY!r} entry is {reference!r}, expected a dict with 'path' and 'sha256'"
-    base, sha = Path(reference["path"]), str(reference["sha256"])
+    base, sha = base_path(reference), str(reference["sha256"])
+    where = f"{BASE_ENV}={base}" if os.environ.get(BASE_ENV, "").strip() else f"(model.init_from) {base}"
     if not base.is_file():
-        return (f"its base weights (model.init_from) {base} are missing: put that file (sha256 {sha}) back at "
-                f"that path")
+        return (f"its base weights {where} are missing: put that file (sha256 {sha}) back at that path, or set "
+                f"{BASE_ENV} to a copy of it")
     actual = file_sha256(base)
     if actual != sha:
-        return (f"its base weights (model.init_from) {base} changed since training (sha256 {actual}, expected "
+        return (f"its base weights {where} changed since training (sha256 {actual}, expected "
                 f"{sha}): the adapters fit the original weights only; put the original file back")
     return None
 
@@ -137,7 +149,7 @@ def read_base(reference: Any, path: str | Path) -> dict[str, Tensor]:
     problem = base_problem(reference, path)
     if problem:
         raise CheckpointMismatchError(f"{path}: a LoRA checkpoint (adapters and trained heads only), but {problem}")
-    return read_checkpoint(reference["path"])[0]
+    return read_checkpoint(base_path(reference))[0]
 
 
 def _state_dict_of(obj: dict[str, Any], path: Path, prefix: str) -> dict[str, Tensor]:

@@ -113,7 +113,7 @@ def test_without_init_from_the_checkpoint_holds_the_whole_student(base):
     assert BASE_KEY not in checkpoint and len(checkpoint["state_dict"]) == len(init)
 
 
-def test_readers_merge_the_slim_checkpoint_over_its_checked_base(base, tmp_path):
+def test_readers_merge_the_slim_checkpoint_over_its_checked_base(base, tmp_path, monkeypatch):
     path, init = base
     trained = _trained(init)
     ckpt = tmp_path / "last.ckpt"
@@ -124,8 +124,15 @@ def test_readers_merge_the_slim_checkpoint_over_its_checked_base(base, tmp_path)
 
     path.rename(tmp_path / "moved.pt")
     with pytest.raises(CheckpointMismatchError, match=rf"{ckpt}: .*base weights \(model.init_from\) "
-                                                      rf"{path.resolve()} are missing"):
+                                                      rf"{path.resolve()} are missing.*or set EDGETAM_LORA_BASE"):
         read_checkpoint(ckpt)
+    with monkeypatch.context() as env:  # the same file elsewhere (another machine): EDGETAM_LORA_BASE
+        env.setenv("EDGETAM_LORA_BASE", str(tmp_path / "moved.pt"))
+        state_dict, _ = read_checkpoint(ckpt)
+        assert all(torch.equal(state_dict[k], merged[k]) for k in merged)
+        env.setenv("EDGETAM_LORA_BASE", str(tmp_path / "nowhere.pt"))
+        with pytest.raises(CheckpointMismatchError, match=r"EDGETAM_LORA_BASE=\S*nowhere.pt are missing"):
+            read_checkpoint(ckpt)
     torch.manual_seed(3)
     save_checkpoint(Toy(), path)  # another file at the same path
     now, then = file_sha256(path), file_sha256(tmp_path / "moved.pt")
