@@ -49,26 +49,38 @@ SHARE_GOAL = 0.10     # the loss's share of that peak
 
 
 # ------------------------------------------------------------------------------------------------------ 1. equality
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+TARGET_KINDS = ("random", "empty", "full", "tiny")
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| (in fp32; 1e-12 floor on the denominator)."""
     return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-12))
+
+
+def target_masks(kind: str, n: int, s: int, generator: torch.Generator,
+                 tiny: tuple[int, int] = (100, 50)) -> torch.Tensor:
+    """(n, 1, s, s) bool targets of one of :data:`TARGET_KINDS`: random (40 % on), all empty, all full, or one pixel
+    (``tiny``: its (y, x)); the random draw is made for every kind, so the generator advances the same way."""
+    t = torch.rand(n, 1, s, s, generator=generator) > 0.6
+    if kind == "empty":
+        t[:] = False
+    elif kind == "full":
+        t[:] = True
+    elif kind == "tiny":
+        t[:] = False
+        t[:, :, tiny[0], tiny[1]] = True
+    return t
 
 
 def equality() -> list[dict[str, Any]]:
     """Max relative differences (values, gradients) lean vs direct per target kind and dtype."""
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
-        for kind in ("random", "empty", "full", "tiny"):
+        for kind in TARGET_KINDS:
             g = torch.Generator().manual_seed(0)
             n, m, h, s = 8, 3, 64, 256
             low = (torch.randn(n, m, h, h, generator=g) * 4).to(dtype).requires_grad_(True)
-            t = torch.rand(n, 1, s, s, generator=g) > 0.6
-            if kind == "empty":
-                t[:] = False
-            elif kind == "full":
-                t[:] = True
-            elif kind == "tiny":
-                t[:] = False
-                t[:, :, 100, 50] = True
+            t = target_masks(kind, n, s, g)
             w_f, w_d = torch.randn(n, m, generator=g), torch.randn(n, m, generator=g)
             f, d, i = direct_mask_terms(low, t)
             (f * w_f + d * w_d).sum().backward()
@@ -76,8 +88,9 @@ def equality() -> list[dict[str, Any]]:
             lf, ld, li = lean_mask_terms(low, t, chunk_elements=3 * m * s * s)
             (lf * w_f + ld * w_d).sum().backward()
             rows.append({"dtype": str(dtype).removeprefix("torch."), "targets": kind,
-                         "focal": _rel(lf, f), "dice": _rel(ld, d), "iou": _rel(li, i),
-                         "grad": _rel(low.grad, g_direct)})
+                         "focal": relative_difference(lf, f), "dice": relative_difference(ld, d),
+                         "iou": relative_difference(li, i),
+                         "grad": relative_difference(low.grad, g_direct)})
     # the whole TaskLoss over 8 passes (best of 3, IoU head, object score), as the step calls it
     g = torch.Generator().manual_seed(1)
     n, m, h, s = 16, 3, 64, 256
@@ -93,10 +106,10 @@ def equality() -> list[dict[str, Any]]:
         terms["loss_task"].backward()
         out[kind] = (terms, torch.cat([x.grad.flatten() for p in params for x in p]))
     rows.append({"dtype": "float32", "targets": "TaskLoss, 8 passes",
-                 "focal": _rel(out["lean"][0]["loss_mask"], out["direct"][0]["loss_mask"]),
-                 "dice": _rel(out["lean"][0]["loss_dice"], out["direct"][0]["loss_dice"]),
-                 "iou": _rel(out["lean"][0]["loss_iou"], out["direct"][0]["loss_iou"]),
-                 "grad": _rel(out["lean"][1], out["direct"][1])})
+                 "focal": relative_difference(out["lean"][0]["loss_mask"], out["direct"][0]["loss_mask"]),
+                 "dice": relative_difference(out["lean"][0]["loss_dice"], out["direct"][0]["loss_dice"]),
+                 "iou": relative_difference(out["lean"][0]["loss_iou"], out["direct"][0]["loss_iou"]),
+                 "grad": relative_difference(out["lean"][1], out["direct"][1])})
     return rows
 
 

@@ -4,45 +4,31 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lean_loss import TARGET_KINDS, relative_difference, target_masks
 
 from edgetam_train.distill.losses import direct_mask_terms
 from edgetam_train.distill.mask_loss import lean_mask_terms
 
 
-def _targets(kind: str, n: int, s: int, gen: torch.Generator) -> torch.Tensor:
-    t = torch.rand(n, 1, s, s, generator=gen) > 0.6
-    if kind == "empty":
-        t[:] = False
-    elif kind == "full":
-        t[:] = True
-    elif kind == "tiny":
-        t[:] = False
-        t[:, :, 7, 9] = True
-    return t
-
-
-@pytest.mark.parametrize("kind", ["random", "empty", "full", "tiny"])
+@pytest.mark.parametrize("kind", TARGET_KINDS)
 @pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 0.0), (0.5, 1.5)])
 def test_values_and_gradients_equal_the_direct_path(kind, alpha, gamma):
     gen = torch.Generator().manual_seed(0)
     n, m, h, s = 5, 3, 16, 64
     low = (torch.randn(n, m, h, h, generator=gen) * 4).requires_grad_(True)
-    targets = _targets(kind, n, s, gen)
+    target = target_masks(kind, n, s, gen, tiny=(7, 9))
     w_f, w_d = torch.randn(n, m, generator=gen), torch.randn(n, m, generator=gen)
 
-    focal, dice, iou = direct_mask_terms(low, targets, alpha, gamma)
+    focal, dice, iou = direct_mask_terms(low, target, alpha, gamma)
     (focal * w_f + dice * w_d).sum().backward()
     grad_direct, low.grad = low.grad.clone(), None
     # chunks of 2 objects: the chunk loop and its edges are exercised
-    lean_focal, lean_dice, lean_iou = lean_mask_terms(low, targets, alpha, gamma, chunk_elements=2 * m * s * s)
+    lean_focal, lean_dice, lean_iou = lean_mask_terms(low, target, alpha, gamma, chunk_elements=2 * m * s * s)
     (lean_focal * w_f + lean_dice * w_d).sum().backward()
 
-    def rel(a, b):
-        return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
-
-    assert rel(lean_focal, focal) < 1e-5 and rel(lean_dice, dice) < 1e-5
+    assert relative_difference(lean_focal, focal) < 1e-5 and relative_difference(lean_dice, dice) < 1e-5
     assert torch.equal(lean_iou, iou) and not lean_iou.requires_grad
-    assert rel(low.grad, grad_direct) < 1e-5
+    assert relative_difference(low.grad, grad_direct) < 1e-5
 
 
 def test_same_resolution_and_bf16_logits():
