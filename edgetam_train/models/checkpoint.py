@@ -131,7 +131,7 @@ def base_problem(reference: Any, path: str | Path) -> str | None:
     if not isinstance(reference, dict) or not {"path", "sha256"} <= set(reference):
         return f"its {BASE_KEY!r} entry is {reference!r}, expected a dict with 'path' and 'sha256'"
     base, sha = base_path(reference), str(reference["sha256"])
-    where = f"{BASE_ENV}={base}" if os.environ.get(BASE_ENV, "").strip() else f"(model.init_from) {base}"
+    where = f"(model.init_from) {base}" if base == Path(reference["path"]) else f"{BASE_ENV}={base}"
     if not base.is_file():
         return (f"its base weights {where} are missing: put that file (sha256 {sha}) back at that path, or set "
                 f"{BASE_ENV} to a copy of it")
