@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--doc", type=Path, default=None, help="write the table into this markdown file")
     p.add_argument("--json", type=Path, default=None, help="rows for run_all.py (p99/p50 and RSS growth per runtime)")
     args = p.parse_args(argv)
+    load = os.getloadavg()
     torch.set_num_threads(args.threads)
     torch.manual_seed(5)
     model = build_model("edgetam", image_size=args.size).eval()
@@ -154,10 +156,13 @@ def main(argv: list[str] | None = None) -> None:
                         "unit": "MB", "goal": "<= max(5 %, 50 MB)", "passed": b - a <= max(0.05 * a, 50.0),
                         "detail": f"{a:.0f} -> {b:.0f} MB"})
         args.json.write_text(json.dumps(out, indent=1))
-    if args.doc:
-        update_section(args.doc, "streaming", "## Streaming tracking (`streaming.py`)\n\n"
+    if args.doc:  # one section per size and runtime set, so runs of different lengths sit side by side
+        runtimes = " + ".join(args.runtimes)
+        update_section(args.doc, f"streaming-{s}-{'-'.join(args.runtimes)}",
+                       f"## Streaming tracking (`streaming.py`): {runtimes} at {s}²\n\n"
                        f"`python scripts/bench/streaming.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
-                       f"{table}\n")
+                       f"{table}\n\nRun {time.strftime('%Y-%m-%d')}, load average {load[0]:.2f} at the start and "
+                       f"{os.getloadavg()[0]:.2f} at the end (1 min; {os.cpu_count()} CPUs).\n")
 
 
 if __name__ == "__main__":
