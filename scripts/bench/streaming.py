@@ -40,7 +40,9 @@ RSS_AT = 500  # the reference point of the growth check (half the stream for sho
 def rss_at(num: int) -> int:
     """The frame after which RSS is the growth check's reference: 500, or half a shorter stream."""
     return min(RSS_AT, max(num // 2, 1))
-WARMUP = 10
+
+
+WARMUP = 10  # frames whose latency is not counted (first calls allocate)
 
 
 def rss_mb(field: str = "VmRSS") -> float:

@@ -1,0 +1,34 @@
+"""``scripts/bench/streaming.py`` (issue 29's latency and memory report): a short torch stream gives the table row and
+the two goal rows per runtime, and ``--doc`` writes one section per size and runtime set, keeping the sections of
+other runs (the 256² 10,000-frame and 1024² 2,000-frame runs sit side by side in docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import run_all
+import streaming
+
+
+def test_short_stream_writes_its_own_section_and_keeps_the_others(tmp_path):
+    doc, rows = tmp_path / "benchmarks.md", tmp_path / "streaming.json"
+    run_all.update_section(doc, "streaming-1024-torch", "## Streaming tracking: torch at 1024²\n\nan earlier run\n")
+    streaming.main(["--frames", "24", "--size", "256", "--runtimes", "torch", "--doc", str(doc), "--json", str(rows)])
+    text = doc.read_text()
+    assert "<!-- streaming-1024-torch:begin -->\n## Streaming tracking: torch at 1024²\n\nan earlier run\n" in text
+    section = re.search(r"<!-- streaming-256-torch:begin -->\n(.*?)<!-- streaming-256-torch:end -->", text, re.S)
+    assert section is not None, text
+    body = section.group(1)
+    assert body.startswith("## Streaming tracking (`streaming.py`): torch at 256²\n")
+    assert "`python scripts/bench/streaming.py --frames 24 --size 256 --runtimes torch" in body
+    assert "24 frames at 256x256, one object, 1 CPU thread(s)" in body
+    assert "RSS MB at 12 / 24 frames" in body  # half a stream shorter than 1000 frames is the reference
+    row = next(line for line in body.splitlines() if line.startswith("| torch |")).split("|")[2:-1]
+    p50, p90, p99 = (float(v) for v in row[:3])
+    assert 0 < p50 <= p90 <= p99
+    assert re.search(r"load average \d+\.\d\d at the start and \d+\.\d\d at the end", body)
+    goals = json.loads(rows.read_text())
+    assert [g["name"] for g in goals] == ["streaming torch: p99/p50 per-frame latency, 24 frames at 256²",
+                                          "streaming torch: RSS growth from frame 12 to 24"]
+    assert goals[0]["value"] == round(p99 / p50, 2)
