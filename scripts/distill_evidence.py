@@ -4,7 +4,8 @@ without it? The paper's ablation in miniature, on the learning-curve data (READM
 
 1. Data: ``scripts/learning_curve.py``'s generated SA-1B-style sets (256x192 base size, training images of seed 0,
    held-out images of seed 1), under ``--data`` (skipped when present).
-2. Teacher: a SAM 2.1-T (``sam2.1_hiera_t``, random init) trained on ground truth alone for ``--teacher-steps``
+2. Teacher: ``--teacher-arch`` (``edgetam``, the default, or ``sam2.1_hiera_t``: a SAM 2.1-T), random init, seed
+   ``TEACHER_SEED`` (no student's init or data order), trained on ground truth alone for ``--teacher-steps``
    (``experiment=distill_evidence_teacher``), or ``--teacher CKPT`` (a run's checkpoint or an official ``.pt``) reused;
    exported in the official SAM 2.1 layout (``{"model": state_dict}``, reloaded and compared by
    :func:`edgetam_train.export.official.export_official`), as a downloaded teacher would be.
@@ -44,7 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 ARMS = {"a": "task loss only", "b": "task + λ_F·MSE(F16) from the teacher"}
 FRACTIONS = (0.25, 0.5, 1.0)  # where the table reads each arm's curve
 NOISE_FLOOR = 0.01  # mIoU: a paired difference under this is no effect whatever the seeds' spread
-TEACHER_RUN = "distill_evidence_teacher"
+TEACHER_RUN = "distill_evidence_teacher_{arch}"  # one run (and exported .pt) per teacher architecture
+TEACHER_SEED = 1000  # not one of the students' seeds: the teacher shares neither their init nor their data order
+TEACHER_ARCHS = {"edgetam": "EdgeTAM", "sam2.1_hiera_t": "SAM 2.1-T"}
 
 
 @dataclass
@@ -96,24 +99,26 @@ def teacher_checkpoint(args: argparse.Namespace) -> tuple[Path, dict]:
     teacher is trained here (``--teacher-steps``) and its ``last.ckpt`` exported."""
     from edgetam_train.export.official import export_official, load_model
 
-    info: dict = {"arch": "sam2.1_hiera_t"}
+    info: dict = {"arch": args.teacher_arch}
     if args.teacher is not None and args.teacher.suffix == ".pt":
         return args.teacher.resolve(), {**info, "checkpoint": str(args.teacher)}
     if args.teacher is not None:
         ckpt = args.teacher.resolve()
     else:
-        run = Run(TEACHER_RUN, "distill_evidence_teacher",
-                  [f"trainer.max_steps={args.teacher_steps}", f"trainer.val_check_interval={val_every(args, True)}"])
+        name = TEACHER_RUN.format(arch=args.teacher_arch)
+        run = Run(name, "distill_evidence_teacher",
+                  [f"arch@model.student={args.teacher_arch}", f"seed={TEACHER_SEED}",
+                   f"trainer.max_steps={args.teacher_steps}", f"trainer.val_check_interval={val_every(args, True)}"])
         run_all([run], args, args.log_dir.resolve() / "distill_evidence_logs")
         info.update(steps=run.points[-1][0], seconds=round(run.seconds, 1), curve=run.points)
-        ckpt = args.log_dir.resolve() / "train" / "runs" / TEACHER_RUN / "checkpoints" / "last.ckpt"
+        ckpt = args.log_dir.resolve() / "train" / "runs" / name / "checkpoints" / "last.ckpt"
     metrics = sorted((ckpt.parents[1] / "csv").glob("version_*/metrics.csv"))
     if "curve" not in info and metrics:  # a reused run's own held-out scores
         points = curve(latest_metrics(ckpt.parents[1]))
         info.update(steps=points[-1][0], curve=points)
     if "curve" in info:
         info["miou"] = info["curve"][-1][1]
-    out = args.log_dir.resolve() / "distill_evidence_teacher.pt"
+    out = args.log_dir.resolve() / f"{TEACHER_RUN.format(arch=args.teacher_arch)}.pt"
     report = export_official(load_model(ckpt), out)
     if not report.ok:
         raise RuntimeError(f"teacher export failed its check: {report.summary()}")
@@ -187,7 +192,7 @@ def plot(arms: dict[str, list[Run]], teacher: dict, out: Path, title: str) -> Pa
                 label=f"({arm}) {ARMS[arm]}, mean of {len(runs)} seeds")
     if teacher.get("miou") is not None:
         ax.axhline(teacher["miou"], color="gray", linestyle="--", linewidth=0.9,
-                   label=f"teacher SAM 2.1-T after {teacher.get('steps', '?')} steps")
+                   label=f"teacher {TEACHER_ARCHS[teacher['arch']]} after {teacher.get('steps', '?')} steps")
     ax.set_ylim(0, 1)
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("1-click mIoU (held out)")
@@ -209,11 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", type=Path, default=None,
                    help="reuse this teacher (a training checkpoint, exported here, or an official .pt) instead of "
                         "training one")
-    p.add_argument("--teacher-steps", type=int, default=6000, help="teacher training steps (without --teacher)")
-    p.add_argument("--steps", type=int, default=3000, help="student training steps per run (a multiple of 4)")
+    p.add_argument("--teacher-arch", choices=sorted(TEACHER_ARCHS), default="edgetam",
+                   help="the teacher's architecture (trained here, or that of --teacher)")
+    p.add_argument("--teacher-steps", type=int, default=2000, help="teacher training steps (without --teacher)")
+    p.add_argument("--steps", type=int, default=1000, help="student training steps per run (a multiple of 4)")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds; every arm runs each")
     p.add_argument("--arms", default="a,b", help=f"comma-separated arms of {sorted(ARMS)}")
-    p.add_argument("--lambda-f16", type=float, default=1.0, help="λ_F of arm (b)")
+    p.add_argument("--lambda-f16", type=float, default=0.01,
+                   help="λ_F of arm (b) (0.01: a from-scratch teacher's F16 MSE is ~100x the task loss)")
     p.add_argument("--val-every", type=int, default=None, help="validation interval (default: a quarter of the run)")
     p.add_argument("--jobs", type=int, default=1, help="student runs at a time")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
@@ -235,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     teacher_pt, teacher = teacher_checkpoint(args) if need_teacher else (None, {})
     common = [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={val_every(args)}"]
     arm_overrides = {"a": ["model.teacher=null"],
-                     "b": [f"model.teacher.checkpoint={teacher_pt}", f"model.loss.lambda_f16={args.lambda_f16}"]}
+                     "b": [f"arch@model.teacher.net={args.teacher_arch}", f"model.teacher.checkpoint={teacher_pt}",
+                           f"model.loss.lambda_f16={args.lambda_f16}"]}
     arms = {arm: [Run(f"distill_evidence_{arm}_seed{seed}", "distill_evidence_student",
                       [f"seed={seed}", *common, *arm_overrides[arm]]) for seed in seeds] for arm in arm_names}
     run_all([r for runs in arms.values() for r in runs], args, args.log_dir.resolve() / "distill_evidence_logs")
@@ -255,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     title = (f"EdgeTAM students from scratch, sample-style data: {args.steps} steps x {len(seeds)} seed(s)\n"
-             f"teacher SAM 2.1-T from scratch ({teacher.get('steps', '?')} steps), λ_F = {args.lambda_f16:g}")
+             f"teacher {TEACHER_ARCHS[args.teacher_arch]} from scratch ({teacher.get('steps', '?')} steps), "
+             f"λ_F = {args.lambda_f16:g}")
     plot(arms, teacher, args.png, title)
     print(f"{line}; table: {args.json}; curves: {args.png}", flush=True)
     return 0

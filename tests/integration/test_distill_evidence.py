@@ -4,8 +4,9 @@ on the learning-curve data, exports it in the official layout, and trains the Ed
 
 The fast test runs every step of the script for a few steps on 4 images, with λ_F = 0 so that arm (b) must reproduce
 arm (a) exactly (same init, data order and prompts: the teacher's presence changes nothing else) while its logged F16
-MSE shows the teacher was live. The slow test is the documented full-size command: the teacher must beat the student
-alone and the verdict must be that distillation helps (the issue's hypothesis; not yet measured at full size)."""
+MSE shows the teacher was live. The slow test runs the README's command (the script's defaults) and checks that it
+reproduces the committed docs/distill_evidence.json within seed noise: the teacher, every arm at 25 / 50 / 100 % of
+the steps and the paired effect (b) - (a), whatever the verdict."""
 
 from __future__ import annotations
 
@@ -26,9 +27,13 @@ def logged(run_dir: Path, key: str) -> list[float]:
         return [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
 
 
-def test_every_arm_runs_and_is_paired_with_the_same_init_and_data(tmp_path, capsys):
+TRUNK_KEY = {"edgetam": "image_encoder.trunk.body.stem.", "sam2.1_hiera_t": "image_encoder.trunk.blocks."}
+
+
+@pytest.mark.parametrize("arch", sorted(TRUNK_KEY))
+def test_every_arm_runs_and_is_paired_with_the_same_init_and_data(arch, tmp_path, capsys):
     logs = tmp_path / "logs"
-    rc = distill_evidence.main([
+    rc = distill_evidence.main(["--teacher-arch", arch,
         "--data", str(tmp_path / "data"), "--log-dir", str(logs), "--json", str(tmp_path / "e.json"),
         "--png", str(tmp_path / "e.png"), "--train-images", "4", "--val-images", "2", "--teacher-steps", "2",
         "--steps", "4", "--seeds", "0", "--lambda-f16", "0", "data.batch_size=1",
@@ -38,11 +43,11 @@ def test_every_arm_runs_and_is_paired_with_the_same_init_and_data(tmp_path, caps
     assert line.startswith("distill_evidence: (b) - (a) = ") and "NO EFFECT" in line, line
     result = json.loads((tmp_path / "e.json").read_text())
     assert (tmp_path / "e.png").read_bytes()[:8] == PNG_MAGIC
-    # the teacher: trained here, exported in the official layout ({"model": state_dict} with Hiera-T keys)
+    # the teacher: trained here, exported in the official layout ({"model": state_dict} with its trunk's keys)
     teacher = result["teacher"]
-    assert teacher["steps"] == 2 and 0.0 <= teacher["miou"] <= 1.0
+    assert teacher["steps"] == 2 and 0.0 <= teacher["miou"] <= 1.0 and teacher["arch"] == arch
     official = torch.load(teacher["checkpoint"], map_location="cpu", weights_only=True)
-    assert any(k.startswith("image_encoder.trunk.blocks.") for k in official["model"])
+    assert any(k.startswith(TRUNK_KEY[arch]) for k in official["model"])
     # the table reads real validations at 25 / 50 / 100 % of the steps
     runs = logs / "train" / "runs"
     for arm in ("a", "b"):
@@ -60,14 +65,32 @@ def test_every_arm_runs_and_is_paired_with_the_same_init_and_data(tmp_path, caps
     assert result["arms"]["effect_b_minus_a"]["values"] == [0.0] and result["verdict"] == "NO EFFECT"
 
 
+COMMITTED = Path(distill_evidence.REPO) / "docs" / "distill_evidence.json"
+
+
+def seed_noise(row: dict) -> float:
+    """How far a rerun may land from a committed mean: twice its spread over seeds, and at least 0.03 mIoU (two seeds
+    give a rough spread; the same seeds on another CPU differ in float rounding, not in data order or init)."""
+    return max(2 * row["spread"], 0.03)
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(16 * 3600)  # the full run: ~8 h with --jobs 2 on this machine
-def test_a_trained_teacher_helps_the_student(tmp_path):
+@pytest.mark.timeout(6 * 3600)  # the default run: ~1.5-2 h with --jobs 2 on 2 cores
+def test_the_default_command_reproduces_the_committed_numbers(tmp_path):
+    committed = json.loads(COMMITTED.read_text())
     json_path = tmp_path / "e.json"
     rc = distill_evidence.main(["--log-dir", str(tmp_path / "logs"), "--json", str(json_path),
                                 "--png", str(tmp_path / "e.png"), "--jobs", "2"])
     result = json.loads(json_path.read_text())
     assert rc == 0
-    # the premise: the teacher scores clearly better than the student trained alone
-    assert result["teacher"]["miou"] > result["arms"]["a"]["at"]["100%"]["mean"] + 0.05, result["line"]
-    assert result["verdict"] == "DISTILLATION HELPS", result["line"]
+    # the README's command is the defaults: the committed run used the same size
+    for key in ("steps", "seeds", "lambda_f16", "threads_per_run"):
+        assert result[key] == committed[key], key
+    assert result["teacher"]["steps"] == committed["teacher"]["steps"]
+    assert abs(result["teacher"]["miou"] - committed["teacher"]["miou"]) <= 0.05, result["line"]
+    for arm in ("a", "b"):
+        for frac, row in committed["arms"][arm]["at"].items():
+            new = result["arms"][arm]["at"][frac]
+            assert abs(new["mean"] - row["mean"]) <= seed_noise(row), (arm, frac, new, row)
+    effect, was = result["arms"]["effect_b_minus_a"], committed["arms"]["effect_b_minus_a"]
+    assert abs(effect["mean"] - was["mean"]) <= seed_noise(was), (effect, was)
