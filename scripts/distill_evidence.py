@@ -21,8 +21,8 @@ Prints last ``distill_evidence: (b) - (a) = X ± Y at step N (...) DISTILLATION 
 when the mean paired difference at the last step exceeds both its spread over seeds and ``NOISE_FLOOR`` (exit 0 in
 every case: a null result is a finding, not a failure).
 
-    python scripts/distill_evidence.py                       # the full size: see README "Distillation evidence"
-    python scripts/distill_evidence.py --teacher-steps 300 --steps 200 --seeds 0,1    # the short run
+    python scripts/distill_evidence.py --jobs 2              # the committed run: see README "Distillation evidence"
+    python scripts/distill_evidence.py --teacher-steps 4000 --lambda-f16 0.3 --jobs 2  # a stronger teacher, level terms
     python scripts/distill_evidence.py --teacher logs/.../last.ckpt --steps 200      # reuse a trained teacher
 """
 
