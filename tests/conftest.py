@@ -45,3 +45,28 @@ def edgetam_256_onnx(edgetam_256, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("onnx") / "out"
     assert cli.main([str(edgetam_256[0]), "--format", "onnx", "--out", str(out), "--image-size", "256"]) == 0
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def edgetam_256_executorch(edgetam_256, tmp_path_factory) -> str:
+    """:func:`edgetam_256` exported by ``edgetam-export --format executorch`` (2-5 min on 2 cores: slow tests only;
+    the on-device export tests and the app-loop test share it)."""
+    pytest.importorskip("executorch.runtime")
+    from edgetam_train.export import cli
+
+    out = tmp_path_factory.mktemp("et") / "out"
+    assert cli.main([str(edgetam_256[0]), "--format", "executorch", "--out", str(out), "--image-size", "256"]) == 0
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def edgetam_256_tflite(edgetam_256, tmp_path_factory) -> str:
+    """:func:`edgetam_256` exported by ``edgetam-export --format tflite`` (~3 min; only where the ``litert`` extra is
+    installed, e.g. ``make venv-litert``: skipped in the dev venv and CI)."""
+    pytest.importorskip("litert_torch", reason="the litert extra (pip install 'edgetam-train[litert]')")
+    pytest.importorskip("ai_edge_litert.interpreter")
+    from edgetam_train.export import cli
+
+    out = tmp_path_factory.mktemp("tflite") / "out"
+    assert cli.main([str(edgetam_256[0]), "--format", "tflite", "--out", str(out), "--image-size", "256"]) == 0
+    return str(out)

@@ -49,9 +49,8 @@ def onnx_dir(edgetam_256_onnx):
 
 
 @pytest.fixture(scope="module")
-def executorch_dir(checkpoint, tmp_path_factory):
-    pytest.importorskip("executorch.runtime")
-    return _export(checkpoint[0], "executorch", tmp_path_factory.mktemp("et") / "out")
+def executorch_dir(edgetam_256_executorch):
+    return edgetam_256_executorch  # the session's export of `checkpoint` (tests/conftest.py), shared with the app loop
 
 
 def _video(num_frames: int = 6) -> list[np.ndarray]:
@@ -300,10 +299,8 @@ def test_executorch_export_checked_and_tracks_like_torch(executorch_dir, checkpo
 # ----------------------------------------------------------------------------------------------- LiteRT
 
 @pytest.fixture(scope="module")
-def tflite_dir(checkpoint, tmp_path_factory):
-    pytest.importorskip("litert_torch", reason="the litert extra (pip install 'edgetam-train[litert]')")
-    pytest.importorskip("ai_edge_litert.interpreter")
-    return _export(checkpoint[0], "tflite", tmp_path_factory.mktemp("tflite") / "out")
+def tflite_dir(edgetam_256_tflite):
+    return edgetam_256_tflite  # the session's export of `checkpoint` (tests/conftest.py), shared with the app loop
 
 
 def test_tflite_decoder_has_a_signature_per_point_count_and_tracks_like_torch(tflite_dir, checkpoint):

@@ -27,6 +27,8 @@ def test_short_stream_writes_its_own_section_and_keeps_the_others(tmp_path):
     row = next(line for line in body.splitlines() if line.startswith("| torch |")).split("|")[2:-1]
     p50, p90, p99 = (float(v) for v in row[:3])
     assert 0 < p50 <= p90 <= p99
+    cpu = re.fullmatch(r" ([\d.]+) / ([\d.]+) \(([\d.]+)\) ", row[4])  # the calling thread's CPU time per frame
+    assert cpu is not None and 0 < float(cpu[1]) <= float(cpu[2]), row[4]
     assert re.search(r"load average \d+\.\d\d at the start and \d+\.\d\d at the end", body)
     goals = json.loads(rows.read_text())
     assert [g["name"] for g in goals] == ["streaming torch: p99/p50 per-frame latency, 24 frames at 256²",
