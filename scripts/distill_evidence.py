@@ -100,12 +100,12 @@ def teacher_checkpoint(args: argparse.Namespace) -> tuple[Path, dict]:
     from edgetam_train.export.official import export_official, load_model
 
     info: dict = {"arch": args.teacher_arch}
+    name = TEACHER_RUN.format(arch=args.teacher_arch)
     if args.teacher is not None and args.teacher.suffix == ".pt":
         return args.teacher.resolve(), {**info, "checkpoint": str(args.teacher)}
     if args.teacher is not None:
         ckpt = args.teacher.resolve()
     else:
-        name = TEACHER_RUN.format(arch=args.teacher_arch)
         run = Run(name, "distill_evidence_teacher",
                   [f"arch@model.student={args.teacher_arch}", f"seed={TEACHER_SEED}",
                    f"trainer.max_steps={args.teacher_steps}", f"trainer.val_check_interval={val_every(args, True)}"])
@@ -118,7 +118,7 @@ def teacher_checkpoint(args: argparse.Namespace) -> tuple[Path, dict]:
         info.update(steps=points[-1][0], curve=points)
     if "curve" in info:
         info["miou"] = info["curve"][-1][1]
-    out = args.log_dir.resolve() / f"{TEACHER_RUN.format(arch=args.teacher_arch)}.pt"
+    out = args.log_dir.resolve() / f"{name}.pt"
     report = export_official(load_model(ckpt), out)
     if not report.ok:
         raise RuntimeError(f"teacher export failed its check: {report.summary()}")
@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds; every arm runs each")
     p.add_argument("--arms", default="a,b", help=f"comma-separated arms of {sorted(ARMS)}")
     p.add_argument("--lambda-f16", type=float, default=0.01,
-                   help="λ_F of arm (b) (0.01: a from-scratch teacher's F16 MSE is ~100x the task loss)")
+                   help="λ_F of arm (b) (0.01 was set for a from-scratch SAM 2.1-T, whose F16 MSE was ~100x the "
+                        "task loss; the EdgeTAM teacher's is ~5, and ~0.3 levels it: README)")
     p.add_argument("--val-every", type=int, default=None, help="validation interval (default: a quarter of the run)")
     p.add_argument("--jobs", type=int, default=1, help="student runs at a time")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")

@@ -36,15 +36,20 @@ def edgetam_256(tmp_path_factory):
     return path, model
 
 
+def _export_256(edgetam_256, tmp_path_factory, fmt: str) -> str:
+    """``edgetam-export --format fmt`` of :func:`edgetam_256` at 256 px into a fresh session folder."""
+    from edgetam_train.export import cli
+
+    out = tmp_path_factory.mktemp(fmt) / "out"
+    assert cli.main([str(edgetam_256[0]), "--format", fmt, "--out", str(out), "--image-size", "256"]) == 0
+    return str(out)
+
+
 @pytest.fixture(scope="session")
 def edgetam_256_onnx(edgetam_256, tmp_path_factory) -> str:
     """:func:`edgetam_256` exported by ``edgetam-export --format onnx`` (about 10 s, so once per session)."""
     pytest.importorskip("onnxruntime")
-    from edgetam_train.export import cli
-
-    out = tmp_path_factory.mktemp("onnx") / "out"
-    assert cli.main([str(edgetam_256[0]), "--format", "onnx", "--out", str(out), "--image-size", "256"]) == 0
-    return str(out)
+    return _export_256(edgetam_256, tmp_path_factory, "onnx")
 
 
 @pytest.fixture(scope="session")
@@ -52,11 +57,7 @@ def edgetam_256_executorch(edgetam_256, tmp_path_factory) -> str:
     """:func:`edgetam_256` exported by ``edgetam-export --format executorch`` (2-5 min on 2 cores: slow tests only;
     the on-device export tests and the app-loop test share it)."""
     pytest.importorskip("executorch.runtime")
-    from edgetam_train.export import cli
-
-    out = tmp_path_factory.mktemp("et") / "out"
-    assert cli.main([str(edgetam_256[0]), "--format", "executorch", "--out", str(out), "--image-size", "256"]) == 0
-    return str(out)
+    return _export_256(edgetam_256, tmp_path_factory, "executorch")
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +66,4 @@ def edgetam_256_tflite(edgetam_256, tmp_path_factory) -> str:
     installed, e.g. ``make venv-litert``: skipped in the dev venv and CI)."""
     pytest.importorskip("litert_torch", reason="the litert extra (pip install 'edgetam-train[litert]')")
     pytest.importorskip("ai_edge_litert.interpreter")
-    from edgetam_train.export import cli
-
-    out = tmp_path_factory.mktemp("tflite") / "out"
-    assert cli.main([str(edgetam_256[0]), "--format", "tflite", "--out", str(out), "--image-size", "256"]) == 0
-    return str(out)
+    return _export_256(edgetam_256, tmp_path_factory, "tflite")

@@ -37,12 +37,6 @@ def checkpoint(edgetam_256):
     return edgetam_256
 
 
-def _export(checkpoint, fmt, out) -> str:
-    rc = cli.main([str(checkpoint), "--format", fmt, "--out", str(out), "--image-size", str(S)])
-    assert rc == 0
-    return str(out)
-
-
 @pytest.fixture(scope="module")
 def onnx_dir(edgetam_256_onnx):
     return edgetam_256_onnx  # the session's export of `checkpoint` (tests/conftest.py), shared with the app-loop tests
