@@ -52,7 +52,7 @@ class ExportedModel:
     Args:
         model_dir: directory with ``manifest.json`` and the graph files.
         runtime: expected format (ValueError when the directory holds another); None accepts the manifest's.
-        threads: CPU threads for runtimes that take a count (onnxruntime, LiteRT).
+        threads: CPU threads of every runtime (ExecuTorch: its process-wide XNNPACK pool).
     """
 
     training = False

@@ -119,7 +119,7 @@ class AppTracker:
         memory_bf16: round stored memories to bfloat16 as the predictors do (keeps the masks equal to theirs; an app
             may store them as bfloat16 and halve their size).
         num_frames: the stream's length when known (only changes pointer positions of clips under 16 frames).
-        threads: CPU threads of runtimes that take a count.
+        threads: CPU threads of every runtime (ExecuTorch: its process-wide XNNPACK pool).
     """
 
     def __init__(self, model_dir: str | Path, fill_hole_area: int = 8, memory_bf16: bool = True,

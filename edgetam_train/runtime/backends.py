@@ -120,11 +120,23 @@ class ExecuTorchGraph(Graph):
         self._torch = torch
         with native_output_to(None):
             runtime = Runtime.get()
+        if threads:
+            set_executorch_threads(threads)
         self.method = runtime.load_program(str(self.path)).load_method("forward")
 
     def _run(self, values):
         outs = self.method.execute([self._torch.from_numpy(v) for v in values])
         return [o.numpy() for o in outs]
+
+
+def set_executorch_threads(threads: int) -> None:
+    """Size ExecuTorch's XNNPACK thread pool. It is one pool per process, made with a thread per core the first time a
+    program runs, so without this a 1-thread run computed on two threads (a worker beside the caller) on a 2-core
+    machine. Reset it only when the size differs: the binding is named unsafe because it must not run during a call."""
+    from executorch.extension.pybindings import portable_lib
+
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
 
 
 class TFLiteGraph(Graph):
