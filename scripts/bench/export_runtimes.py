@@ -108,7 +108,7 @@ def main() -> None:
                 print(f"skipping {name}: {err}", file=sys.stderr)
                 continue
             manifest = read_manifest(out)
-            exported = ExportedModel(out)
+            exported = ExportedModel(out, threads=torch.get_num_threads())  # the thread count the table states
             diffs, ious = [], []
             for (x, click), r in zip(inputs, ref):
                 f = exported.encode_image(x)

@@ -38,7 +38,7 @@ def test_readme_first_screen_and_make_train_say_to_activate_the_venv():
 def test_litert_has_its_own_venv_and_the_docs_point_to_it():
     """``pip install -e '.[litert]'`` into the dev venv downgrades typing-extensions, wandb and pydantic: a separate
     ``.venv-litert`` (``make venv-litert``), which docs/ondevice.md names for ``--format tflite``."""
-    plan = make_n("venv-litert")
+    plan = make_n("venv-litert", "-B")  # -B: the plan even where .venv-litert is already made (it printed nothing)
     assert "python3 -m venv .venv-litert" in plan and '.venv-litert/bin/python -m pip install -q -e ".[litert]"' in plan
     assert ".venv/bin" not in plan.replace(".venv-litert/bin", "")  # never the training venv
     ondevice = (REPO / "docs" / "ondevice.md").read_text()
