@@ -130,9 +130,10 @@ class ExecuTorchGraph(Graph):
 
 
 def set_executorch_threads(threads: int) -> None:
-    """Size ExecuTorch's XNNPACK thread pool. It is one pool per process, made with a thread per core the first time a
-    program runs, so without this a 1-thread run computed on two threads (a worker beside the caller) on a 2-core
-    machine. Reset it only when the size differs: the binding is named unsafe because it must not run during a call."""
+    """Size ExecuTorch's XNNPACK thread pool. It is one pool per process with a thread per core (2 here as soon as the
+    bindings are imported), so without this a 1-thread run computed on two threads (a worker beside the caller) on a
+    2-core machine. Reset it only when the size differs: the binding is named unsafe because it must not run during
+    a call."""
     from executorch.extension.pybindings import portable_lib
 
     if portable_lib._threadpool_get_thread_count() != threads:

@@ -108,7 +108,7 @@ def run_stream(predictor, frames: Frames, num: int, size: int, reference: bool =
             if t == WARMUP:  # from now on the probe lasts about as long as a frame: the encoder `reps` times
                 reps = max(1, round(float(np.median(cpu_ms[:WARMUP])) / float(np.median(ref_ms[:WARMUP]))))
             cpu = time.thread_time()
-            for _ in range(reps if t >= WARMUP else 1):
+            for _ in range(reps):  # 1 until the warm-up frames have set it
                 probe()
             ref_ms.append((time.thread_time() - cpu) * 1e3)
         if t + 1 in (rss_at(num), num):
